@@ -1,0 +1,229 @@
+"""The host-side gRPC server that runners dial.
+
+One server per RLM tree, on a unix socket in a private directory (or 127.0.0.1 when asked). Every
+call must carry a session token; a token only reaches its own session's handler, so a sandbox can
+only spend its own session's budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+
+from rlm.errors import (
+    BrokerError,
+    ConfigurationError,
+    LimitExceededError,
+    LMError,
+    SandboxDiedError,
+)
+from rlm.protos import rlm_sandbox_pb2 as pb
+from rlm.protos import rlm_sandbox_pb2_grpc as pb_grpc
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class SessionHandler(Protocol):
+    """What a session's call-backs do; implemented by the RLM loop for each run."""
+
+    async def complete(self, request: pb.CompleteRequest) -> pb.CompleteReply: ...
+
+    async def subcall(self, request: pb.SubcallRequest) -> pb.CompleteReply: ...
+
+    async def call_tool(self, request: pb.ToolRequest) -> pb.ToolReply: ...
+
+
+class RunnerConnection:
+    """The host's end of one runner's ``Attach`` stream."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, hello: pb.Hello) -> None:
+        self.hello = hello
+        self._context = context
+        self._write_lock = asyncio.Lock()
+        self._inbox: asyncio.Queue[pb.RunnerMessage | None] = asyncio.Queue()
+        self.closed = asyncio.Event()
+
+    async def send(self, message: pb.HostMessage) -> None:
+        if self.closed.is_set():
+            raise SandboxDiedError("the runner is gone (its stream to the broker closed)")
+        async with self._write_lock:
+            try:
+                await self._context.write(message)
+            except (grpc.aio.AioRpcError, RuntimeError, asyncio.InvalidStateError) as error:
+                self._close()
+                raise SandboxDiedError(f"could not reach the runner: {error}") from error
+
+    async def receive(self) -> pb.RunnerMessage:
+        """The next message from the runner; SandboxDiedError once the stream has ended."""
+        message = await self._inbox.get()
+        if message is None:
+            self._inbox.put_nowait(None)
+            raise SandboxDiedError("the runner's stream to the broker closed")
+        return message
+
+    def _deliver(self, message: pb.RunnerMessage | None) -> None:
+        self._inbox.put_nowait(message)
+
+    def _close(self) -> None:
+        if not self.closed.is_set():
+            self.closed.set()
+            self._inbox.put_nowait(None)
+
+
+@dataclass
+class Session:
+    """One sandbox's standing with the broker."""
+
+    token: str
+    handler: SessionHandler
+    label: str
+    _attached: asyncio.Future[RunnerConnection] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._attached = asyncio.get_running_loop().create_future()
+
+    def expect_runner(self) -> None:
+        """Arms the session for a (re)started runner."""
+        if self._attached.done():
+            self._attached = asyncio.get_running_loop().create_future()
+
+    async def wait_runner(self, timeout: float) -> RunnerConnection:
+        return await asyncio.wait_for(asyncio.shield(self._attached), timeout)
+
+
+def _status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(error, LimitExceededError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"{type(error).__name__}: {error}"
+    if isinstance(error, ConfigurationError):
+        return grpc.StatusCode.FAILED_PRECONDITION, f"{type(error).__name__}: {error}"
+    if isinstance(error, LMError):
+        return grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}"
+    if isinstance(error, asyncio.TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "the call timed out"
+    return grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"
+
+
+class _Servicer(pb_grpc.BrokerServicer):
+    def __init__(self, server: BrokerServer) -> None:
+        self._server = server
+
+    async def _session(self, context: grpc.aio.ServicerContext) -> Session:
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and value.startswith("Bearer "):
+                session = self._server.sessions.get(value[len("Bearer ") :])
+                if session is not None:
+                    return session
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED, "missing, unknown or expired session token"
+        )
+        raise AssertionError("unreachable")  # abort() raises
+
+    async def Attach(self, request_iterator, context):  # noqa: N802 - gRPC method name
+        session = await self._session(context)
+        first = await context.read()
+        if first is grpc.aio.EOF or first.WhichOneof("kind") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
+        connection = RunnerConnection(context, first.hello)
+        if session._attached.done():
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "a runner is already attached")
+        session._attached.set_result(connection)
+        try:
+            while True:
+                message = await context.read()
+                if message is grpc.aio.EOF:
+                    break
+                connection._deliver(message)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            connection._close()
+
+    async def _answer(
+        self,
+        context: grpc.aio.ServicerContext,
+        call: Callable[[SessionHandler], Awaitable[object]],
+    ):
+        session = await self._session(context)
+        try:
+            return await call(session.handler)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            code, details = _status_for(error)
+            await context.abort(code, details)
+
+    async def Complete(self, request, context):  # noqa: N802
+        return await self._answer(context, lambda h: h.complete(request))
+
+    async def Subcall(self, request, context):  # noqa: N802
+        return await self._answer(context, lambda h: h.subcall(request))
+
+    async def CallTool(self, request, context):  # noqa: N802
+        return await self._answer(context, lambda h: h.call_tool(request))
+
+
+class BrokerServer:
+    """A grpc.aio server bound to a private unix socket (default) or to 127.0.0.1."""
+
+    close_order = 100  # closed after the sandboxes that use it
+
+    def __init__(self, *, transport: str = "unix") -> None:
+        if transport not in ("unix", "tcp"):
+            raise ConfigurationError("broker transport must be 'unix' or 'tcp'")
+        self.transport = transport
+        self.sessions: dict[str, Session] = {}
+        self.socket_dir: str | None = None
+        self.address: str = ""
+        self._server: grpc.aio.Server | None = None
+
+    @property
+    def socket_path(self) -> str | None:
+        return os.path.join(self.socket_dir, "broker.sock") if self.socket_dir else None
+
+    async def start(self) -> None:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
+        pb_grpc.add_BrokerServicer_to_server(_Servicer(self), server)
+        if self.transport == "unix":
+            self.socket_dir = tempfile.mkdtemp(prefix="rlm-")
+            server.add_insecure_port(f"unix:{self.socket_path}")
+            self.address = f"unix:{self.socket_path}"
+        else:
+            port = server.add_insecure_port("127.0.0.1:0")
+            self.address = f"127.0.0.1:{port}"
+        await server.start()
+        self._server = server
+
+    def open_session(self, handler: SessionHandler, label: str) -> Session:
+        """A new session with a fresh random token."""
+        if self._server is None:
+            raise BrokerError("the broker is not running")
+        session = Session(token=secrets.token_urlsafe(32), handler=handler, label=label)
+        self.sessions[session.token] = session
+        return session
+
+    def close_session(self, session: Session) -> None:
+        self.sessions.pop(session.token, None)
+
+    async def aclose(self, grace: float = 1.0) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace)
+        self.sessions.clear()
+        if self.socket_dir:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            self.socket_dir = None

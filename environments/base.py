@@ -1,0 +1,418 @@
+"""The contract every environment fulfils, and the one implementation of the runner protocol.
+
+``Environment`` is what the RLM loop talks to. ``SandboxEnvironment`` owns everything that is the
+same for every provider: registering the session with the broker, bootstrapping the runner,
+streaming contexts in chunks, running cells with a host-side timeout, interrupting and, when a
+cell will not stop, killing and restarting the runner. A provider file only says how to create the
+sandbox, how to start a process in it and how to destroy it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from rlm.broker import cleanup
+from rlm.broker.server import BrokerServer, RunnerConnection, Session, SessionHandler
+from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
+from rlm.protos import rlm_sandbox_pb2 as pb
+
+CHUNK_CHARS = 1 << 20  # ~1 MiB per context message, far below gRPC's 4 MiB default
+
+
+@dataclass
+class CellResult:
+    """What one cell did, as the loop and the logs see it."""
+
+    stdout: str = ""
+    stderr: str = ""
+    error: str = ""
+    seconds: float = 0.0
+    stdout_dropped: int = 0
+    stderr_dropped: int = 0
+    interrupted: bool = False
+    restarted: bool = False
+    fatal: bool = False
+    answer_ready: bool = False
+    answer_content: str = ""
+    variables: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_proto(cls, result: pb.ExecuteResult) -> CellResult:
+        return cls(
+            stdout=result.stdout,
+            stderr=result.stderr,
+            error=result.error,
+            seconds=result.seconds,
+            stdout_dropped=result.stdout_dropped_chars,
+            stderr_dropped=result.stderr_dropped_chars,
+            interrupted=result.interrupted,
+            fatal=result.fatal,
+            answer_ready=result.answer_ready,
+            answer_content=result.answer_content,
+            variables=list(result.variables),
+        )
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A host-side callable exposed in the sandbox under ``name``."""
+
+    name: str
+    description: str = ""
+
+
+class Environment(ABC):
+    """What the RLM loop needs from a place that runs generated code."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Creates the sandbox and attaches its runner to the broker."""
+
+    @abstractmethod
+    async def load_context(self, value: Any, *, name: str = "context", aliases: tuple[str, ...] = ()) -> None:
+        """Binds ``value`` (str, list or dict) to ``name`` inside the sandbox."""
+
+    @abstractmethod
+    async def set_variables(self, values: dict[str, Any], tools: list[ToolSpec]) -> None:
+        """Plain JSON values become variables; each tool becomes a stub calling the host."""
+
+    @abstractmethod
+    async def execute(self, code: str, *, timeout: float | None = None) -> CellResult:
+        """Runs one cell in the persistent interpreter."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stops the runner and destroys the sandbox; safe to call twice."""
+
+    async def __aenter__(self) -> Environment:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class RunnerProcess(ABC):
+    """A runner process inside a sandbox, as the provider started it."""
+
+    @abstractmethod
+    async def kill(self) -> None:
+        """Kills the process (and whatever it spawned) for good."""
+
+    @abstractmethod
+    def exit_code(self) -> int | None:
+        """The exit code once it has ended, else None."""
+
+    def diagnostics(self) -> str:
+        """The end of what the process wrote to its stderr, for error messages."""
+        return ""
+
+
+def _encode_context(value: Any) -> tuple[int, Any]:
+    if isinstance(value, str):
+        return pb.TEXT, value
+    if isinstance(value, (list, dict, tuple)):
+        return pb.JSON, json.dumps(value, ensure_ascii=False)
+    raise ConfigurationError(
+        f"context must be a str, a list or a dict, not {type(value).__name__}; "
+        "convert it (for example json.loads or str) before calling completion()"
+    )
+
+
+class SandboxEnvironment(Environment):
+    """Runs the runner in a provider's sandbox; subclasses implement the four provider hooks."""
+
+    close_order = 0
+    #: how long a cell may ignore an interrupt before the runner is killed and restarted
+    interrupt_grace: ClassVar[float] = 1.5
+    #: restarts after which the sandbox counts as broken
+    max_restarts: ClassVar[int] = 3
+
+    def __init__(
+        self,
+        *,
+        broker: BrokerServer,
+        handler: SessionHandler,
+        label: str = "root",
+        cell_timeout: float = 120.0,
+        startup_timeout: float = 60.0,
+        max_output_chars: int = 20_000,
+        memory_mb: int = 4096,
+        max_file_mb: int = 1024,
+    ) -> None:
+        if cell_timeout <= 0:
+            raise ConfigurationError("cell_timeout must be positive (seconds)")
+        self.broker = broker
+        self.handler = handler
+        self.label = label
+        self.cell_timeout = cell_timeout
+        self.startup_timeout = startup_timeout
+        self.max_output_chars = max_output_chars
+        self.memory_mb = memory_mb
+        self.max_file_mb = max_file_mb
+        self._session: Session | None = None
+        self._connection: RunnerConnection | None = None
+        self._process: RunnerProcess | None = None
+        self._cells = itertools.count(1)
+        self._contexts: list[tuple[str, Any, tuple[str, ...]]] = []
+        self._variables: tuple[dict[str, Any], list[ToolSpec]] | None = None
+        self._restarts = 0
+        self._closed = False
+        self.startup_seconds = 0.0
+
+    # ---- provider hooks --------------------------------------------------------------------
+
+    @abstractmethod
+    async def _create_sandbox(self) -> None:
+        """Creates the sandbox (container, VM, directory) but not the runner."""
+
+    @abstractmethod
+    async def _launch_runner(self, bootstrap: bytes) -> RunnerProcess:
+        """Starts ``python runner.pyz`` in the sandbox and writes ``bootstrap`` to its stdin."""
+
+    @abstractmethod
+    def _broker_address(self) -> str:
+        """The broker's address as the runner inside the sandbox must dial it."""
+
+    @abstractmethod
+    async def _destroy_sandbox(self) -> None:
+        """Destroys the sandbox and everything in it; safe to call twice."""
+
+    def _bootstrap_extras(self) -> dict[str, Any]:
+        """Provider additions to the runner's bootstrap line (workdir, parent pid...)."""
+        return {}
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        started = time.perf_counter()
+        self._session = self.broker.open_session(self.handler, self.label)
+        cleanup.track(self)
+        try:
+            await self._create_sandbox()
+            await self._start_runner()
+        except BaseException:
+            await self.aclose()
+            raise
+        self.startup_seconds = time.perf_counter() - started
+
+    async def _start_runner(self) -> None:
+        assert self._session is not None
+        self._session.expect_runner()
+        bootstrap = {
+            "address": self._broker_address(),
+            "token": self._session.token,
+            "limits": {
+                "memory_bytes": self.memory_mb * 1024 * 1024,
+                "file_bytes": self.max_file_mb * 1024 * 1024,
+            },
+            **self._bootstrap_extras(),
+        }
+        self._process = await self._launch_runner(json.dumps(bootstrap).encode() + b"\n")
+        try:
+            self._connection = await self._wait_attached()
+        except (asyncio.TimeoutError, SandboxDiedError) as error:
+            details = self._process.diagnostics() if self._process else ""
+            await self._kill_runner()
+            raise SandboxStartError(
+                f"the runner in the {self.name} sandbox did not attach within "
+                f"{self.startup_timeout:g}s{': ' + details if details else ''}"
+            ) from error
+
+    async def _wait_attached(self) -> RunnerConnection:
+        assert self._session is not None and self._process is not None
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            try:
+                return await self._session.wait_runner(timeout=0.05)
+            except asyncio.TimeoutError:
+                if self._process.exit_code() is not None:
+                    raise SandboxDiedError(
+                        f"the runner exited with code {self._process.exit_code()}"
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise
+
+    async def _kill_runner(self) -> None:
+        process, self._process = self._process, None
+        self._connection = None
+        if process is not None:
+            await process.kill()
+
+    async def _restart(self) -> None:
+        self._restarts += 1
+        if self._restarts > self.max_restarts:
+            raise SandboxDiedError(
+                f"the {self.name} runner had to be restarted more than {self.max_restarts} times; "
+                "the sandbox is considered broken"
+            )
+        await self._kill_runner()
+        await self._start_runner()
+        for name, value, aliases in self._contexts:
+            await self._send_context(name, value, aliases)
+        if self._variables is not None:
+            await self._send_variables(*self._variables)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        connection = self._connection
+        if connection is not None and not connection.closed.is_set():
+            try:
+                await asyncio.wait_for(connection.send(pb.HostMessage(shutdown=pb.Shutdown())), 1)
+            except (SandboxError, asyncio.TimeoutError):
+                pass
+        try:
+            await self._kill_runner()
+        finally:
+            try:
+                await self._destroy_sandbox()
+            finally:
+                if self._session is not None:
+                    self.broker.close_session(self._session)
+                cleanup.untrack(self)
+
+    # ---- the protocol ----------------------------------------------------------------------
+
+    def _require_connection(self) -> RunnerConnection:
+        if self._closed:
+            raise SandboxError(f"the {self.name} environment is closed")
+        if self._connection is None:
+            raise SandboxError(f"the {self.name} environment is not started; call start() first")
+        return self._connection
+
+    async def _await_ack(self, connection: RunnerConnection, what: str) -> None:
+        while True:
+            message = await connection.receive()
+            if message.WhichOneof("kind") == "ack" and message.ack.what == what:
+                if message.ack.error:
+                    raise ConfigurationError(message.ack.error)
+                return
+
+    async def _send_context(self, name: str, value: Any, aliases: tuple[str, ...]) -> None:
+        connection = self._require_connection()
+        encoding, text = _encode_context(value)
+        total = len(text) if text.isascii() else 0
+        if not text:
+            await connection.send(
+                pb.HostMessage(
+                    context=pb.ContextChunk(
+                        name=name, last=True, encoding=encoding, aliases=aliases
+                    )
+                )
+            )
+        for start in range(0, len(text), CHUNK_CHARS):
+            last = start + CHUNK_CHARS >= len(text)
+            chunk = pb.ContextChunk(
+                name=name,
+                data=text[start : start + CHUNK_CHARS].encode("utf-8"),
+                last=last,
+                encoding=encoding,
+                total_bytes=total if start == 0 else 0,
+                aliases=aliases if last else (),
+            )
+            await connection.send(pb.HostMessage(context=chunk))
+        await self._await_ack(connection, f"context:{name}")
+
+    async def load_context(
+        self, value: Any, *, name: str = "context", aliases: tuple[str, ...] = ()
+    ) -> None:
+        await self._send_context(name, value, tuple(aliases))
+        self._contexts.append((name, value, tuple(aliases)))
+
+    async def _send_variables(self, values: dict[str, Any], tools: list[ToolSpec]) -> None:
+        connection = self._require_connection()
+        try:
+            payload = json.dumps(values).encode() if values else b""
+        except TypeError as error:
+            raise ConfigurationError(
+                f"custom tool values must be JSON-serialisable or callables: {error}"
+            ) from error
+        message = pb.SetVariables(
+            values_json=payload,
+            tools=[pb.ToolSpec(name=t.name, description=t.description) for t in tools],
+        )
+        await connection.send(pb.HostMessage(set_variables=message))
+        await self._await_ack(connection, "variables")
+
+    async def set_variables(self, values: dict[str, Any], tools: list[ToolSpec]) -> None:
+        await self._send_variables(values, tools)
+        self._variables = (values, tools)
+
+    async def _wait_result(self, connection: RunnerConnection, cell_id: int) -> pb.ExecuteResult:
+        while True:
+            message = await connection.receive()
+            if message.WhichOneof("kind") == "result" and message.result.cell_id == cell_id:
+                return message.result
+
+    async def execute(self, code: str, *, timeout: float | None = None) -> CellResult:
+        connection = self._require_connection()
+        timeout = self.cell_timeout if timeout is None else min(timeout, self.cell_timeout)
+        cell_id = next(self._cells)
+        request = pb.ExecuteRequest(
+            cell_id=cell_id,
+            code=code,
+            max_output_chars=self.max_output_chars,
+            timeout_seconds=timeout,
+        )
+        try:
+            await connection.send(pb.HostMessage(execute=request))
+            waiting = asyncio.ensure_future(self._wait_result(connection, cell_id))
+            try:
+                return CellResult.from_proto(await asyncio.wait_for(asyncio.shield(waiting), timeout))
+            except asyncio.TimeoutError:
+                await connection.send(pb.HostMessage(interrupt=pb.Interrupt(cell_id=cell_id)))
+                try:
+                    result = await asyncio.wait_for(waiting, self.interrupt_grace)
+                except asyncio.TimeoutError:
+                    pass
+                else:
+                    cell = CellResult.from_proto(result)
+                    cell.interrupted = True
+                    cell.error = (
+                        f"TimeoutError: the cell ran longer than {timeout:g}s and was interrupted; "
+                        "the REPL state is kept. Process less data per cell or use llm_query_batched."
+                    )
+                    return cell
+            finally:
+                if not waiting.done():
+                    waiting.cancel()
+            await self._restart()
+            return CellResult(
+                error=(
+                    f"TimeoutError: the cell ran longer than {timeout:g}s and ignored the interrupt; "
+                    "the sandbox was restarted: every variable you defined is lost "
+                    "(context and tools are loaded again)."
+                ),
+                interrupted=True,
+                restarted=True,
+            )
+        except SandboxDiedError:
+            if self._closed:
+                raise
+            process = self._process
+            code_ = process.exit_code() if process else None
+            details = process.diagnostics() if process else ""
+            await self._restart()
+            return CellResult(
+                error=(
+                    f"SandboxDied: the runner process died while running this cell "
+                    f"(exit code {code_}; a memory limit of {self.memory_mb} MB applies)"
+                    f"{': ' + details[-500:] if details else ''}. The sandbox was restarted: "
+                    "every variable you defined is lost (context and tools are loaded again)."
+                ),
+                restarted=True,
+            )

@@ -1,0 +1,140 @@
+"""``local``: the runner as a child process of the host, in its own session and work directory.
+
+Isolation here is a process boundary, not a container: the runner gets an environment built from
+an allow-list (no API keys), its own temporary working directory, rlimits on memory and file size,
+and a host-side timeout per cell. For untrusted code on a shared machine use ``docker``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from typing import Any
+
+from rlm.errors import SandboxStartError
+
+from .base import RunnerProcess, SandboxEnvironment
+from .runner.bundle import runner_bundle_path
+
+#: Host variables the runner may see. Everything else (API keys, tokens, cloud credentials) stays out.
+ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM")
+
+
+class LocalRunnerProcess(RunnerProcess):
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._drain = asyncio.ensure_future(self._drain_stderr())
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    async def _drain_stderr(self) -> None:
+        stream = self._process.stderr
+        if stream is None:
+            return
+        while True:
+            line = await stream.readline()
+            if not line:
+                return
+            self._stderr_tail.append(line[:2000].decode("utf-8", "replace").rstrip())
+
+    def exit_code(self) -> int | None:
+        return self._process.returncode
+
+    def diagnostics(self) -> str:
+        return "\n".join(self._stderr_tail)
+
+    async def kill(self) -> None:
+        if self._process.returncode is None:
+            try:
+                os.killpg(self._process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        await self._process.wait()
+        try:
+            await asyncio.wait_for(self._drain, 1)
+        except asyncio.TimeoutError:
+            self._drain.cancel()
+
+
+class LocalEnvironment(SandboxEnvironment):
+    """Runs generated code in a separate Python process on this machine.
+
+    Keyword arguments (``environment_kwargs``): ``python`` (interpreter, default this one),
+    ``workdir`` (default a fresh temporary directory, removed on close), ``env`` (extra variables
+    for the runner, added explicitly), plus the shared ones: ``cell_timeout``, ``memory_mb``,
+    ``max_output_chars``, ``max_file_mb``, ``startup_timeout``.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        python: str | None = None,
+        workdir: str | None = None,
+        env: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.python = python or sys.executable
+        self._given_workdir = workdir
+        self.workdir: str | None = None
+        self.extra_env = dict(env or {})
+
+    async def _create_sandbox(self) -> None:
+        if self._given_workdir:
+            os.makedirs(self._given_workdir, exist_ok=True)
+            self.workdir = self._given_workdir
+        else:
+            self.workdir = tempfile.mkdtemp(prefix="rlm-work-")
+
+    def _runner_env(self) -> dict[str, str]:
+        env = {name: os.environ[name] for name in ENV_ALLOWLIST if name in os.environ}
+        assert self.workdir is not None
+        env.update(HOME=self.workdir, TMPDIR=self.workdir, MALLOC_ARENA_MAX="2")
+        env.update(self.extra_env)
+        return env
+
+    def _broker_address(self) -> str:
+        return self.broker.address
+
+    def _bootstrap_extras(self) -> dict[str, Any]:
+        return {"workdir": self.workdir, "parent_pid": os.getpid()}
+
+    async def _launch_runner(self, bootstrap: bytes) -> RunnerProcess:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                self.python,
+                "-I",
+                "-u",
+                str(runner_bundle_path()),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=self.workdir,
+                env=self._runner_env(),
+                start_new_session=True,  # Ctrl-C reaches the host only; killpg reaches it all
+            )
+        except OSError as error:
+            raise SandboxStartError(
+                f"could not start the local runner with {self.python!r}: {error}; "
+                "pass environment_kwargs={'python': '/path/to/python3'}"
+            ) from error
+        assert process.stdin is not None
+        process.stdin.write(bootstrap)
+        await process.stdin.drain()
+        process.stdin.close()
+        return LocalRunnerProcess(process)
+
+    async def _destroy_sandbox(self) -> None:
+        if self.workdir and not self._given_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        self.workdir = None

@@ -1,0 +1,479 @@
+"""Keeps one interpreter's state between cells and calls back into the broker.
+
+Protocol: the host writes one JSON line to stdin (``{"address": ..., "token": ...}``); the runner
+dials ``address`` (a unix socket or a loopback port inside the sandbox), opens the ``Attach``
+stream and serves what arrives on it until the host says ``Shutdown`` or the stream breaks.
+The token never appears in the process environment.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import io
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+
+from rlm.protos import rlm_sandbox_pb2 as pb
+from rlm.protos import rlm_sandbox_pb2_grpc as pb_grpc
+
+RUNNER_VERSION = "1"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_CALL_TIMEOUT = 3600.0
+# How long a runner whose broker vanished lets a running cell go on before it exits anyway.
+ORPHAN_GRACE_SECONDS = 5.0
+HELPER_NAMES = frozenset(
+    {"llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched", "SHOW_VARS"}
+)
+
+
+class BudgetExhausted(BaseException):  # noqa: N818 - the name is what the model sees
+    """A limit of the whole RLM tree is spent. A BaseException so ``except Exception`` in
+    generated code cannot swallow it: the cell stops and the run ends."""
+
+
+class BrokerUnavailableError(RuntimeError):
+    """The host-side broker cannot be reached any more; the run cannot go on."""
+
+
+class SubcallError(RuntimeError):
+    """A sub-LM call, child RLM or host tool failed; the message says why."""
+
+
+# Shown to the model as "SubcallError: ..." rather than with the runner's module path.
+for _error_class in (BudgetExhausted, BrokerUnavailableError, SubcallError):
+    _error_class.__module__ = "builtins"
+
+
+class _CellOutput(io.TextIOBase):
+    """Installed once as sys.stdout / sys.stderr: keeps the first ``limit`` characters written
+    during the current cell and counts the rest, so a huge print costs no memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._parts: list[str] = []
+        self._kept = 0
+        self._dropped = 0
+        self._limit = 0
+
+    def begin(self, limit: int) -> None:
+        with self._lock:
+            self._parts, self._kept, self._dropped, self._limit = [], 0, 0, limit
+
+    def end(self) -> tuple[str, int]:
+        with self._lock:
+            text, dropped = "".join(self._parts), self._dropped
+            self._parts, self._kept, self._dropped, self._limit = [], 0, 0, 0
+            return text, dropped
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        with self._lock:
+            room = self._limit - self._kept
+            if room > 0:
+                piece = s[:room]
+                self._parts.append(piece)
+                self._kept += len(piece)
+                self._dropped += len(s) - len(piece)
+            else:
+                self._dropped += len(s)
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+class Runner:
+    """One persistent interpreter attached to one broker session."""
+
+    def __init__(self, address: str, token: str) -> None:
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ],
+        )
+        self._stub = pb_grpc.BrokerStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._outbox: queue.SimpleQueue[pb.RunnerMessage | None] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[pb.HostMessage | None] = queue.SimpleQueue()
+        self._stdout = _CellOutput()
+        self._stderr = _CellOutput()
+        self._cell_id = 0
+        self._in_cell = threading.Event()
+        self._cell_deadline = 0.0
+        self._contexts: dict[str, tuple[bytearray, int]] = {}
+        self.namespace: dict[str, Any] = {}
+        self._reset_namespace()
+
+    # ---- namespace -------------------------------------------------------------------------
+
+    def _reset_namespace(self) -> None:
+        self.namespace.clear()
+        self.namespace.update(
+            __name__="__main__",
+            __builtins__=builtins,
+            llm_query=self.llm_query,
+            llm_query_batched=self.llm_query_batched,
+            rlm_query=self.rlm_query,
+            rlm_query_batched=self.rlm_query_batched,
+            SHOW_VARS=self.show_vars,
+            answer={"content": "", "ready": False},
+        )
+
+    def user_variables(self) -> list[str]:
+        """Names the model defined (helpers and dunder names left out)."""
+        return [
+            name
+            for name in self.namespace
+            if not name.startswith("_") and name not in HELPER_NAMES
+        ]
+
+    def show_vars(self) -> str:
+        """Lists the REPL's variables with their types (and lengths where they have one)."""
+        lines = []
+        for name in self.user_variables():
+            value = self.namespace[name]
+            kind = type(value).__name__
+            try:
+                size = f", len={len(value)}"
+            except Exception:
+                size = ""
+            lines.append(f"{name}: {kind}{size}")
+        text = "\n".join(lines) or "(no variables)"
+        print(text)
+        return text
+
+    # ---- call-backs into the broker --------------------------------------------------------
+
+    def _timeout(self) -> float:
+        remaining = self._cell_deadline - time.monotonic()
+        return max(1.0, remaining) if self._cell_deadline else DEFAULT_CALL_TIMEOUT
+
+    def _raise_for(self, error: grpc.RpcError) -> None:
+        code = error.code() if hasattr(error, "code") else None
+        details = error.details() if hasattr(error, "details") else str(error)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise BudgetExhausted(details) from None
+        if code == grpc.StatusCode.UNAVAILABLE:
+            raise BrokerUnavailableError(
+                f"the host broker is unreachable ({details}); the run cannot continue"
+            ) from None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise TimeoutError("the call ran past the cell's time limit") from None
+        raise SubcallError(details) from None
+
+    def _complete_request(self, prompt: Any, model: str | None) -> pb.CompleteRequest:
+        request = pb.CompleteRequest(model=model or "", cell_id=self._cell_id)
+        if isinstance(prompt, str):
+            request.prompt = prompt
+        elif isinstance(prompt, list):
+            request.messages_json = json.dumps(prompt)
+        else:
+            raise TypeError(
+                f"prompt must be a str or a list of chat messages, not {type(prompt).__name__}"
+            )
+        return request
+
+    def llm_query(self, prompt: str | list[dict], model: str | None = None) -> str:
+        """One plain LM call; returns the reply text."""
+        try:
+            reply = self._stub.Complete(
+                self._complete_request(prompt, model),
+                metadata=self._metadata,
+                timeout=self._timeout(),
+            )
+        except grpc.RpcError as error:
+            self._raise_for(error)
+        return reply.text
+
+    def llm_query_batched(self, prompts: list[str], model: str | None = None) -> list[str]:
+        """Many LM calls at once; a failed item becomes the string 'Error: ...'."""
+        requests = [self._complete_request(p, model) for p in prompts]
+        return self._gather(self._stub.Complete, requests)
+
+    def rlm_query(self, prompt: str, model: str | None = None) -> str:
+        """A child RLM whose context is ``prompt``; a plain LM call at max_depth."""
+        request = pb.SubcallRequest(prompt=prompt, model=model or "", cell_id=self._cell_id)
+        try:
+            reply = self._stub.Subcall(request, metadata=self._metadata, timeout=self._timeout())
+        except grpc.RpcError as error:
+            self._raise_for(error)
+        return reply.text
+
+    def rlm_query_batched(self, prompts: list[str], model: str | None = None) -> list[str]:
+        """Many child RLMs at once; a failed item becomes the string 'Error: ...'."""
+        requests = [
+            pb.SubcallRequest(prompt=p, model=model or "", cell_id=self._cell_id) for p in prompts
+        ]
+        return self._gather(self._stub.Subcall, requests)
+
+    def _gather(self, method: Any, requests: list[Any]) -> list[str]:
+        timeout = self._timeout()
+        futures = [method.future(r, metadata=self._metadata, timeout=timeout) for r in requests]
+        results: list[str] = []
+        try:
+            for future in futures:
+                try:
+                    results.append(future.result().text)
+                except grpc.RpcError as error:
+                    if error.code() in (
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        grpc.StatusCode.UNAVAILABLE,
+                    ):
+                        self._raise_for(error)
+                    results.append(f"Error: {error.details()}")
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        return results
+
+    def make_tool(self, name: str, description: str) -> Any:
+        """A stand-in for a host-side callable: arguments go to the host as JSON."""
+
+        def tool(*args: Any, **kwargs: Any) -> Any:
+            payload = json.dumps({"args": args, "kwargs": kwargs}).encode()
+            request = pb.ToolRequest(name=name, args_json=payload, cell_id=self._cell_id)
+            try:
+                reply = self._stub.CallTool(
+                    request, metadata=self._metadata, timeout=self._timeout()
+                )
+            except grpc.RpcError as error:
+                self._raise_for(error)
+            return json.loads(reply.result_json) if reply.result_json else None
+
+        tool.__name__ = name
+        tool.__doc__ = description or f"Host-side tool {name!r}."
+        return tool
+
+    # ---- the host's requests ---------------------------------------------------------------
+
+    def _on_context(self, chunk: pb.ContextChunk) -> None:
+        buffer, filled = self._contexts.get(chunk.name, (None, 0))
+        if buffer is None:
+            buffer = bytearray(chunk.total_bytes) if chunk.total_bytes else bytearray()
+        end = filled + len(chunk.data)
+        if end <= len(buffer):
+            buffer[filled:end] = chunk.data
+        else:
+            del buffer[filled:]
+            buffer += chunk.data
+        if not chunk.last:
+            self._contexts[chunk.name] = (buffer, end)
+            return
+        self._contexts.pop(chunk.name, None)
+        del buffer[end:]
+        error = ""
+        try:
+            if chunk.encoding == pb.JSON:
+                value: Any = json.loads(buffer)
+            else:
+                value = buffer.decode("utf-8")
+            del buffer
+            self.namespace[chunk.name] = value
+            for alias in chunk.aliases:
+                self.namespace[alias] = value
+        except (ValueError, MemoryError) as exc:
+            error = f"could not load {chunk.name}: {type(exc).__name__}: {exc}"
+        self._send(pb.RunnerMessage(ack=pb.Ack(what=f"context:{chunk.name}", error=error)))
+
+    def _on_set_variables(self, message: pb.SetVariables) -> None:
+        error = ""
+        try:
+            if message.values_json:
+                self.namespace.update(json.loads(message.values_json))
+            for spec in message.tools:
+                self.namespace[spec.name] = self.make_tool(spec.name, spec.description)
+        except ValueError as exc:
+            error = f"could not set variables: {exc}"
+        self._send(pb.RunnerMessage(ack=pb.Ack(what="variables", error=error)))
+
+    def _run_code(self, code: str, filename: str) -> None:
+        tree = ast.parse(code, filename=filename, mode="exec")
+        last_expr = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last_expr = ast.Expression(tree.body.pop().value)
+        exec(compile(tree, filename, "exec"), self.namespace)
+        if last_expr is not None:
+            value = eval(compile(last_expr, filename, "eval"), self.namespace)
+            if value is not None:
+                print(repr(value))
+
+    def execute(self, request: pb.ExecuteRequest) -> pb.ExecuteResult:
+        """Runs one cell in the persistent namespace and reports what it printed."""
+        limit = request.max_output_chars or 100_000
+        self._cell_id = request.cell_id
+        self._cell_deadline = (
+            time.monotonic() + request.timeout_seconds if request.timeout_seconds else 0.0
+        )
+        self._stdout.begin(limit)
+        self._stderr.begin(limit)
+        result = pb.ExecuteResult(cell_id=request.cell_id)
+        started = time.perf_counter()
+        self._in_cell.set()
+        try:
+            self._run_code(request.code, f"<cell {request.cell_id}>")
+        except KeyboardInterrupt:
+            result.interrupted = True
+            result.error = "TimeoutError: the cell ran past its time limit and was interrupted"
+        except BudgetExhausted as exc:
+            result.fatal = True
+            result.error = f"BudgetExhausted: {exc}"
+        except SystemExit as exc:
+            result.error = f"SystemExit({exc.code!r}) ignored: the REPL keeps running"
+        except BaseException as exc:
+            result.error = _format_user_traceback(exc)
+        finally:
+            self._in_cell.clear()
+        result.seconds = time.perf_counter() - started
+        result.stdout, result.stdout_dropped_chars = self._stdout.end()
+        result.stderr, result.stderr_dropped_chars = self._stderr.end()
+        answer = self.namespace.get("answer")
+        if isinstance(answer, Mapping):
+            content = answer.get("content", "")
+            result.answer_ready = bool(answer.get("ready"))
+            result.answer_content = content if isinstance(content, str) else str(content)
+        result.variables.extend(self.user_variables()[:200])
+        return result
+
+    # ---- plumbing --------------------------------------------------------------------------
+
+    def _send(self, message: pb.RunnerMessage) -> None:
+        self._outbox.put(message)
+
+    def _read_host(self, responses: Any) -> None:
+        try:
+            for message in responses:
+                if message.WhichOneof("kind") == "interrupt":
+                    if self._in_cell.is_set() and message.interrupt.cell_id == self._cell_id:
+                        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                    continue
+                self._work.put(message)
+        except grpc.RpcError as error:
+            print(f"rlm-runner: broker stream ended: {error.details()}", file=sys.__stderr__)
+        finally:
+            self._work.put(None)
+
+    def serve(self) -> int:
+        """Attaches to the broker and serves until Shutdown or until the broker is gone."""
+        responses = self._stub.Attach(iter(self._outbox.get, None), metadata=self._metadata)
+        self._send(
+            pb.RunnerMessage(
+                hello=pb.Hello(
+                    runner_version=RUNNER_VERSION,
+                    pid=os.getpid(),
+                    python_version=sys.version.split()[0],
+                )
+            )
+        )
+        threading.Thread(target=self._read_host, args=(responses,), daemon=True).start()
+        sys.stdout, sys.stderr = self._stdout, self._stderr
+        sys.stdin = io.StringIO("")
+        while True:
+            try:
+                message = self._work.get()
+                if message is None:
+                    return 3
+                kind = message.WhichOneof("kind")
+                if kind == "execute":
+                    self._send(pb.RunnerMessage(result=self.execute(message.execute)))
+                elif kind == "context":
+                    self._on_context(message.context)
+                elif kind == "set_variables":
+                    self._on_set_variables(message.set_variables)
+                elif kind == "shutdown":
+                    self._outbox.put(None)
+                    return 0
+            except KeyboardInterrupt:
+                # An interrupt that arrived just after its cell finished: nothing to stop.
+                continue
+
+
+def _format_user_traceback(exc: BaseException) -> str:
+    """The traceback without the runner's own frames."""
+    tb = exc.__traceback__
+    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell"):
+        tb = tb.tb_next
+    if isinstance(exc, SyntaxError) or tb is None:
+        return "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
+    return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
+
+
+def _exit_when_orphaned(runner_done: threading.Event) -> None:
+    runner_done.wait()
+    time.sleep(ORPHAN_GRACE_SECONDS)
+    os._exit(3)
+
+
+def _apply_limits(limits: dict[str, int]) -> None:
+    """Self-imposed rlimits (soft = hard, so the cell's code cannot raise them again)."""
+    import resource
+
+    names = {
+        "memory_bytes": resource.RLIMIT_AS,
+        "file_bytes": resource.RLIMIT_FSIZE,
+        "open_files": resource.RLIMIT_NOFILE,
+        "cpu_seconds": resource.RLIMIT_CPU,
+    }
+    for key, value in limits.items():
+        if key in names and value:
+            resource.setrlimit(names[key], (int(value), int(value)))
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Linux: the kernel kills the runner when the host process that started it dies."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:
+        os._exit(3)
+
+
+def main() -> int:
+    """Reads the bootstrap line from stdin and serves the session."""
+    line = sys.stdin.readline()
+    if not line.strip():
+        print("rlm-runner: expected a bootstrap JSON line on stdin", file=sys.stderr)
+        return 2
+    config = json.loads(line)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # too-big files fail with EFBIG, not a kill
+    _apply_limits(config.get("limits", {}))
+    if config.get("parent_pid"):
+        _exit_with_parent(int(config["parent_pid"]))
+    if config.get("workdir"):
+        os.chdir(config["workdir"])
+    runner = Runner(config["address"], config["token"])
+    done = threading.Event()
+    threading.Thread(target=_exit_when_orphaned, args=(done,), daemon=True).start()
+    try:
+        return runner.serve()
+    finally:
+        done.set()

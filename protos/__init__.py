@@ -1,0 +1,1 @@
+"""Generated protobuf / gRPC modules for the broker <-> runner contract (``rlm_sandbox.proto``)."""

@@ -1,0 +1,50 @@
+"""Recursive Language Models: long contexts live in a sandboxed REPL that the model programs."""
+
+from rlm.core import RLM
+from rlm.errors import (
+    BrokerError,
+    BudgetExceededError,
+    CancelledError,
+    CellError,
+    ConfigurationError,
+    ErrorThresholdExceededError,
+    LimitExceededError,
+    LMAuthenticationError,
+    LMError,
+    RLMError,
+    SandboxDiedError,
+    SandboxError,
+    SandboxStartError,
+    TimeoutExceededError,
+    TokenLimitExceededError,
+)
+from rlm.events import RLMEvent
+from rlm.logger import RLMLogger
+from rlm.types import ModelUsageSummary, RLMChatCompletion, UsageSummary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RLM",
+    "BrokerError",
+    "BudgetExceededError",
+    "CancelledError",
+    "CellError",
+    "ConfigurationError",
+    "ErrorThresholdExceededError",
+    "LMAuthenticationError",
+    "LMError",
+    "LimitExceededError",
+    "ModelUsageSummary",
+    "RLMChatCompletion",
+    "RLMError",
+    "RLMEvent",
+    "RLMLogger",
+    "SandboxDiedError",
+    "SandboxError",
+    "SandboxStartError",
+    "TimeoutExceededError",
+    "TokenLimitExceededError",
+    "UsageSummary",
+    "__version__",
+]

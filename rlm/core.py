@@ -1,0 +1,220 @@
+"""``RLM``: the public entry point."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from rlm.broker import cleanup
+from rlm.broker.accounting import Ledger, Limits
+from rlm.broker.clients import create_client
+from rlm.broker.loop import run_sync, submit
+from rlm.broker.router import LMRouter
+from rlm.broker.server import BrokerServer
+from rlm.environments.base import Environment
+from rlm.errors import ConfigurationError
+from rlm.events import EventBus, EventListener
+from rlm.logger import RLMLogger
+from rlm.run import RLMRun, SessionDispatch, TreeConfig, open_environment, parse_tools
+from rlm.types import RLMChatCompletion
+
+
+class RLM:
+    """A Recursive Language Model: ``rlm.completion(prompt)`` instead of ``llm.completion(prompt)``.
+
+    The prompt (the context, possibly millions of tokens) is loaded into a sandboxed Python REPL
+    as ``context``; the root model writes code to explore it and calls sub-models from that code.
+    Use it as a context manager (``with RLM(...) as rlm:``) or call ``close()``: that stops the
+    broker and every sandbox.
+    """
+
+    def __init__(
+        self,
+        backend: str = "openai",
+        backend_kwargs: dict[str, Any] | None = None,
+        environment: str = "local",
+        environment_kwargs: dict[str, Any] | None = None,
+        depth: int = 0,
+        max_depth: int = 1,
+        max_iterations: int = 30,
+        max_budget: float | None = None,
+        max_timeout: float | None = None,
+        max_tokens: int | None = None,
+        max_errors: int | None = None,
+        custom_system_prompt: str | None = None,
+        other_backends: list[str] | None = None,
+        other_backend_kwargs: list[dict[str, Any]] | None = None,
+        logger: RLMLogger | None = None,
+        verbose: bool = False,
+        persistent: bool = False,
+        custom_tools: dict[str, Any] | None = None,
+        custom_sub_tools: dict[str, Any] | None = None,
+        compaction: bool = False,
+        compaction_threshold_pct: float = 0.85,
+        max_concurrent_subcalls: int = 8,
+        max_concurrent_lm_calls: int = 64,
+        on_event: EventListener | None = None,
+        broker_transport: str = "unix",
+    ) -> None:
+        if max_depth < 1:
+            raise ConfigurationError("max_depth must be at least 1 (1 = the root only)")
+        if max_iterations < 1:
+            raise ConfigurationError("max_iterations must be at least 1")
+        other_backends = list(other_backends or [])
+        other_backend_kwargs = list(other_backend_kwargs or [{} for _ in other_backends])
+        if len(other_backends) != len(other_backend_kwargs):
+            raise ConfigurationError(
+                "other_backends and other_backend_kwargs must have the same length"
+            )
+        self.backend = backend
+        self.backend_kwargs = dict(backend_kwargs or {})
+        self.environment = environment
+        self.environment_kwargs = dict(environment_kwargs or {})
+        self.depth = depth
+        self.max_depth = max_depth
+        self.max_iterations = max_iterations
+        self.limits = Limits(max_budget=max_budget, max_tokens=max_tokens, max_timeout=max_timeout)
+        self.max_errors = max_errors
+        self.custom_system_prompt = custom_system_prompt
+        self.logger = logger
+        self.verbose = verbose
+        self.persistent = persistent
+        self.tools = parse_tools(custom_tools)
+        self.sub_tools = parse_tools(custom_sub_tools) if custom_sub_tools is not None else self.tools
+        self.compaction = compaction
+        self.compaction_threshold_pct = compaction_threshold_pct
+        self.max_concurrent_subcalls = max_concurrent_subcalls
+        self.broker_transport = broker_transport
+        # Clients are built now so that a missing key or extra fails here, not mid-run.
+        self._root_client = create_client(backend, self.backend_kwargs)
+        self._other_clients = [
+            create_client(name, kwargs) for name, kwargs in zip(other_backends, other_backend_kwargs, strict=True)
+        ]
+        self._max_concurrent_lm_calls = max_concurrent_lm_calls
+        listeners: list[EventListener] = []
+        if logger is not None:
+            listeners.append(logger)
+        if verbose:
+            from rlm.progress import ProgressPrinter
+
+            listeners.append(ProgressPrinter())
+        if on_event is not None:
+            listeners.append(on_event)
+        self.events = EventBus(listeners)
+        self._config: TreeConfig | None = None
+        self._start_lock: asyncio.Lock | None = None
+        self._persistent_env: Environment | None = None
+        self._persistent_dispatch: SessionDispatch | None = None
+        self._completions = 0
+        self._closed = False
+
+    @property
+    def model_name(self) -> str:
+        return self._root_client.model_name
+
+    async def _tree(self) -> TreeConfig:
+        if self._closed:
+            raise ConfigurationError("this RLM is closed; create a new one")
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._config is None:
+                broker = BrokerServer(transport=self.broker_transport)
+                await broker.start()
+                cleanup.track(self)
+                window_chars = int(self.backend_kwargs.get("context_window_tokens", 128_000)) * 4
+                self._config = TreeConfig(
+                    router=LMRouter(
+                        self._root_client,
+                        self._other_clients,
+                        max_concurrency=self._max_concurrent_lm_calls,
+                    ),
+                    broker=broker,
+                    environment=self.environment,
+                    environment_kwargs=self.environment_kwargs,
+                    events=self.events,
+                    max_depth=self.max_depth,
+                    max_iterations=self.max_iterations,
+                    max_errors=self.max_errors,
+                    custom_system_prompt=self.custom_system_prompt,
+                    tools=self.tools,
+                    sub_tools=self.sub_tools,
+                    compaction=self.compaction,
+                    compaction_threshold_chars=int(window_chars * self.compaction_threshold_pct),
+                    max_concurrent_subcalls=self.max_concurrent_subcalls,
+                )
+            return self._config
+
+    async def _complete(self, prompt: Any, root_prompt: str | None) -> RLMChatCompletion:
+        config = await self._tree()
+        ledger = Ledger(limits=self.limits, label="the root run")
+        run = RLMRun(config, depth=self.depth, ledger=ledger)
+        if not self.persistent:
+            return await run.run(prompt, root_prompt)
+        if self._persistent_env is None:
+            self._persistent_dispatch = SessionDispatch(run)
+            self._persistent_env = await open_environment(
+                config, self._persistent_dispatch, "persistent"
+            )
+        index = self._completions
+        self._completions += 1
+        return await run.run(
+            prompt,
+            root_prompt,
+            environment=self._persistent_env,
+            dispatch=self._persistent_dispatch,
+            context_name=f"context_{index}",
+            aliases=("context",),
+        )
+
+    def completion(self, prompt: Any, root_prompt: str | None = None) -> RLMChatCompletion:
+        """Answers over ``prompt`` (a str, a list of str or a dict), loaded as ``context``.
+
+        ``root_prompt`` is a short request the root model sees directly (for example the user's
+        question); without it the request is expected inside the context.
+        """
+        started = time.perf_counter()
+        result = run_sync(self._complete(prompt, root_prompt))
+        result.execution_time = time.perf_counter() - started
+        return result
+
+    async def acompletion(self, prompt: Any, root_prompt: str | None = None) -> RLMChatCompletion:
+        """``completion`` for asyncio callers."""
+        return await asyncio.wrap_future(submit(self._complete(prompt, root_prompt)))
+
+    async def aclose(self) -> None:
+        """Stops the persistent sandbox, the broker and the LM clients."""
+        if self._closed:
+            return
+        self._closed = True
+        env, self._persistent_env = self._persistent_env, None
+        try:
+            if env is not None:
+                await env.aclose()
+        finally:
+            config, self._config = self._config, None
+            if config is not None:
+                await config.broker.aclose()
+                await config.router.aclose()
+            cleanup.untrack(self)
+            if self.logger is not None:
+                self.logger.close()
+
+    close_order = 50
+
+    def close(self) -> None:
+        """Synchronous ``aclose``."""
+        run_sync(self.aclose())
+
+    def __enter__(self) -> RLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> RLM:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.wrap_future(submit(self.aclose()))

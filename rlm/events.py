@@ -16,8 +16,8 @@ EVENT_KINDS = (
     "iteration_started",  # data: iteration
     "lm_response",  # data: iteration, text, seconds, input_tokens, output_tokens
     "cell_executed",  # data: iteration, block, code, stdout, stderr, error, seconds, restarted
-    "subcall_started",  # data: call_id, kind (llm_query | rlm_query | tool), prompt_preview
-    "subcall_finished",  # data: call_id, kind, seconds, error, input_tokens, output_tokens, child_run_id
+    "subcall_started",  # data: call_id, call (llm_query | rlm_query | tool), prompt_preview
+    "subcall_finished",  # data: call_id, call, seconds, error, input_tokens, output_tokens, child_run_id
     "run_finished",  # data: response, finished_by, seconds, usage, error
 )
 

@@ -79,7 +79,7 @@ class ProgressPrinter:
         self._tokens += event.data.get("output_tokens", 0) or 0
         if event.data.get("error"):
             self.console.print(
-                f"{self._indent(event)}  [red]✗ {event.data['kind']} failed: "
+                f"{self._indent(event)}  [red]✗ {event.data['call']} failed: "
                 f"{escape(str(event.data['error'])[:200])}[/]"
             )
 

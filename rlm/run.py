@@ -154,7 +154,7 @@ class RLMRun:
     async def _plain_call(self, request: Any, kind: str, messages: list[dict[str, Any]]) -> pb.CompleteReply:
         call_id = f"{self.run_id}:{next(self._call_ids)}"
         preview = (request.prompt or request.messages_json if kind == "llm_query" else request.prompt)[:PREVIEW_CHARS]
-        self.emit("subcall_started", call_id=call_id, kind=kind, prompt_preview=preview)
+        self.emit("subcall_started", call_id=call_id, call=kind, prompt_preview=preview)
         started = time.perf_counter()
         record: dict[str, Any] = {"kind": kind, "prompt_preview": preview}
         try:
@@ -164,7 +164,7 @@ class RLMRun:
         except BaseException as error:
             record.update(error=f"{type(error).__name__}: {error}", seconds=time.perf_counter() - started)
             self._record_subcall(record)
-            self.emit("subcall_finished", call_id=call_id, kind=kind, seconds=record["seconds"], error=record["error"])
+            self.emit("subcall_finished", call_id=call_id, call=kind, seconds=record["seconds"], error=record["error"])
             raise
         seconds = time.perf_counter() - started
         usage = response.usage
@@ -179,7 +179,7 @@ class RLMRun:
         self.emit(
             "subcall_finished",
             call_id=call_id,
-            kind=kind,
+            call=kind,
             seconds=seconds,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
@@ -214,7 +214,7 @@ class RLMRun:
         self.emit(
             "subcall_started",
             call_id=call_id,
-            kind="rlm_query",
+            call="rlm_query",
             prompt_preview=request.prompt[:PREVIEW_CHARS],
             child_run_id=child.run_id,
         )
@@ -234,7 +234,7 @@ class RLMRun:
             self.emit(
                 "subcall_finished",
                 call_id=call_id,
-                kind="rlm_query",
+                call="rlm_query",
                 seconds=record["seconds"],
                 error=error_text,
                 child_run_id=child.run_id,

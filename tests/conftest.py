@@ -1,0 +1,71 @@
+"""Shared fixtures: the scripted LM server, RLM factories and the leak check after every test."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from rlm import RLM
+from rlm.testing import ScriptedLMServer
+
+
+def runner_pids() -> list[int]:
+    """Processes of this machine that run our sandbox runner (local environment)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        if b"rlm-runner-" in cmdline and b".pyz" in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_runners() -> Iterator[None]:
+    """Every test must leave no runner process behind (acceptance: no leaks, ever)."""
+    before = set(runner_pids())
+    yield
+    deadline = time.monotonic() + 5
+    leaked = set(runner_pids()) - before
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.05)
+        leaked = set(runner_pids()) - before
+    assert not leaked, f"runner processes left behind: {sorted(leaked)}"
+
+
+@pytest.fixture
+def lm_server() -> Iterator[ScriptedLMServer]:
+    with ScriptedLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+def make_rlm(lm_server: ScriptedLMServer) -> Iterator[Any]:
+    """Builds RLMs against the scripted server; closes them after the test."""
+    made: list[RLM] = []
+
+    def factory(**kwargs: Any) -> RLM:
+        backend_kwargs = {
+            "model_name": "root-model",
+            "base_url": lm_server.base_url,
+            "api_key": "test-key",
+            "max_retries": 1,
+            "initial_backoff": 0.01,
+            **kwargs.pop("backend_kwargs", {}),
+        }
+        rlm = RLM(backend="openai", backend_kwargs=backend_kwargs, **kwargs)
+        made.append(rlm)
+        return rlm
+
+    yield factory
+    for rlm in made:
+        rlm.close()

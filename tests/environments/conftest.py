@@ -1,0 +1,108 @@
+"""Fixtures for the shared environment contract suite.
+
+Every adapter runs the same tests: add its name to ``ENVIRONMENTS`` (and a skip condition when it
+needs something this machine may lack).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from rlm.broker.loop import run_sync
+from rlm.broker.server import BrokerServer
+from rlm.environments import environment_class
+from rlm.environments.base import SandboxEnvironment
+from rlm.errors import ConfigurationError
+from rlm.protos import rlm_sandbox_pb2 as pb
+
+
+def docker_available() -> str | None:
+    """None when a Docker engine and our image are usable, else the reason to skip."""
+    if shutil.which("docker") is None:
+        return "no docker client on PATH"
+    try:
+        import docker
+
+        client = docker.from_env(timeout=5)
+        client.ping()
+    except Exception as error:  # noqa: BLE001 - any failure means "no engine here"
+        return f"no Docker engine reachable ({type(error).__name__}); run .ci/install-docker.sh"
+    try:
+        from rlm.environments.docker_image import DEFAULT_IMAGE, image_exists
+    except ImportError:
+        return "the docker environment is not built yet"
+    if not image_exists(DEFAULT_IMAGE):
+        return f"image {DEFAULT_IMAGE} missing: run `rlm docker build-image`"
+    return None
+
+
+ENVIRONMENTS = ["local", "docker"]
+
+
+class RecordingHandler:
+    """A session handler that answers sub-calls from a table and records them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.tools: dict[str, Any] = {}
+
+    async def complete(self, request: pb.CompleteRequest) -> pb.CompleteReply:
+        self.calls.append(("complete", request.prompt))
+        return pb.CompleteReply(text=f"echo:{request.prompt}", input_tokens=1, output_tokens=1)
+
+    async def subcall(self, request: pb.SubcallRequest) -> pb.CompleteReply:
+        self.calls.append(("subcall", request.prompt))
+        return pb.CompleteReply(text=f"child:{request.prompt}")
+
+    async def call_tool(self, request: pb.ToolRequest) -> pb.ToolReply:
+        import json
+
+        self.calls.append(("tool", request.name))
+        payload = json.loads(request.args_json)
+        if request.name not in self.tools:
+            raise ConfigurationError(f"no tool {request.name}")
+        value = self.tools[request.name](*payload["args"], **payload["kwargs"])
+        return pb.ToolReply(result_json=json.dumps(value).encode())
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[BrokerServer]:
+    server = BrokerServer()
+    run_sync(server.start())
+    yield server
+    run_sync(server.aclose())
+
+
+@pytest.fixture(params=ENVIRONMENTS)
+def env_name(request: pytest.FixtureRequest) -> str:
+    if request.param == "docker":
+        reason = docker_available()
+        if reason:
+            pytest.skip(f"docker: {reason}")
+    return request.param
+
+
+@pytest.fixture
+def handler() -> RecordingHandler:
+    return RecordingHandler()
+
+
+@pytest.fixture
+def make_env(broker: BrokerServer, handler: RecordingHandler, env_name: str) -> Iterator[Any]:
+    """Starts environments of the parametrised kind; closes them after the test."""
+    made: list[SandboxEnvironment] = []
+
+    def factory(**kwargs: Any) -> SandboxEnvironment:
+        cls = environment_class(env_name)
+        env = cls(broker=broker, handler=handler, label="test", **kwargs)
+        run_sync(env.start())
+        made.append(env)
+        return env
+
+    yield factory
+    for env in made:
+        run_sync(env.aclose())

@@ -1,0 +1,252 @@
+"""End-to-end: the real openai client against the scripted server, through broker and runner."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from rlm import BudgetExceededError, ErrorThresholdExceededError, RLMLogger
+from rlm.testing import RecordedRequest, Reply
+
+NEEDLE = "The secret launch code is 7491-ALPHA."
+
+
+def haystack(size: int, needle_at: float) -> str:
+    rng = random.Random(7)
+    words = ["river", "stone", "amber", "falcon", "quiet", "lantern", "meadow", "copper"]
+    lines, total, inserted = [], 0, False
+    while total < size:
+        if not inserted and total >= size * needle_at:
+            lines.append(NEEDLE)
+            inserted = True
+        line = " ".join(rng.choice(words) for _ in range(12)) + "."
+        lines.append(line)
+        total += len(line) + 1
+    return "\n".join(lines)
+
+
+CHUNK = 250_000
+ROOT_CHUNK_AND_BATCH = f"""I will split the context and ask sub-models in parallel.
+```repl
+chunks = [context[i:i + {CHUNK}] for i in range(0, len(context), {CHUNK})]
+prompts = ["Find the secret launch code in this text. Reply with the code only, or NONE.\\n" + c for c in chunks]
+replies = llm_query_batched(prompts)
+found = [r for r in replies if r != "NONE"]
+print(len(chunks), found)
+```"""
+ROOT_FINISH = """```repl
+answer["content"] = found[0]
+answer["ready"] = True
+```"""
+
+
+def is_root_request(request: RecordedRequest) -> bool:
+    return any(m.get("role") == "system" for m in request.messages)
+
+
+def iteration_of(request: RecordedRequest) -> int:
+    return sum(1 for m in request.messages if m.get("role") == "assistant")
+
+
+def needle_script(request: RecordedRequest) -> str:
+    if is_root_request(request):
+        return [ROOT_CHUNK_AND_BATCH, ROOT_FINISH][iteration_of(request)]
+    match = re.search(r"secret launch code is (\S+)\.", request.prompt)
+    return match.group(1) if match else "NONE"
+
+
+def test_needle_in_a_2mb_haystack_with_concurrent_batched_subcalls(lm_server, make_rlm, tmp_path):
+    context = haystack(2_500_000, needle_at=0.77)
+    lm_server.set_script(needle_script)
+    lm_server.latency = 0.2
+    logger = RLMLogger(log_dir=str(tmp_path))
+    rlm = make_rlm(
+        other_backends=["openai"],
+        other_backend_kwargs=[
+            {"model_name": "sub-model", "base_url": lm_server.base_url, "api_key": "k"}
+        ],
+        logger=logger,
+    )
+    result = rlm.completion(context, root_prompt="What is the secret launch code?")
+
+    assert result.response == "7491-ALPHA"
+    chunks = -(-len(context) // CHUNK)
+    sub_requests = [r for r in lm_server.requests if not is_root_request(r)]
+    assert len(sub_requests) == chunks
+    # The sub-calls overlapped on the server: they ran concurrently, not one after another.
+    assert lm_server.max_in_flight >= min(chunks, 8)
+    starts = sorted(r.started for r in sub_requests)
+    ends = sorted(r.finished for r in sub_requests)
+    assert starts[-1] < ends[0], "every sub-call should have started before the first one ended"
+    # Usage: what the server reported equals what the RLM summed, per model and in total.
+    summary = result.usage_summary
+    assert summary.model_usage_summaries["sub-model"].total_calls == chunks
+    assert summary.model_usage_summaries["root-model"].total_calls == 2
+    server_usage = lm_server.usage_total()
+    assert summary.total_calls == server_usage["calls"]
+    assert summary.total_input_tokens == server_usage["input_tokens"]
+    assert summary.total_output_tokens == server_usage["output_tokens"]
+    # The trajectory and the JSONL log tell what happened.
+    assert result.metadata["finished_by"] == "answer"
+    first_block = result.metadata["iterations"][0]["code_blocks"][0]
+    assert len(first_block["subcalls"]) == chunks
+    events = RLMLogger.read(logger.log_file_path)
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+    assert kinds.count("subcall_finished") == chunks
+
+
+def depth_script(leaf_reply: str = "leaf answer"):
+    plans = {
+        "root": [
+            '```repl\nr = rlm_query("CHILD: summarise the task")\nprint(r)\n```',
+            '```repl\nanswer["content"] = "root got: " + r\nanswer["ready"] = True\n```',
+        ],
+        "child": [
+            '```repl\ng = rlm_query("GRANDCHILD: go deeper")\nprint(g)\n```',
+            '```repl\nanswer.update({"content": "child got: " + g, "ready": True})\n```',
+        ],
+        "grandchild": [
+            '```repl\nv = llm_query("leaf question")\nprint(v[:20])\n```',
+            '```repl\nanswer = {"content": "grand got: " + v[:10], "ready": True}\n```',
+        ],
+    }
+
+    def script(request: RecordedRequest) -> str | Reply:
+        if not is_root_request(request):
+            return leaf_reply
+        first_user = request.messages[1]["content"]
+        if "GRANDCHILD" in first_user:
+            who = "grandchild"
+        elif "CHILD" in first_user:
+            who = "child"
+        else:
+            who = "root"
+        return plans[who][iteration_of(request)]
+
+    return script
+
+
+def test_depth_two_recursion_rolls_child_usage_into_the_root(lm_server, make_rlm):
+    lm_server.set_script(depth_script())
+    rlm = make_rlm(max_depth=3)
+    result = rlm.completion("ROOT DATA", root_prompt="go")
+    assert result.response == "root got: child got: grand got: leaf answe"
+    # Root 2 calls, child 2, grandchild 2 + 1 leaf call: all of them in the root's summary.
+    assert result.usage_summary.total_calls == 7 == lm_server.usage_total()["calls"]
+    assert result.usage_summary.total_input_tokens == lm_server.usage_total()["input_tokens"]
+    child = result.metadata["iterations"][0]["code_blocks"][0]["subcalls"][0]["child"]
+    assert child["depth"] == 1
+    grandchild = child["iterations"][0]["code_blocks"][0]["subcalls"][0]["child"]
+    assert grandchild["depth"] == 2
+    assert grandchild["iterations"][0]["code_blocks"][0]["subcalls"][0]["kind"] == "llm_query"
+
+
+def test_rlm_query_at_max_depth_is_a_plain_lm_call(lm_server, make_rlm):
+    lm_server.set_script(depth_script())
+    rlm = make_rlm(max_depth=1, max_iterations=2)
+    result = rlm.completion("ROOT DATA")
+    assert result.response == "root got: leaf answer"
+    assert result.usage_summary.total_calls == 3
+
+
+def test_budget_exhausted_in_a_grandchild_stops_the_whole_tree(lm_server, make_rlm):
+    # The grandchild's leaf call returns 40k characters (~10k tokens): that blows the budget.
+    lm_server.set_script(depth_script(leaf_reply="x" * 40_000))
+    rlm = make_rlm(
+        max_depth=3,
+        max_budget=0.005,
+        backend_kwargs={"price_per_million": (1.0, 1.0)},
+    )
+    with pytest.raises(BudgetExceededError) as caught:
+        rlm.completion("ROOT DATA", root_prompt="go")
+    assert "max_budget" in str(caught.value)
+    # Root, child and grandchild each made one call, then the leaf call overspent; nothing
+    # ran after it (no further iteration anywhere in the tree).
+    assert lm_server.usage_total()["calls"] == 4
+    assert not is_root_request(lm_server.requests[-1])
+
+
+def test_budget_needs_a_known_price(lm_server, make_rlm):
+    from rlm import ConfigurationError
+
+    lm_server.set_script(["```repl\nprint(1)\n```"])
+    rlm = make_rlm(max_budget=1.0, backend_kwargs={"model_name": "my-private-model"})
+    with pytest.raises(ConfigurationError, match="price_per_million"):
+        rlm.completion("data")
+    assert lm_server.requests == []
+
+
+def test_max_errors_stops_with_the_partial_answer(lm_server, make_rlm):
+    lm_server.set_script(
+        ['```repl\nanswer["content"] = "half"\nraise ValueError("boom")\n```'] * 3
+    )
+    rlm = make_rlm(max_errors=2)
+    with pytest.raises(ErrorThresholdExceededError) as caught:
+        rlm.completion("data")
+    assert caught.value.partial_answer == "half"
+
+
+def test_malformed_replies_are_explained_and_iterations_fall_back(lm_server, make_rlm):
+    lm_server.set_script(
+        [
+            "I think the answer is 4.",  # no code block
+            "```repl\nprint('unterminated'",  # never closed
+            "The answer is 4.",  # the forced final answer
+        ]
+    )
+    rlm = make_rlm(max_iterations=2)
+    result = rlm.completion("2+2?")
+    assert result.response == "The answer is 4."
+    assert result.metadata["finished_by"] == "max_iterations"
+    second = lm_server.requests[1].messages[-1]["content"]
+    assert "no ```repl code block found" in second
+    third = lm_server.requests[2].messages
+    assert "never closed" in third[-2]["content"]
+
+
+def test_lm_errors_are_retried(lm_server, make_rlm):
+    lm_server.set_script(['```repl\nanswer["content"]="ok"\nanswer["ready"]=True\n```'])
+    lm_server.fail_first = 2
+    rlm = make_rlm(backend_kwargs={"max_retries": 3})
+    assert rlm.completion("x").response == "ok"
+    assert len(lm_server.requests) == 3
+
+
+def test_persistent_sessions_keep_state_across_completions(lm_server, make_rlm):
+    lm_server.set_script(
+        [
+            '```repl\nseen = [context]\nanswer.update(content=str(len(seen)), ready=True)\n```',
+            '```repl\nseen.append(context)\nanswer = {"content": "|".join(seen) + "|" + context_0, "ready": True}\n```',
+        ]
+    )
+    rlm = make_rlm(persistent=True)
+    assert rlm.completion("first").response == "1"
+    assert rlm.completion("second").response == "first|second|first"
+
+
+def test_host_callable_tools(lm_server, make_rlm):
+    calls = []
+
+    def lookup(key: str) -> dict:
+        """Looks a key up in the host's database."""
+        calls.append(key)
+        return {"key": key, "value": 42}
+
+    lm_server.set_script(
+        ['```repl\nr = lookup("k")\nanswer["content"] = f"{r[\'value\']} {LIMIT}"\nanswer["ready"] = True\n```']
+    )
+    rlm = make_rlm(custom_tools={"lookup": lookup, "LIMIT": 7})
+    assert rlm.completion("x").response == "42 7"
+    assert calls == ["k"]
+    assert "Looks a key up" in lm_server.requests[0].messages[0]["content"]
+
+
+def test_acompletion(lm_server, make_rlm):
+    import asyncio
+
+    lm_server.set_script(['```repl\nanswer["content"]="async"\nanswer["ready"]=True\n```'])
+    rlm = make_rlm()
+    assert asyncio.run(rlm.acompletion("x")).response == "async"

@@ -27,5 +27,5 @@ async def close_all() -> None:
     for resource in sorted(list(_live), key=lambda r: getattr(r, "close_order", 0)):
         try:
             await resource.aclose()
-        except Exception:  # noqa: S112 - keep closing the others
+        except Exception:
             continue

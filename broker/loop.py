@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+#: How long an interrupted call waits for its sandboxes to be torn down.
+CLEANUP_SECONDS = 30.0
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
@@ -47,20 +50,25 @@ def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
 
 
 def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-    """Runs ``coro`` on the background loop and waits for it; Ctrl-C cancels it and waits for
-    its clean-up (sandboxes closed) before re-raising."""
+    """Runs ``coro`` on the background loop and waits for it. On Ctrl-C (or a timeout) the
+    coroutine is cancelled and its clean-up (sandboxes closed) is awaited before re-raising."""
     if on_loop_thread():
         raise RuntimeError("run_sync() called from the rlm event loop; await the coroutine instead")
-    future = submit(coro)
+    finished = threading.Event()
+
+    async def tracked() -> T:
+        try:
+            return await coro
+        finally:
+            finished.set()
+
+    future = submit(tracked())
     try:
         return future.result(timeout)
     except BaseException:
         if not future.done():
-            future.cancel()
-            try:
-                future.result(30)
-            except BaseException:  # noqa: S110 - the original error is what the caller sees
-                pass
+            future.cancel()  # cancels the task on the loop, which runs its finally blocks
+            finished.wait(CLEANUP_SECONDS)
         raise
 
 
@@ -74,10 +82,8 @@ def _shutdown() -> None:
         return
     from rlm.broker import cleanup
 
-    try:
-        asyncio.run_coroutine_threadsafe(cleanup.close_all(), loop).result(20)
-    except BaseException:  # noqa: S110 - best effort at interpreter exit
-        pass
+    with contextlib.suppress(BaseException):  # best effort at interpreter exit
+        asyncio.run_coroutine_threadsafe(cleanup.close_all(), loop).result(CLEANUP_SECONDS)
     loop.call_soon_threadsafe(loop.stop)
 
 

@@ -75,7 +75,7 @@ class LMRouter:
         async with self._semaphore:
             try:
                 response = await asyncio.wait_for(client.acomplete(messages, **sampling), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 ledger.check()
                 raise TimeoutExceededError("max_timeout reached during an LM call") from None
         cost = pricing.cost_of(

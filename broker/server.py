@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
+from rlm.protos import rlm_sandbox_pb2 as pb
+from rlm.protos import rlm_sandbox_pb2_grpc as pb_grpc
 
 from rlm.errors import (
     BrokerError,
@@ -25,8 +27,6 @@ from rlm.errors import (
     LMError,
     SandboxDiedError,
 )
-from rlm.protos import rlm_sandbox_pb2 as pb
-from rlm.protos import rlm_sandbox_pb2_grpc as pb_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -126,7 +126,7 @@ class _Servicer(pb_grpc.BrokerServicer):
         )
         raise AssertionError("unreachable")  # abort() raises
 
-    async def Attach(self, request_iterator, context):  # noqa: N802 - gRPC method name
+    async def Attach(self, request_iterator, context):
         session = await self._session(context)
         first = await context.read()
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "hello":
@@ -160,13 +160,13 @@ class _Servicer(pb_grpc.BrokerServicer):
             code, details = _status_for(error)
             await context.abort(code, details)
 
-    async def Complete(self, request, context):  # noqa: N802
+    async def Complete(self, request, context):
         return await self._answer(context, lambda h: h.complete(request))
 
-    async def Subcall(self, request, context):  # noqa: N802
+    async def Subcall(self, request, context):
         return await self._answer(context, lambda h: h.subcall(request))
 
-    async def CallTool(self, request, context):  # noqa: N802
+    async def CallTool(self, request, context):
         return await self._answer(context, lambda h: h.call_tool(request))
 
 

@@ -10,6 +10,7 @@ sandbox, how to start a process in it and how to destroy it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -19,8 +20,9 @@ from typing import Any, ClassVar
 
 from rlm.broker import cleanup
 from rlm.broker.server import BrokerServer, RunnerConnection, Session, SessionHandler
-from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
 from rlm.protos import rlm_sandbox_pb2 as pb
+
+from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
 
 CHUNK_CHARS = 1 << 20  # ~1 MiB per context message, far below gRPC's 4 MiB default
 
@@ -81,7 +83,9 @@ class Environment(ABC):
         """Creates the sandbox and attaches its runner to the broker."""
 
     @abstractmethod
-    async def load_context(self, value: Any, *, name: str = "context", aliases: tuple[str, ...] = ()) -> None:
+    async def load_context(
+        self, value: Any, *, name: str = "context", aliases: tuple[str, ...] = ()
+    ) -> None:
         """Binds ``value`` (str, list or dict) to ``name`` inside the sandbox."""
 
     @abstractmethod
@@ -223,7 +227,7 @@ class SandboxEnvironment(Environment):
         self._process = await self._launch_runner(json.dumps(bootstrap).encode() + b"\n")
         try:
             self._connection = await self._wait_attached()
-        except (asyncio.TimeoutError, SandboxDiedError) as error:
+        except (TimeoutError, SandboxDiedError) as error:
             details = self._process.diagnostics() if self._process else ""
             await self._kill_runner()
             raise SandboxStartError(
@@ -237,7 +241,7 @@ class SandboxEnvironment(Environment):
         while True:
             try:
                 return await self._session.wait_runner(timeout=0.05)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if self._process.exit_code() is not None:
                     raise SandboxDiedError(
                         f"the runner exited with code {self._process.exit_code()}"
@@ -271,10 +275,8 @@ class SandboxEnvironment(Environment):
         self._closed = True
         connection = self._connection
         if connection is not None and not connection.closed.is_set():
-            try:
+            with contextlib.suppress(TimeoutError, SandboxError):
                 await asyncio.wait_for(connection.send(pb.HostMessage(shutdown=pb.Shutdown())), 1)
-            except (SandboxError, asyncio.TimeoutError):
-                pass
         try:
             await self._kill_runner()
         finally:
@@ -372,12 +374,14 @@ class SandboxEnvironment(Environment):
             await connection.send(pb.HostMessage(execute=request))
             waiting = asyncio.ensure_future(self._wait_result(connection, cell_id))
             try:
-                return CellResult.from_proto(await asyncio.wait_for(asyncio.shield(waiting), timeout))
-            except asyncio.TimeoutError:
+                return CellResult.from_proto(
+                    await asyncio.wait_for(asyncio.shield(waiting), timeout)
+                )
+            except TimeoutError:
                 await connection.send(pb.HostMessage(interrupt=pb.Interrupt(cell_id=cell_id)))
                 try:
                     result = await asyncio.wait_for(waiting, self.interrupt_grace)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 else:
                     cell = CellResult.from_proto(result)

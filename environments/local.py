@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import shutil
 import signal
@@ -53,14 +54,12 @@ class LocalRunnerProcess(RunnerProcess):
 
     async def kill(self) -> None:
         if self._process.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         await self._process.wait()
         try:
             await asyncio.wait_for(self._drain, 1)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._drain.cancel()
 
 

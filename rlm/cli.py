@@ -63,7 +63,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--max-budget", type=float, help="stop after spending this many US dollars")
     run.add_argument("--max-timeout", type=float, help="stop after this many seconds")
     run.add_argument("--max-tokens", type=int, help="stop after this many tokens (whole tree)")
-    run.add_argument("--max-errors", type=int, help="stop after this many failing iterations in a row")
+    run.add_argument(
+        "--max-errors", type=int, help="stop after this many failing iterations in a row"
+    )
     run.add_argument("--cell-timeout", type=float, default=120.0, help="seconds per code block")
     run.add_argument("--log-dir", help="write a JSONL trajectory to this directory")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
@@ -81,7 +83,9 @@ def _read_context(paths: list[str]) -> Any:
                 with open(path, encoding="utf-8", errors="replace") as handle:
                     texts.append(handle.read())
             except OSError as error:
-                raise ConfigurationError(f"cannot read --context-file {path!r}: {error.strerror}") from error
+                raise ConfigurationError(
+                    f"cannot read --context-file {path!r}: {error.strerror}"
+                ) from error
     if not texts:
         raise ConfigurationError("give the context with --context-file FILE (or '-' for stdin)")
     return texts[0] if len(texts) == 1 else texts

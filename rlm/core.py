@@ -81,7 +81,9 @@ class RLM:
         self.verbose = verbose
         self.persistent = persistent
         self.tools = parse_tools(custom_tools)
-        self.sub_tools = parse_tools(custom_sub_tools) if custom_sub_tools is not None else self.tools
+        self.sub_tools = (
+            parse_tools(custom_sub_tools) if custom_sub_tools is not None else self.tools
+        )
         self.compaction = compaction
         self.compaction_threshold_pct = compaction_threshold_pct
         self.max_concurrent_subcalls = max_concurrent_subcalls
@@ -89,7 +91,8 @@ class RLM:
         # Clients are built now so that a missing key or extra fails here, not mid-run.
         self._root_client = create_client(backend, self.backend_kwargs)
         self._other_clients = [
-            create_client(name, kwargs) for name, kwargs in zip(other_backends, other_backend_kwargs, strict=True)
+            create_client(name, kwargs)
+            for name, kwargs in zip(other_backends, other_backend_kwargs, strict=True)
         ]
         self._max_concurrent_lm_calls = max_concurrent_lm_calls
         listeners: list[EventListener] = []

@@ -32,7 +32,9 @@ class RLMLogger:
     def __init__(self, log_dir: str = "logs", file_name: str = "rlm") -> None:
         os.makedirs(log_dir, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.log_file_path = os.path.join(log_dir, f"{file_name}_{stamp}_{uuid.uuid4().hex[:8]}.jsonl")
+        self.log_file_path = os.path.join(
+            log_dir, f"{file_name}_{stamp}_{uuid.uuid4().hex[:8]}.jsonl"
+        )
         self._lock = threading.Lock()
         self._file = open(self.log_file_path, "a", encoding="utf-8")  # noqa: SIM115
 

@@ -54,12 +54,16 @@ class ProgressPrinter:
         shown = "\n".join(code_lines[:CODE_LINES])
         if len(code_lines) > CODE_LINES:
             shown += f"\n# ... {len(code_lines) - CODE_LINES} more lines"
-        self.console.print(Syntax(shown, "python", theme="ansi_dark", padding=(0, 2 + 2 * event.depth)))
+        self.console.print(
+            Syntax(shown, "python", theme="ansi_dark", padding=(0, 2 + 2 * event.depth))
+        )
         output = (data.get("stdout") or "").rstrip().splitlines()
         for line in output[:OUTPUT_LINES]:
             self.console.print(f"{self._indent(event)}  [dim]│ {escape(line[:160])}[/]")
         if len(output) > OUTPUT_LINES:
-            self.console.print(f"{self._indent(event)}  [dim]│ ... {len(output) - OUTPUT_LINES} more lines[/]")
+            self.console.print(
+                f"{self._indent(event)}  [dim]│ ... {len(output) - OUTPUT_LINES} more lines[/]"
+            )
         if data.get("error"):
             last = data["error"].strip().splitlines()[-1]
             self.console.print(f"{self._indent(event)}  [red]✗ {escape(last[:200])}[/]")

@@ -48,7 +48,9 @@ DEFAULT_REQUEST = (
     "The request is part of `context` itself: read it there, then carry it out over the data."
 )
 
-NEXT_USER_MESSAGE = "Output of your code:\n{outputs}\n\nContinue (iteration {iteration} of {max_iterations})."
+NEXT_USER_MESSAGE = (
+    "Output of your code:\n{outputs}\n\nContinue (iteration {iteration} of {max_iterations})."
+)
 
 OUT_OF_ITERATIONS = (
     "You have used every iteration. Reply now with your best final answer as plain text, "

@@ -151,9 +151,13 @@ class RLMRun:
 
     # ---- call-backs from the sandbox ------------------------------------------------------
 
-    async def _plain_call(self, request: Any, kind: str, messages: list[dict[str, Any]]) -> pb.CompleteReply:
+    async def _plain_call(
+        self, request: Any, kind: str, messages: list[dict[str, Any]]
+    ) -> pb.CompleteReply:
         call_id = f"{self.run_id}:{next(self._call_ids)}"
-        preview = (request.prompt or request.messages_json if kind == "llm_query" else request.prompt)[:PREVIEW_CHARS]
+        preview = (
+            request.prompt or request.messages_json if kind == "llm_query" else request.prompt
+        )[:PREVIEW_CHARS]
         self.emit("subcall_started", call_id=call_id, call=kind, prompt_preview=preview)
         started = time.perf_counter()
         record: dict[str, Any] = {"kind": kind, "prompt_preview": preview}
@@ -162,9 +166,17 @@ class RLMRun:
                 messages, ledger=self.ledger, depth=self.depth + 1, model=request.model or None
             )
         except BaseException as error:
-            record.update(error=f"{type(error).__name__}: {error}", seconds=time.perf_counter() - started)
+            record.update(
+                error=f"{type(error).__name__}: {error}", seconds=time.perf_counter() - started
+            )
             self._record_subcall(record)
-            self.emit("subcall_finished", call_id=call_id, call=kind, seconds=record["seconds"], error=record["error"])
+            self.emit(
+                "subcall_finished",
+                call_id=call_id,
+                call=kind,
+                seconds=record["seconds"],
+                error=record["error"],
+            )
             raise
         seconds = time.perf_counter() - started
         usage = response.usage
@@ -218,7 +230,10 @@ class RLMRun:
             prompt_preview=request.prompt[:PREVIEW_CHARS],
             child_run_id=child.run_id,
         )
-        record: dict[str, Any] = {"kind": "rlm_query", "prompt_preview": request.prompt[:PREVIEW_CHARS]}
+        record: dict[str, Any] = {
+            "kind": "rlm_query",
+            "prompt_preview": request.prompt[:PREVIEW_CHARS],
+        }
         self._record_subcall(record)
         started = time.perf_counter()
         error_text = None
@@ -251,7 +266,9 @@ class RLMRun:
         record: dict[str, Any] = {"kind": "tool", "name": request.name}
         try:
             value = await asyncio.wait_for(
-                asyncio.to_thread(tool.value, *payload.get("args", []), **payload.get("kwargs", {})),
+                asyncio.to_thread(
+                    tool.value, *payload.get("args", []), **payload.get("kwargs", {})
+                ),
                 self.config.tool_timeout,
             )
             encoded = json.dumps(value).encode()
@@ -272,7 +289,9 @@ class RLMRun:
             "iterations": self.iterations,
         }
 
-    async def _setup_sandbox(self, env: Environment, context: Any, context_name: str, aliases: tuple[str, ...]) -> None:
+    async def _setup_sandbox(
+        self, env: Environment, context: Any, context_name: str, aliases: tuple[str, ...]
+    ) -> None:
         await env.load_context(context, name=context_name, aliases=aliases)
         values = {n: t.value for n, t in self.tools.items() if not callable(t.value)}
         specs = [ToolSpec(n, t.description) for n, t in self.tools.items() if callable(t.value)]
@@ -349,7 +368,9 @@ class RLMRun:
             tools={n: t.description for n, t in self.tools.items()},
         )
 
-    async def _loop(self, env: Environment, context: Any, root_prompt: str | None) -> tuple[str, str]:
+    async def _loop(
+        self, env: Environment, context: Any, root_prompt: str | None
+    ) -> tuple[str, str]:
         config = self.config
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": self._system_message(context)},
@@ -371,7 +392,11 @@ class RLMRun:
                 input_tokens=reply.usage.input_tokens,
                 output_tokens=reply.usage.output_tokens,
             )
-            record: dict[str, Any] = {"iteration": iteration, "response": reply.text, "code_blocks": []}
+            record: dict[str, Any] = {
+                "iteration": iteration,
+                "response": reply.text,
+                "code_blocks": [],
+            }
             self.iterations.append(record)
             parsed = parse_reply(reply.text)
             outputs: list[str] = []
@@ -459,7 +484,9 @@ class RLMRun:
             ledger=self.ledger,
             depth=self.depth,
         )
-        self.iterations.append({"iteration": "compaction", "response": summary.text, "code_blocks": []})
+        self.iterations.append(
+            {"iteration": "compaction", "response": summary.text, "code_blocks": []}
+        )
         return [
             messages[0],
             messages[1],

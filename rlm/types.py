@@ -57,7 +57,9 @@ class UsageSummary:
 
     @property
     def total_cost(self) -> float | None:
-        costs = [s.total_cost for s in self.model_usage_summaries.values() if s.total_cost is not None]
+        costs = [
+            s.total_cost for s in self.model_usage_summaries.values() if s.total_cost is not None
+        ]
         return sum(costs) if costs else None
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,22 +10,7 @@ import pytest
 
 from rlm import RLM
 from rlm.testing import ScriptedLMServer
-
-
-def runner_pids() -> list[int]:
-    """Processes of this machine that run our sandbox runner (local environment)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read()
-        except OSError:
-            continue
-        if b"rlm-runner-" in cmdline and b".pyz" in cmdline:
-            pids.append(int(entry))
-    return pids
+from rlm.testing.leaks import runner_pids
 
 
 @pytest.fixture(autouse=True)

@@ -9,12 +9,14 @@ import sys
 import textwrap
 import time
 
-from conftest import runner_pids
+from rlm.testing.leaks import runner_pids
 
 FINISH = '```repl\nanswer["content"] = "the file has " + str(len(context.split())) + " words"\nanswer["ready"] = True\n```'
 
 
-def rlm_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def rlm_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "rlm.cli", *args],
         capture_output=True,
@@ -29,8 +31,16 @@ def test_run_prints_the_answer_and_progress(lm_server, tmp_path):
     context = tmp_path / "notes.txt"
     context.write_text("one two three four")
     result = rlm_cli(
-        "run", "How many words?", "--context-file", str(context),
-        "--base-url", lm_server.base_url, "--model", "m", "--log-dir", str(tmp_path / "logs"),
+        "run",
+        "How many words?",
+        "--context-file",
+        str(context),
+        "--base-url",
+        lm_server.base_url,
+        "--model",
+        "m",
+        "--log-dir",
+        str(tmp_path / "logs"),
         env={"OPENAI_API_KEY": "k"},
     )
     assert result.returncode == 0, result.stderr
@@ -46,7 +56,10 @@ def test_missing_key_is_one_clear_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     result = subprocess.run(
         [sys.executable, "-m", "rlm.cli", "run", "q", "-f", str(context)],
-        capture_output=True, text=True, env=env, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -57,7 +70,13 @@ def test_unreachable_endpoint_is_one_clear_line(tmp_path):
     context = tmp_path / "c.txt"
     context.write_text("x")
     result = rlm_cli(
-        "run", "q", "-f", str(context), "--base-url", "http://127.0.0.1:9/v1", "-q",
+        "run",
+        "q",
+        "-f",
+        str(context),
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "-q",
         env={"OPENAI_API_KEY": "k"},
     )
     assert result.returncode == 1
@@ -68,12 +87,22 @@ def test_unreachable_endpoint_is_one_clear_line(tmp_path):
 def test_help_explains_every_option():
     result = rlm_cli("run", "--help")
     assert result.returncode == 0
-    for option in ("--context-file", "--backend", "--model", "--base-url", "--environment", "--max-depth", "--max-budget"):
+    for option in (
+        "--context-file",
+        "--backend",
+        "--model",
+        "--base-url",
+        "--environment",
+        "--max-depth",
+        "--max-budget",
+    ):
         assert option in result.stdout
 
 
 def test_ctrl_c_mid_completion_leaves_no_runner(lm_server, tmp_path):
-    lm_server.set_script(['```repl\nimport time\nprint("sleeping", flush=True)\ntime.sleep(120)\n```'])
+    lm_server.set_script(
+        ['```repl\nimport time\nprint("sleeping", flush=True)\ntime.sleep(120)\n```']
+    )
     script = tmp_path / "host.py"
     script.write_text(
         textwrap.dedent(
@@ -107,7 +136,7 @@ def test_ctrl_c_mid_completion_leaves_no_runner(lm_server, tmp_path):
 
 def test_killed_host_takes_its_runner_with_it(lm_server, tmp_path):
     """SIGKILL gives the host no chance to clean up: the kernel (PDEATHSIG) must."""
-    lm_server.set_script(['```repl\nimport time\ntime.sleep(120)\n```'])
+    lm_server.set_script(["```repl\nimport time\ntime.sleep(120)\n```"])
     script = tmp_path / "host.py"
     script.write_text(
         f"from rlm import RLM\nRLM(backend='openai', backend_kwargs={{'model_name': 'm', 'base_url': {lm_server.base_url!r}, 'api_key': 'k'}}).completion('d')\n"

@@ -180,9 +180,7 @@ def test_budget_needs_a_known_price(lm_server, make_rlm):
 
 
 def test_max_errors_stops_with_the_partial_answer(lm_server, make_rlm):
-    lm_server.set_script(
-        ['```repl\nanswer["content"] = "half"\nraise ValueError("boom")\n```'] * 3
-    )
+    lm_server.set_script(['```repl\nanswer["content"] = "half"\nraise ValueError("boom")\n```'] * 3)
     rlm = make_rlm(max_errors=2)
     with pytest.raises(ErrorThresholdExceededError) as caught:
         rlm.completion("data")
@@ -218,7 +216,7 @@ def test_lm_errors_are_retried(lm_server, make_rlm):
 def test_persistent_sessions_keep_state_across_completions(lm_server, make_rlm):
     lm_server.set_script(
         [
-            '```repl\nseen = [context]\nanswer.update(content=str(len(seen)), ready=True)\n```',
+            "```repl\nseen = [context]\nanswer.update(content=str(len(seen)), ready=True)\n```",
             '```repl\nseen.append(context)\nanswer = {"content": "|".join(seen) + "|" + context_0, "ready": True}\n```',
         ]
     )
@@ -236,7 +234,9 @@ def test_host_callable_tools(lm_server, make_rlm):
         return {"key": key, "value": 42}
 
     lm_server.set_script(
-        ['```repl\nr = lookup("k")\nanswer["content"] = f"{r[\'value\']} {LIMIT}"\nanswer["ready"] = True\n```']
+        [
+            '```repl\nr = lookup("k")\nanswer["content"] = f"{r[\'value\']} {LIMIT}"\nanswer["ready"] = True\n```'
+        ]
     )
     rlm = make_rlm(custom_tools={"lookup": lookup, "LIMIT": 7})
     assert rlm.completion("x").response == "42 7"

@@ -15,11 +15,24 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_built_wheel_runs_a_completion(tmp_path, lm_server):
-    lm_server.set_script(['```repl\nanswer["content"] = context.upper()\nanswer["ready"] = True\n```'])
+    lm_server.set_script(
+        ['```repl\nanswer["content"] = context.upper()\nanswer["ready"] = True\n```']
+    )
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         str(ROOT), "-w", str(tmp_path / "dist")],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(ROOT),
+            "-w",
+            str(tmp_path / "dist"),
+        ],
+        check=True,
+        capture_output=True,
     )
     (wheel,) = (tmp_path / "dist").glob("rlm-*.whl")
     target = tmp_path / "site"

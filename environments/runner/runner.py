@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import grpc
-
 from rlm.protos import rlm_sandbox_pb2 as pb
 from rlm.protos import rlm_sandbox_pb2_grpc as pb_grpc
 
@@ -37,7 +36,7 @@ HELPER_NAMES = frozenset(
 )
 
 
-class BudgetExhausted(BaseException):  # noqa: N818 - the name is what the model sees
+class BudgetExhausted(BaseException):
     """A limit of the whole RLM tree is spent. A BaseException so ``except Exception`` in
     generated code cannot swallow it: the cell stops and the run ends."""
 
@@ -146,9 +145,7 @@ class Runner:
     def user_variables(self) -> list[str]:
         """Names the model defined (helpers and dunder names left out)."""
         return [
-            name
-            for name in self.namespace
-            if not name.startswith("_") and name not in HELPER_NAMES
+            name for name in self.namespace if not name.startswith("_") and name not in HELPER_NAMES
         ]
 
     def show_vars(self) -> str:

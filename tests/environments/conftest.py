@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from rlm.broker.loop import run_sync
 from rlm.broker.server import BrokerServer
 from rlm.environments import environment_class
 from rlm.environments.base import SandboxEnvironment
-from rlm.errors import ConfigurationError
 from rlm.protos import rlm_sandbox_pb2 as pb
+
+from rlm.errors import ConfigurationError
 
 
 def docker_available() -> str | None:
@@ -29,7 +29,7 @@ def docker_available() -> str | None:
 
         client = docker.from_env(timeout=5)
         client.ping()
-    except Exception as error:  # noqa: BLE001 - any failure means "no engine here"
+    except Exception as error:
         return f"no Docker engine reachable ({type(error).__name__}); run .ci/install-docker.sh"
     try:
         from rlm.environments.docker_image import DEFAULT_IMAGE, image_exists

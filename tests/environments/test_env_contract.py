@@ -7,7 +7,6 @@ import time
 
 import grpc
 import pytest
-
 from rlm.broker.loop import run_sync
 from rlm.environments.base import ToolSpec
 from rlm.protos import rlm_sandbox_pb2 as pb
@@ -32,7 +31,9 @@ def test_last_expression_is_shown_and_errors_are_tracebacks(make_env):
     result = run(env, "def f():\n    return 1 / 0\nf()")
     assert "ZeroDivisionError" in result.error
     assert "<cell" in result.error and "runner.py" not in result.error
-    assert run(env, "def broken(:").error.startswith("  File") or "SyntaxError" in run(env, "(").error
+    assert (
+        run(env, "def broken(:").error.startswith("  File") or "SyntaxError" in run(env, "(").error
+    )
     # The session goes on after errors.
     assert run(env, "print('still here')").stdout == "still here\n"
 

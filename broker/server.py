@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
-from rlm.protos import rlm_sandbox_pb2 as pb
-from rlm.protos import rlm_sandbox_pb2_grpc as pb_grpc
 
 from rlm.errors import (
     BrokerError,
@@ -27,6 +25,8 @@ from rlm.errors import (
     LMError,
     SandboxDiedError,
 )
+from rlm.protos import rlm_sandbox_pb2 as pb
+from rlm.protos import rlm_sandbox_pb2_grpc as pb_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 

@@ -20,9 +20,8 @@ from typing import Any, ClassVar
 
 from rlm.broker import cleanup
 from rlm.broker.server import BrokerServer, RunnerConnection, Session, SessionHandler
-from rlm.protos import rlm_sandbox_pb2 as pb
-
 from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
+from rlm.protos import rlm_sandbox_pb2 as pb
 
 CHUNK_CHARS = 1 << 20  # ~1 MiB per context message, far below gRPC's 4 MiB default
 

@@ -12,7 +12,8 @@ def test_all_is_complete():
     public = {
         name
         for name, value in vars(rlm).items()
-        if not name.startswith("_") and getattr(value, "__module__", "").startswith("rlm")
+        if not name.startswith("_")
+        and getattr(value, "__module__", "").startswith("rlm")
         and isinstance(value, type)
     }
     assert public <= set(rlm.__all__)
@@ -41,5 +42,7 @@ def test_runner_bundle_needs_only_grpc_and_protobuf(tmp_path):
         "print(sorted(m.split('.')[0] for m in sys.modules if m.split('.')[0] in "
         "('openai', 'rich', 'anthropic', 'httpx')))"
     )
-    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "[]"

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import grpc
+
 from rlm.protos import rlm_sandbox_pb2 as pb
 from rlm.protos import rlm_sandbox_pb2_grpc as pb_grpc
 

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from rlm.broker.loop import run_sync
 from rlm.broker.server import BrokerServer
 from rlm.environments import environment_class
 from rlm.environments.base import SandboxEnvironment
-from rlm.protos import rlm_sandbox_pb2 as pb
-
 from rlm.errors import ConfigurationError
+from rlm.protos import rlm_sandbox_pb2 as pb
 
 
 def docker_available() -> str | None:

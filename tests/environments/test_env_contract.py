@@ -7,6 +7,7 @@ import time
 
 import grpc
 import pytest
+
 from rlm.broker.loop import run_sync
 from rlm.environments.base import ToolSpec
 from rlm.protos import rlm_sandbox_pb2 as pb

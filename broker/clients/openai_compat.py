@@ -1,0 +1,215 @@
+"""Clients for every backend that speaks OpenAI chat completions.
+
+``OpenAIClient`` holds the logic; the other backends are subclasses that only change the default
+base URL and which environment variable holds the key: ``openrouter``, ``vllm``, ``ollama``,
+``lmstudio`` and ``vercel`` (the Vercel AI Gateway).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import urlparse
+
+import openai
+
+from rlm.broker.clients.base import (
+    LMClient,
+    LMResponse,
+    LMUsage,
+    Messages,
+    PermanentError,
+    ProviderError,
+    TransientError,
+    parse_retry_after,
+    split_known_kwargs,
+)
+from rlm.errors import ConfigurationError
+
+__all__ = [
+    "LMStudioClient",
+    "OllamaClient",
+    "OpenAIClient",
+    "OpenRouterClient",
+    "VLLMClient",
+    "VercelClient",
+]
+
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+
+
+def _is_local(base_url: str | None) -> bool:
+    if not base_url:
+        return False
+    host = urlparse(base_url).hostname or ""
+    return host in _LOCAL_HOSTS or host.endswith(".localhost")
+
+
+class OpenAIClient(LMClient):
+    """An OpenAI chat-completions client over ``openai.AsyncOpenAI``.
+
+    The key comes from ``api_key`` or the backend's environment variable; a server on
+    localhost needs none. ``extra_headers`` are sent with every request. Usage (and
+    ``usage.cost`` where the server reports it, as OpenRouter does) is read from each response.
+    """
+
+    backend: ClassVar[str] = "openai"
+    key_env: ClassVar[str | None] = "OPENAI_API_KEY"
+    default_base_url: ClassVar[str | None] = None  # None: the SDK's default, api.openai.com
+    key_required: ClassVar[bool] = True
+    base_url_required: ClassVar[bool] = False
+    extra_body: ClassVar[Mapping[str, Any] | None] = None
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: float = 300.0,
+        max_retries: int = 4,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        sampling: Mapping[str, Any] | None = None,
+        price_per_million: tuple[float, float] | None = None,
+    ) -> None:
+        super().__init__(
+            model_name,
+            timeout=timeout,
+            max_retries=max_retries,
+            initial_backoff=initial_backoff,
+            max_backoff=max_backoff,
+            sampling=sampling,
+            price_per_million=price_per_million,
+        )
+        base_url = base_url or self.default_base_url
+        if base_url is None and self.base_url_required:
+            raise ConfigurationError(
+                f"backend {self.backend!r} needs backend_kwargs['base_url'], "
+                "e.g. 'http://localhost:8000/v1' for a local vLLM server"
+            )
+        api_key = api_key or (os.environ.get(self.key_env) if self.key_env else None)
+        if not api_key:
+            if self.key_required and not _is_local(base_url):
+                raise ConfigurationError(
+                    f"backend {self.backend!r} needs an API key: set the {self.key_env} "
+                    "environment variable or backend_kwargs['api_key']"
+                )
+            api_key = "EMPTY"
+        self.base_url = base_url
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=self.timeout,
+            max_retries=0,  # retries are LMClient's, so they are counted and logged once
+            default_headers=dict(extra_headers) if extra_headers else None,
+        )
+
+    def _base_url_hint(self) -> str:
+        return str(self._client.base_url)
+
+    async def _call(self, messages: Messages, **sampling: Any) -> LMResponse:
+        if self.extra_body:
+            sampling["extra_body"] = {**self.extra_body, **(sampling.get("extra_body") or {})}
+        create = self._client.chat.completions.create
+        try:
+            completion = await create(
+                model=self.model_name, messages=messages, **split_known_kwargs(create, sampling)
+            )
+        except openai.APIStatusError as exc:
+            raise ProviderError.from_status(
+                exc.status_code,
+                _status_message(exc),
+                retry_after=parse_retry_after(exc.response.headers),
+            ) from exc
+        except openai.APIConnectionError as exc:  # includes APITimeoutError
+            raise TransientError(_connection_message(exc), connection=True) from exc
+        except openai.APIError as exc:  # e.g. a response that does not parse
+            raise PermanentError(f"{type(exc).__name__}: {exc.message}") from exc
+        choices = getattr(completion, "choices", None)
+        if not choices:
+            # OpenRouter can answer 200 with an "error" object when the upstream provider fails.
+            error = (getattr(completion, "model_extra", None) or {}).get("error")
+            raise TransientError(f"the response had no choices: {error or completion!r}")
+        text = choices[0].message.content or ""
+        return LMResponse(
+            text=text, model=completion.model or self.model_name, usage=_usage(completion)
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _usage(completion: Any) -> LMUsage:
+    usage = getattr(completion, "usage", None)
+    if usage is None:
+        return LMUsage()
+    cost = getattr(usage, "cost", None)
+    return LMUsage(
+        input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        cost=float(cost) if isinstance(cost, int | float) else None,
+    )
+
+
+def _status_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, Mapping):
+        message = body.get("message")
+        if isinstance(message, str) and message:
+            return message
+    if isinstance(body, str) and body:
+        return body
+    return exc.message
+
+
+def _connection_message(exc: openai.APIConnectionError) -> str:
+    cause = exc.__cause__ or exc.__context__
+    return f"{exc.message} ({type(cause).__name__}: {cause})" if cause else exc.message
+
+
+class OpenRouterClient(OpenAIClient):
+    """OpenRouter (https://openrouter.ai); reports each call's cost in ``usage.cost``."""
+
+    backend: ClassVar[str] = "openrouter"
+    key_env: ClassVar[str | None] = "OPENROUTER_API_KEY"
+    default_base_url: ClassVar[str | None] = "https://openrouter.ai/api/v1"
+    reports_cost: ClassVar[bool] = True
+    extra_body: ClassVar[Mapping[str, Any] | None] = {"usage": {"include": True}}
+
+
+class VLLMClient(OpenAIClient):
+    """A vLLM server's OpenAI-compatible endpoint; ``base_url`` is required, the key optional."""
+
+    backend: ClassVar[str] = "vllm"
+    key_env: ClassVar[str | None] = "VLLM_API_KEY"
+    key_required: ClassVar[bool] = False
+    base_url_required: ClassVar[bool] = True
+
+
+class OllamaClient(OpenAIClient):
+    """A local Ollama server (default ``http://localhost:11434/v1``)."""
+
+    backend: ClassVar[str] = "ollama"
+    key_env: ClassVar[str | None] = None
+    key_required: ClassVar[bool] = False
+    default_base_url: ClassVar[str | None] = "http://localhost:11434/v1"
+
+
+class LMStudioClient(OpenAIClient):
+    """A local LM Studio server (default ``http://localhost:1234/v1``)."""
+
+    backend: ClassVar[str] = "lmstudio"
+    key_env: ClassVar[str | None] = None
+    key_required: ClassVar[bool] = False
+    default_base_url: ClassVar[str | None] = "http://localhost:1234/v1"
+
+
+class VercelClient(OpenAIClient):
+    """The Vercel AI Gateway (https://ai-gateway.vercel.sh/v1)."""
+
+    backend: ClassVar[str] = "vercel"
+    key_env: ClassVar[str | None] = "AI_GATEWAY_API_KEY"
+    default_base_url: ClassVar[str | None] = "https://ai-gateway.vercel.sh/v1"

@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-reference", action="store_true", help="measure ours only")
     parser.add_argument("--environment", default="local", help="environment for ours")
     parser.add_argument("--out", default="bench/out", help="folder for results.md / results.json")
+    parser.add_argument("--load-sizes", help="comma-separated context sizes in characters")
     parser.add_argument(
         "--only",
         default="iteration,single,batched,load",
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     iterations = 5 if args.quick else 30
     batch_sizes = [8] if args.quick else [8, 64, 256]
     load_sizes = [1_000_000] if args.quick else [1_000_000, 10_000_000, 40_000_000, 100_000_000]
+    if args.load_sizes:
+        load_sizes = [int(float(x)) for x in args.load_sizes.split(",")]
     latency = 0.2
 
     systems: dict[str, str] = {"ours": sys.executable}

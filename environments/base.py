@@ -229,9 +229,14 @@ class SandboxEnvironment(Environment):
         except (TimeoutError, SandboxDiedError) as error:
             details = self._process.diagnostics() if self._process else ""
             await self._kill_runner()
+            what = (
+                str(error)
+                if isinstance(error, SandboxDiedError)
+                else f"it did not attach within {self.startup_timeout:g}s"
+            )
             raise SandboxStartError(
-                f"the runner in the {self.name} sandbox did not attach within "
-                f"{self.startup_timeout:g}s{': ' + details if details else ''}"
+                f"the runner in the {self.name} sandbox failed to start: {what}"
+                f"{'; its stderr: ' + details if details else ''}"
             ) from error
 
     async def _wait_attached(self) -> RunnerConnection:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -53,3 +54,28 @@ def make_rlm(lm_server: ScriptedLMServer) -> Iterator[Any]:
     yield factory
     for rlm in made:
         rlm.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_containers_after_the_session() -> Iterator[None]:
+    """After the whole session, no container started by this test process may remain."""
+    yield
+    import shutil
+    import subprocess
+
+    if shutil.which("docker") is None:
+        return
+    from rlm.environments.docker import LABEL, OWNER_PID_LABEL
+
+    def ours() -> list[str]:
+        out = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label={LABEL}",
+             "--filter", f"label={OWNER_PID_LABEL}={os.getpid()}"],
+            capture_output=True, text=True,
+        )
+        return out.stdout.split() if out.returncode == 0 else []
+
+    deadline = time.monotonic() + 15
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not ours(), f"docker containers left behind by this test session: {ours()}"

@@ -125,6 +125,7 @@ class Runner:
         self._in_cell = threading.Event()
         self._cell_deadline = 0.0
         self._contexts: dict[str, tuple[bytearray, int]] = {}
+        self.broker_gone = threading.Event()
         self.namespace: dict[str, Any] = {}
         self._reset_namespace()
 
@@ -373,6 +374,7 @@ class Runner:
         except grpc.RpcError as error:
             print(f"rlm-runner: broker stream ended: {error.details()}", file=sys.__stderr__)
         finally:
+            self.broker_gone.set()
             self._work.put(None)
 
     def serve(self) -> int:
@@ -420,8 +422,10 @@ def _format_user_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
 
 
-def _exit_when_orphaned(runner_done: threading.Event) -> None:
-    runner_done.wait()
+def _exit_when_orphaned(broker_gone: threading.Event) -> None:
+    """Once the broker is gone nothing can use this runner: a cell still running gets a short
+    grace, then the process exits (and with it the sandbox, for container-based ones)."""
+    broker_gone.wait()
     time.sleep(ORPHAN_GRACE_SECONDS)
     os._exit(3)
 
@@ -469,9 +473,8 @@ def main() -> int:
     if config.get("workdir"):
         os.chdir(config["workdir"])
     runner = Runner(config["address"], config["token"])
-    done = threading.Event()
-    threading.Thread(target=_exit_when_orphaned, args=(done,), daemon=True).start()
+    threading.Thread(target=_exit_when_orphaned, args=(runner.broker_gone,), daemon=True).start()
     try:
         return runner.serve()
     finally:
-        done.set()
+        runner.broker_gone.set()

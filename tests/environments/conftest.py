@@ -31,10 +31,8 @@ def docker_available() -> str | None:
         client.ping()
     except Exception as error:
         return f"no Docker engine reachable ({type(error).__name__}); run .ci/install-docker.sh"
-    try:
-        from rlm.environments.docker_image import DEFAULT_IMAGE, image_exists
-    except ImportError:
-        return "the docker environment is not built yet"
+    from rlm.environments.docker_image import DEFAULT_IMAGE, image_exists
+
     if not image_exists(DEFAULT_IMAGE):
         return f"image {DEFAULT_IMAGE} missing: run `rlm docker build-image`"
     return None

@@ -1,0 +1,373 @@
+"""``docker``: one locked-down container per runner, on a real Docker engine.
+
+Secure by default — every relaxation is an explicit ``environment_kwargs`` value:
+
+- ``network="none"``: no network at all. The runner reaches the broker through the broker's unix
+  socket, bind-mounted read-only at ``/rlm``.
+- read-only root file system; ``/work`` (the working directory) and ``/tmp`` are size-capped tmpfs.
+- non-root user (uid 10001), every capability dropped, ``no-new-privileges``, an init process.
+- ``mem_limit`` (cgroup, no swap), ``cpus``, ``pids_limit``; the runner's own rlimits on top.
+- the environment is an allow-list: no host variable, so no API key, enters the container.
+
+The runner is the container's main process (behind the init), reading its bootstrap line from the
+attached stdin. When the host dies, the runner loses the broker and exits, and ``--rm`` removes the
+container; ``rlm docker gc`` removes anything a killed engine left. Containers are never reused
+across sessions: a warm pool (``pool_size``) keeps runners started and waiting for a bootstrap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import threading
+import time
+from typing import Any
+
+from rlm.errors import ConfigurationError, SandboxStartError
+
+from .base import RunnerProcess, SandboxEnvironment
+from .docker_image import DEFAULT_IMAGE, SANDBOX_PYTHON, SANDBOX_UID
+from .runner.bundle import runner_bundle_path
+
+LABEL = "org.rlm.runner"
+#: Labels: LABEL=1 on every container of ours; the owner's pid and host for `rlm docker gc`.
+OWNER_PID_LABEL = "org.rlm.owner-pid"
+OWNER_HOST_LABEL = "org.rlm.owner-host"
+SESSION_LABEL = "org.rlm.session"
+BUNDLE_PATH = "/rlm-runner/runner.pyz"
+SOCKET_MOUNT = "/rlm"
+
+
+def docker_client() -> Any:
+    """A docker SDK client for the engine in the environment (DOCKER_HOST or the local socket)."""
+    try:
+        import docker
+    except ImportError as error:
+        raise ConfigurationError(
+            "the docker environment needs the docker SDK: pip install 'rlm[docker]'"
+        ) from error
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except Exception as error:
+        raise SandboxStartError(
+            f"no Docker engine is reachable ({error}); start dockerd or set DOCKER_HOST"
+        ) from error
+    return client
+
+
+class DockerRunnerProcess(RunnerProcess):
+    """A container whose main process is the runner."""
+
+    def __init__(self, container: Any, attach_socket: Any) -> None:
+        self.container = container
+        self._socket = attach_socket
+        self._exit_code: int | None = None
+        self._stderr: collections.deque[bytes] = collections.deque(maxlen=64)
+        threading.Thread(target=self._drain, daemon=True, name="rlm-docker-drain").start()
+
+    def _drain(self) -> None:
+        """Reads the attached stdout/stderr (docker's 8-byte framed stream) until the container
+        ends, keeping the tail of stderr for error messages; then records the exit code."""
+        raw = getattr(self._socket, "_sock", self._socket)
+        buffer = b""
+        try:
+            while True:
+                data = raw.recv(65536)
+                if not data:
+                    break
+                buffer += data
+                while len(buffer) >= 8:
+                    size = int.from_bytes(buffer[4:8], "big")
+                    if len(buffer) < 8 + size:
+                        break
+                    if buffer[0] == 2:
+                        self._stderr.append(buffer[8 : 8 + size][-2000:])
+                    buffer = buffer[8 + size :]
+        except OSError:
+            pass
+        try:
+            status = self.container.wait(timeout=10)
+            self._exit_code = int(status.get("StatusCode", -1))
+        except Exception:
+            self._exit_code = -1
+
+    def send_bootstrap(self, bootstrap: bytes) -> None:
+        raw = getattr(self._socket, "_sock", self._socket)
+        raw.sendall(bootstrap)
+
+    def exit_code(self) -> int | None:
+        return self._exit_code
+
+    def diagnostics(self) -> str:
+        text = b"".join(self._stderr).decode("utf-8", "replace").strip()[-3000:]
+        if self._exit_code == 137:
+            text = (text + "\n" if text else "") + "killed (exit 137: memory limit or kill)"
+        return text
+
+    def _kill_sync(self) -> None:
+        with contextlib.suppress(Exception):
+            self._socket.close()
+        with contextlib.suppress(Exception):
+            self.container.remove(force=True)
+
+    async def kill(self) -> None:
+        await asyncio.to_thread(self._kill_sync)
+
+
+class DockerEnvironment(SandboxEnvironment):
+    """Runs generated code in a hardened container.
+
+    ``environment_kwargs``: ``image`` (default ``rlm-sandbox:latest``, build it with
+    ``rlm docker build-image``), ``network`` (default ``"none"``; e.g. ``"bridge"`` to allow
+    network), ``mem_limit`` (default ``"2g"``), ``cpus`` (default 1.0), ``pids_limit`` (default
+    256), ``tmpfs_size`` (default ``"1g"`` for /work), ``read_only`` (default True), ``user``,
+    ``volumes`` (extra docker-py volume specs, mounted as given), ``python`` (interpreter path in
+    the image), ``pool`` (a :class:`DockerPool` to take pre-started runners from), plus the shared
+    ``cell_timeout``, ``memory_mb``, ``max_output_chars``, ``max_file_mb``, ``startup_timeout``.
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        *,
+        image: str = DEFAULT_IMAGE,
+        network: str = "none",
+        mem_limit: str = "2g",
+        cpus: float = 1.0,
+        pids_limit: int = 256,
+        tmpfs_size: str = "1g",
+        read_only: bool = True,
+        user: str = f"{SANDBOX_UID}:{SANDBOX_UID}",
+        volumes: dict[str, dict[str, str]] | None = None,
+        python: str = SANDBOX_PYTHON,
+        pool: DockerPool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("memory_mb", 1536)
+        super().__init__(**kwargs)
+        if not self.broker.socket_dir:
+            raise ConfigurationError(
+                "the docker environment needs the broker on a unix socket (broker_transport='unix')"
+            )
+        self.spec = ContainerSpec(
+            image=image,
+            network=network,
+            mem_limit=mem_limit,
+            cpus=cpus,
+            pids_limit=pids_limit,
+            tmpfs_size=tmpfs_size,
+            read_only=read_only,
+            user=user,
+            volumes=dict(volumes or {}),
+            python=python,
+            socket_dir=self.broker.socket_dir,
+        )
+        self.pool = pool
+        self._client: Any = None
+
+    async def _create_sandbox(self) -> None:
+        self._client = await asyncio.to_thread(docker_client)
+        # The container's user (uid 10001) must reach the broker's socket; the session token,
+        # not the file mode, is what keeps other processes out.
+        os.chmod(self.spec.socket_dir, 0o711)
+        os.chmod(os.path.join(self.spec.socket_dir, "broker.sock"), 0o666)
+
+    def _broker_address(self) -> str:
+        return f"unix:{SOCKET_MOUNT}/broker.sock"
+
+    def _bootstrap_extras(self) -> dict[str, Any]:
+        return {"workdir": "/work"}
+
+    async def _launch_runner(self, bootstrap: bytes) -> RunnerProcess:
+        process = None
+        if self.pool is not None:
+            process = await self.pool.acquire(self.spec)
+        if process is None:
+            process = await asyncio.to_thread(self.spec.start, self._client, self.label)
+        await asyncio.to_thread(process.send_bootstrap, bootstrap)
+        return process
+
+    async def _destroy_sandbox(self) -> None:
+        self._client = None
+
+
+class ContainerSpec:
+    """How to start one runner container (shared by direct starts and the warm pool)."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+    def key(self) -> tuple[Any, ...]:
+        return tuple(sorted((k, repr(v)) for k, v in self.__dict__.items()))
+
+    def run_kwargs(self, label: str) -> dict[str, Any]:
+        volumes = {
+            self.socket_dir: {"bind": SOCKET_MOUNT, "mode": "ro"},
+            str(runner_bundle_path()): {"bind": BUNDLE_PATH, "mode": "ro"},
+            **self.volumes,
+        }
+        return {
+            "image": self.image,
+            "command": [self.python, "-I", "-u", BUNDLE_PATH],
+            "stdin_open": True,
+            "detach": True,
+            "auto_remove": True,
+            "init": True,
+            "network_mode": self.network,
+            "read_only": self.read_only,
+            "tmpfs": {
+                "/work": f"size={self.tmpfs_size},uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700",
+                "/tmp": f"size=64m,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=1777",
+            },
+            "user": self.user,
+            "working_dir": "/work",
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "pids_limit": self.pids_limit,
+            "mem_limit": self.mem_limit,
+            "memswap_limit": self.mem_limit,
+            "nano_cpus": int(self.cpus * 1e9),
+            "environment": {
+                "HOME": "/work",
+                "TMPDIR": "/tmp",
+                "LANG": "C.UTF-8",
+                "MALLOC_ARENA_MAX": "2",
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+            },
+            "labels": {
+                LABEL: "1",
+                SESSION_LABEL: label[:60],
+                OWNER_PID_LABEL: str(os.getpid()),
+                OWNER_HOST_LABEL: os.uname().nodename,
+            },
+            "volumes": volumes,
+        }
+
+    def start(self, client: Any, label: str) -> DockerRunnerProcess:
+        """Creates and starts the container; its runner waits for the bootstrap on stdin."""
+        try:
+            container = client.containers.create(**self.run_kwargs(label))
+        except Exception as error:
+            message = str(error)
+            if "No such image" in message or "not found" in message.lower():
+                raise SandboxStartError(
+                    f"docker image {self.image!r} not found: build it with `rlm docker build-image`"
+                ) from error
+            raise SandboxStartError(f"could not create the sandbox container: {error}") from error
+        try:
+            socket = container.attach_socket(
+                params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
+            container.start()
+        except Exception as error:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+            raise SandboxStartError(f"could not start the sandbox container: {error}") from error
+        return DockerRunnerProcess(container, socket)
+
+
+class DockerPool:
+    """Pre-started runner containers, each waiting for a session's bootstrap.
+
+    A container serves one session and is then removed: nothing is reused across sessions. The
+    pool refills in the background; containers idle longer than ``idle_timeout`` are removed.
+    """
+
+    close_order = 10
+
+    def __init__(self, size: int = 2, idle_timeout: float = 300.0) -> None:
+        if size < 1:
+            raise ConfigurationError("pool size must be at least 1")
+        self.size = size
+        self.idle_timeout = idle_timeout
+        self._ready: dict[tuple[Any, ...], list[tuple[float, DockerRunnerProcess]]] = {}
+        self._filling: set[tuple[Any, ...]] = set()
+        self._client: Any = None
+        self._closed = False
+
+    async def acquire(self, spec: ContainerSpec) -> DockerRunnerProcess | None:
+        """A started runner for ``spec`` if one is ready (None: start one directly)."""
+        if self._closed:
+            return None
+        if self._client is None:
+            self._client = await asyncio.to_thread(docker_client)
+        key = spec.key()
+        ready = self._ready.setdefault(key, [])
+        process = None
+        while ready:
+            started, candidate = ready.pop(0)
+            if candidate.exit_code() is None and time.monotonic() - started < self.idle_timeout:
+                process = candidate
+                break
+            await candidate.kill()
+        self._refill(spec)
+        return process
+
+    def _refill(self, spec: ContainerSpec) -> None:
+        key = spec.key()
+        if key in self._filling or self._closed:
+            return
+        self._filling.add(key)
+
+        async def fill() -> None:
+            try:
+                ready = self._ready.setdefault(key, [])
+                while len(ready) < self.size and not self._closed:
+                    process = await asyncio.to_thread(spec.start, self._client, "pool")
+                    if self._closed:
+                        await process.kill()
+                        return
+                    ready.append((time.monotonic(), process))
+            finally:
+                self._filling.discard(key)
+
+        asyncio.ensure_future(fill())
+
+    async def warm(self, spec: ContainerSpec) -> None:
+        """Fills the pool for ``spec`` now (e.g. at start-up)."""
+        if self._client is None:
+            self._client = await asyncio.to_thread(docker_client)
+        ready = self._ready.setdefault(spec.key(), [])
+        while len(ready) < self.size:
+            ready.append((time.monotonic(), await asyncio.to_thread(spec.start, self._client, "pool")))
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for ready in self._ready.values():
+            while ready:
+                _, process = ready.pop()
+                await process.kill()
+
+
+def gc(client: Any | None = None, *, all_hosts: bool = False) -> list[str]:
+    """Removes our containers whose owning process on this host is gone (all ours with
+    ``all_hosts``). Returns the removed container ids."""
+    client = client or docker_client()
+    removed = []
+    host = os.uname().nodename
+    for container in client.containers.list(all=True, filters={"label": LABEL}):
+        labels = container.labels or {}
+        owner = int(labels.get(OWNER_PID_LABEL, "0") or 0)
+        if not all_hosts:
+            if labels.get(OWNER_HOST_LABEL) != host:
+                continue
+            if owner and _alive(owner):
+                continue
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+            removed.append(container.id)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

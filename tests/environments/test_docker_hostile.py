@@ -1,0 +1,248 @@
+"""Hostile code in the docker environment: each attack is contained and the session goes on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from conftest import docker_available
+
+from rlm.broker.loop import run_sync
+
+pytestmark = pytest.mark.docker
+
+reason = docker_available()
+if reason:
+    pytest.skip(f"docker: {reason}", allow_module_level=True)
+
+from rlm.environments.docker import LABEL, DockerPool, gc  # noqa: E402
+
+
+@pytest.fixture
+def env_name() -> str:
+    return "docker"
+
+
+def run(env, code: str, timeout: float | None = None):
+    return run_sync(env.execute(code, timeout=timeout))
+
+
+def our_containers() -> list[str]:
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={LABEL}"], capture_output=True, text=True
+    )
+    return out.stdout.split()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_containers():
+    before = set(our_containers())
+    yield
+    deadline = time.monotonic() + 10
+    while set(our_containers()) - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not set(our_containers()) - before, "containers of ours left behind"
+
+
+def test_fork_bomb_is_contained(make_env):
+    env = make_env(pids_limit=64)
+    code = textwrap.dedent(
+        """
+        import os
+        children = 0
+        try:
+            while True:
+                if os.fork() == 0:
+                    import time
+                    time.sleep(30)
+                    os._exit(0)
+                children += 1
+        except OSError as error:
+            print("fork refused after", children, type(error).__name__)
+        """
+    )
+    result = run(env, code, timeout=20)
+    # Either the fork fails inside the cell, or the pids limit starves the runner itself and
+    # the sandbox is replaced: both are contained, with a message, and the session goes on.
+    assert "fork refused" in result.stdout or (result.restarted and "died" in result.error)
+    assert run(env, "print('alive')").stdout == "alive\n"
+
+
+def test_memory_bomb_hits_the_limit(make_env):
+    env = make_env(mem_limit="512m", memory_mb=4096)  # only the cgroup limit applies
+    result = run(env, "x = bytearray(2 * 1024**3)\nprint(len(x))", timeout=30)
+    assert result.restarted or "MemoryError" in result.error
+    assert run(env, "print('alive')").stdout == "alive\n"
+
+
+def test_root_filesystem_is_read_only_and_work_dir_is_writable(make_env):
+    env = make_env()
+    result = run(env, "open('/etc/evil', 'w')")
+    assert "Read-only file system" in result.error or "Permission denied" in result.error
+    result = run(env, "open('/usr/lib/evil', 'w')")
+    assert result.error
+    ok = run(env, "import os\nopen('notes.txt', 'w').write('x')\nprint(os.getcwd(), os.listdir('.'))")
+    assert ok.stdout == "/work ['notes.txt']\n", ok.error
+
+
+def test_no_network_to_the_internet_or_the_host(make_env):
+    env = make_env()
+    code = textwrap.dedent(
+        """
+        import socket
+        for host, port in [("1.1.1.1", 80), ("172.17.0.1", 22), ("127.0.0.1", 22)]:
+            try:
+                socket.create_connection((host, port), timeout=2)
+                print(host, "CONNECTED")
+            except OSError as error:
+                print(host, "blocked", type(error).__name__)
+        print(sorted(n for n in socket.if_nameindex()))
+        """
+    )
+    result = run(env, code, timeout=30)
+    assert "CONNECTED" not in result.stdout, result.stdout
+    assert result.stdout.count("blocked") == 3
+    assert "eth0" not in result.stdout
+
+
+def test_host_processes_and_files_are_invisible(make_env, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-host-secret")
+    env = make_env()
+    result = run(
+        env,
+        "import os\nprint(open('/proc/1/environ','rb').read())\nprint(sorted(os.listdir('/proc'))[:50])",
+    )
+    assert "sk-host-secret" not in result.stdout + result.error
+    host_only = run(env, f"import os\nprint(os.path.exists({os.path.abspath(__file__)!r}))")
+    assert host_only.stdout == "False\n"
+    secrets = run(env, "import os\nprint(sorted(os.environ))")
+    assert not [n for n in eval(secrets.stdout) if any(w in n for w in ("KEY", "TOKEN", "SECRET"))]
+    who = run(env, "import os\nprint(os.getuid(), os.geteuid())")
+    assert who.stdout == "10001 10001\n"
+
+
+def test_no_capabilities_and_no_privilege_escalation(make_env):
+    env = make_env()
+    result = run(env, "print(open('/proc/self/status').read())")
+    caps = {
+        line.split(":")[0]: line.split(":")[1].strip()
+        for line in result.stdout.splitlines()
+        if line.startswith("Cap")
+    }
+    assert caps["CapEff"] == "0000000000000000"
+    assert caps["CapBnd"] == "0000000000000000"
+    nnp = [line for line in result.stdout.splitlines() if line.startswith("NoNewPrivs")]
+    assert nnp == ["NoNewPrivs:\t1"]
+
+
+def test_huge_print_and_runaway_loop(make_env):
+    env = make_env(max_output_chars=500)
+    result = run(env, 'print("y" * 10**9)', timeout=60)
+    assert len(result.stdout) == 500 and result.stdout_dropped > 0
+    started = time.perf_counter()
+    loop = run(env, "while True: pass", timeout=1)
+    assert time.perf_counter() - started < 3 and loop.interrupted
+    assert run(env, "print('next')").stdout == "next\n"
+
+
+def test_warm_pool_hands_out_fresh_containers(broker, handler):
+    from rlm.environments.docker import DockerEnvironment
+
+    pool = DockerPool(size=2)
+    envs = []
+    try:
+        first = DockerEnvironment(broker=broker, handler=handler, pool=pool)
+        run_sync(first.start())
+        envs.append(first)
+        run_sync(pool.warm(first.spec))
+        started = time.perf_counter()
+        second = DockerEnvironment(broker=broker, handler=handler, pool=pool)
+        run_sync(second.start())
+        envs.append(second)
+        warm_acquire = time.perf_counter() - started
+        assert warm_acquire < 1.0
+        run(first, "secret = 1")
+        assert run(second, "print('secret' in globals())").stdout == "False\n"
+        ids = {env._process.container.id for env in envs}
+        assert len(ids) == 2
+    finally:
+        for env in envs:
+            run_sync(env.aclose())
+        run_sync(pool.aclose())
+
+
+def test_gc_removes_orphans_of_dead_owners():
+    import docker
+
+    client = docker.from_env()
+    from rlm.environments.docker_image import DEFAULT_IMAGE
+
+    orphan = client.containers.run(
+        DEFAULT_IMAGE,
+        ["sleep", "60"],
+        detach=True,
+        network_mode="none",
+        labels={LABEL: "1", "org.rlm.owner-pid": "999999", "org.rlm.owner-host": os.uname().nodename},
+    )
+    try:
+        assert orphan.id in gc(client)
+    finally:
+        try:
+            orphan.remove(force=True)
+        except Exception:
+            pass
+
+
+def test_sigint_mid_completion_leaves_no_container(tmp_path):
+    from rlm.testing import ScriptedLMServer
+
+    with ScriptedLMServer(['```repl\nimport time\ntime.sleep(120)\n```']) as server:
+        script = tmp_path / "host.py"
+        script.write_text(
+            "from rlm import RLM\n"
+            f"RLM(environment='docker', backend_kwargs={{'model_name': 'm', 'base_url': {server.base_url!r}, 'api_key': 'k'}}).completion('d')\n"
+        )
+        before = set(our_containers())
+        host = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not server.requests:
+                time.sleep(0.05)
+            time.sleep(1.0)
+            assert set(our_containers()) - before, "the container never started"
+            host.send_signal(signal.SIGINT)
+            host.communicate(timeout=60)
+        finally:
+            if host.poll() is None:
+                host.kill()
+
+
+def test_sigkill_of_the_host_leaves_no_container(tmp_path):
+    from rlm.testing import ScriptedLMServer
+
+    with ScriptedLMServer(['```repl\nimport time\ntime.sleep(120)\n```']) as server:
+        script = tmp_path / "host.py"
+        script.write_text(
+            "from rlm import RLM\n"
+            f"RLM(environment='docker', backend_kwargs={{'model_name': 'm', 'base_url': {server.base_url!r}, 'api_key': 'k'}}).completion('d')\n"
+        )
+        before = set(our_containers())
+        host = subprocess.Popen([sys.executable, str(script)])
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not server.requests:
+                time.sleep(0.05)
+            time.sleep(1.0)
+            assert set(our_containers()) - before
+            host.kill()
+            host.wait(10)
+        finally:
+            if host.poll() is None:
+                host.kill()
+        # The runner loses the broker, exits, and --rm removes its container (the autouse
+        # fixture waits up to 10 s for that).

@@ -333,7 +333,9 @@ class DockerPool:
             self._client = await asyncio.to_thread(docker_client)
         ready = self._ready.setdefault(spec.key(), [])
         while len(ready) < self.size:
-            ready.append((time.monotonic(), await asyncio.to_thread(spec.start, self._client, "pool")))
+            ready.append(
+                (time.monotonic(), await asyncio.to_thread(spec.start, self._client, "pool"))
+            )
 
     async def aclose(self) -> None:
         self._closed = True

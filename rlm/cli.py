@@ -142,13 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run(sub)
-    for extend in _EXTENSIONS:
+    for extend in _extensions():
         extend(sub)
     return parser
 
 
-#: Other modules add sub-commands here (docker, bench, ...).
-_EXTENSIONS: list[Any] = []
+def _extensions() -> list[Any]:
+    """Sub-commands that live with their feature (imported lazily by their own modules)."""
+    from rlm.environments.docker_cli import add_cli as docker_cli
+
+    return [docker_cli]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,9 +69,17 @@ def no_leaked_containers_after_the_session() -> Iterator[None]:
 
     def ours() -> list[str]:
         out = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label={LABEL}",
-             "--filter", f"label={OWNER_PID_LABEL}={os.getpid()}"],
-            capture_output=True, text=True,
+            [
+                "docker",
+                "ps",
+                "-aq",
+                "--filter",
+                f"label={LABEL}",
+                "--filter",
+                f"label={OWNER_PID_LABEL}={os.getpid()}",
+            ],
+            capture_output=True,
+            text=True,
         )
         return out.stdout.split() if out.returncode == 0 else []
 

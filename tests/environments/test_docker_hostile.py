@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -86,7 +87,9 @@ def test_root_filesystem_is_read_only_and_work_dir_is_writable(make_env):
     assert "Read-only file system" in result.error or "Permission denied" in result.error
     result = run(env, "open('/usr/lib/evil', 'w')")
     assert result.error
-    ok = run(env, "import os\nopen('notes.txt', 'w').write('x')\nprint(os.getcwd(), os.listdir('.'))")
+    ok = run(
+        env, "import os\nopen('notes.txt', 'w').write('x')\nprint(os.getcwd(), os.listdir('.'))"
+    )
     assert ok.stdout == "/work ['notes.txt']\n", ok.error
 
 
@@ -187,21 +190,23 @@ def test_gc_removes_orphans_of_dead_owners():
         ["sleep", "60"],
         detach=True,
         network_mode="none",
-        labels={LABEL: "1", "org.rlm.owner-pid": "999999", "org.rlm.owner-host": os.uname().nodename},
+        labels={
+            LABEL: "1",
+            "org.rlm.owner-pid": "999999",
+            "org.rlm.owner-host": os.uname().nodename,
+        },
     )
     try:
         assert orphan.id in gc(client)
     finally:
-        try:
+        with contextlib.suppress(Exception):
             orphan.remove(force=True)
-        except Exception:
-            pass
 
 
 def test_sigint_mid_completion_leaves_no_container(tmp_path):
     from rlm.testing import ScriptedLMServer
 
-    with ScriptedLMServer(['```repl\nimport time\ntime.sleep(120)\n```']) as server:
+    with ScriptedLMServer(["```repl\nimport time\ntime.sleep(120)\n```"]) as server:
         script = tmp_path / "host.py"
         script.write_text(
             "from rlm import RLM\n"
@@ -225,7 +230,7 @@ def test_sigint_mid_completion_leaves_no_container(tmp_path):
 def test_sigkill_of_the_host_leaves_no_container(tmp_path):
     from rlm.testing import ScriptedLMServer
 
-    with ScriptedLMServer(['```repl\nimport time\ntime.sleep(120)\n```']) as server:
+    with ScriptedLMServer(["```repl\nimport time\ntime.sleep(120)\n```"]) as server:
         script = tmp_path / "host.py"
         script.write_text(
             "from rlm import RLM\n"

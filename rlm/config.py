@@ -1,0 +1,235 @@
+"""Settings for ``rlm run`` and ``rlm serve``: CLI flag > env var > config file > default.
+
+The config file is TOML, found at ``$RLM_CONFIG``, else ``./rlm.toml``, else
+``$XDG_CONFIG_HOME/rlm/config.toml`` (``~/.config/rlm/config.toml``); only the first one found is
+read. Every key is optional; moving to Docker is one line::
+
+    environment = "docker"
+    model = "gpt-4o-mini"
+    max_depth = 2
+    max_budget = 1.0            # US dollars, whole tree
+
+    [backend_kwargs]            # passed to the LM client as is
+    price_per_million = [0.15, 0.6]
+
+    [environment_kwargs]        # passed to the sandbox as is
+    memory = "2g"
+
+Each top-level key also reads from an env var: ``RLM_`` + the key in upper case (``RLM_MODEL``,
+``RLM_ENVIRONMENT``, ``RLM_MAX_DEPTH``, ...). Unknown keys are an error, so a typo cannot silently
+leave a user on the local sandbox when they meant Docker.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlm.errors import ConfigurationError
+
+__all__ = ["DEFAULT_MODEL", "Settings", "find_config_file", "load_settings"]
+
+DEFAULT_MODEL = "gpt-4o-mini"
+
+
+@dataclass
+class Settings:
+    """Everything needed to build an ``RLM``; ``sources`` says where each value came from."""
+
+    backend: str = "openai"
+    model: str = DEFAULT_MODEL
+    base_url: str | None = None
+    api_key: str | None = None
+    sub_model: str | None = None
+    environment: str = "local"
+    max_depth: int = 1
+    max_iterations: int = 30
+    max_budget: float | None = None
+    max_timeout: float | None = None
+    max_tokens: int | None = None
+    max_errors: int | None = None
+    cell_timeout: float = 120.0
+    log_dir: str | None = None
+    backend_kwargs: dict[str, Any] = field(default_factory=dict)
+    environment_kwargs: dict[str, Any] = field(default_factory=dict)
+    config_file: str | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def rlm_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``RLM(...)`` (all but ``logger``, ``verbose`` and ``on_event``)."""
+        backend_kwargs: dict[str, Any] = {**self.backend_kwargs, "model_name": self.model}
+        if self.base_url:
+            backend_kwargs["base_url"] = self.base_url
+        if self.api_key:
+            backend_kwargs["api_key"] = self.api_key
+        others: list[str] = []
+        other_kwargs: list[dict[str, Any]] = []
+        if self.sub_model:
+            others = [self.backend]
+            other_kwargs = [{**backend_kwargs, "model_name": self.sub_model}]
+        return {
+            "backend": self.backend,
+            "backend_kwargs": backend_kwargs,
+            "environment": self.environment,
+            "environment_kwargs": {"cell_timeout": self.cell_timeout, **self.environment_kwargs},
+            "max_depth": self.max_depth,
+            "max_iterations": self.max_iterations,
+            "max_budget": self.max_budget,
+            "max_timeout": self.max_timeout,
+            "max_tokens": self.max_tokens,
+            "max_errors": self.max_errors,
+            "other_backends": others,
+            "other_backend_kwargs": other_kwargs,
+        }
+
+
+_TABLES = ("backend_kwargs", "environment_kwargs")
+_META = ("config_file", "sources")
+_SCALARS: dict[str, type] = {
+    "backend": str,
+    "model": str,
+    "base_url": str,
+    "api_key": str,
+    "sub_model": str,
+    "environment": str,
+    "max_depth": int,
+    "max_iterations": int,
+    "max_budget": float,
+    "max_timeout": float,
+    "max_tokens": int,
+    "max_errors": int,
+    "cell_timeout": float,
+    "log_dir": str,
+}
+"""Top-level key -> the type its value must have (None is allowed where the default is None)."""
+
+
+def find_config_file(
+    env: Mapping[str, str] | None = None, cwd: str | Path | None = None
+) -> Path | None:
+    """The config file to read: ``$RLM_CONFIG`` (which must exist), ``./rlm.toml`` or the user's."""
+    env = os.environ if env is None else env
+    explicit = env.get("RLM_CONFIG")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigurationError(f"RLM_CONFIG={explicit!r} is not a file; fix or unset it")
+        return path
+    local = Path(cwd or os.getcwd()) / "rlm.toml"
+    if local.is_file():
+        return local
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")) / ".config")
+    user = Path(base).expanduser() / "rlm" / "config.toml"
+    return user if user.is_file() else None
+
+
+def _coerce(key: str, value: Any, origin: str) -> Any:
+    """``value`` as the type of ``key``; ``origin`` names where it came from, for the error."""
+    wanted = _SCALARS[key]
+    if isinstance(value, str) and wanted is not str:
+        try:
+            return wanted(value.strip())
+        except ValueError:
+            raise ConfigurationError(
+                f"{origin}: {key} must be a{'n' if wanted is int else ''} {wanted.__name__}, "
+                f"got {value!r}"
+            ) from None
+    if wanted is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, wanted) or isinstance(value, bool):
+        raise ConfigurationError(
+            f"{origin}: {key} must be a {wanted.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigurationError(f"{path} is not valid TOML: {error}") from error
+    unknown = sorted(set(data) - set(_SCALARS) - set(_TABLES))
+    if unknown:
+        raise ConfigurationError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; "
+            f"known keys: {', '.join([*_SCALARS, *_TABLES])}"
+        )
+    for table in _TABLES:
+        if table in data and not isinstance(data[table], dict):
+            raise ConfigurationError(f"{path}: {table} must be a table ([{table}])")
+    return data
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    config_file: str | Path | None = None,
+) -> Settings:
+    """Merges the layers: ``cli`` (values that are None count as not given) > ``RLM_*`` env vars >
+    the config file (``config_file``, else ``find_config_file``) > the defaults of ``Settings``."""
+    env = os.environ if env is None else env
+    cli = cli or {}
+    path = Path(config_file) if config_file else find_config_file(env, cwd)
+    file_data = _read_file(path) if path else {}
+    settings = Settings(config_file=str(path) if path else None)
+    for key in _SCALARS:
+        env_name = f"RLM_{key.upper()}"
+        if cli.get(key) is not None:
+            value, source = _coerce(key, cli[key], f"--{key.replace('_', '-')}"), "cli"
+        elif env.get(env_name, "").strip():
+            value, source = _coerce(key, env[env_name], env_name), f"env {env_name}"
+        elif key in file_data:
+            value, source = _coerce(key, file_data[key], str(path)), f"file {path}"
+        else:
+            continue
+        setattr(settings, key, value)
+        settings.sources[key] = source
+    for table in _TABLES:
+        merged = {**file_data.get(table, {}), **(cli.get(table) or {})}
+        setattr(settings, table, merged)
+    return settings
+
+
+def add_settings_arguments(parser: Any, *, api_key_flag: str = "--api-key") -> None:
+    """Adds ``--config`` and one flag per setting to an argparse parser; every default is None so
+    that ``settings_from_args`` can tell a flag that was given from one that was not."""
+    parser.add_argument("--config", help="TOML config file (default: $RLM_CONFIG, ./rlm.toml, "
+                        "~/.config/rlm/config.toml)")  # fmt: skip
+    flags: list[tuple[str, str, type, str]] = [
+        ("--backend", "backend", str, "LM backend: openai, openrouter, vllm, ollama, lmstudio, "
+         "vercel, anthropic, gemini (default openai)"),
+        ("--model", "model", str, f"model name (default {DEFAULT_MODEL})"),
+        ("--base-url", "base_url", str, "OpenAI-compatible endpoint, e.g. http://localhost:8000/v1"),
+        (api_key_flag, "api_key", str, "LM API key (prefer the provider's env var, e.g. "
+         "OPENAI_API_KEY)"),
+        ("--sub-model", "sub_model", str, "model for llm_query/rlm_query calls (default: --model)"),
+        ("--environment", "environment", str, "where the generated code runs: local, docker, ... "
+         "(default local)"),
+        ("--max-depth", "max_depth", int, "recursion depth (1 = no child RLMs; default 1)"),
+        ("--max-iterations", "max_iterations", int, "root iterations (default 30)"),
+        ("--max-budget", "max_budget", float, "stop after spending this many US dollars"),
+        ("--max-timeout", "max_timeout", float, "stop after this many seconds"),
+        ("--max-tokens", "max_tokens", int, "stop after this many tokens (whole tree)"),
+        ("--max-errors", "max_errors", int, "stop after this many failing iterations in a row"),
+        ("--cell-timeout", "cell_timeout", float, "seconds per code block (default 120)"),
+        ("--log-dir", "log_dir", str, "write JSONL trajectories to this directory"),
+    ]  # fmt: skip
+    for flag, key, kind, text in flags:
+        extra = ["-e"] if key == "environment" else []
+        parser.add_argument(
+            flag, *extra, dest=key, type=kind, default=None,
+            help=f"{text} [env RLM_{key.upper()}]",
+        )  # fmt: skip
+
+
+def settings_from_args(args: Any) -> Settings:
+    """``load_settings`` with the flags added by ``add_settings_arguments``."""
+    values = {key: getattr(args, key, None) for key in _SCALARS}
+    return load_settings(values, config_file=getattr(args, "config", None))

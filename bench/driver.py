@@ -81,7 +81,11 @@ def single_call(params: dict) -> dict:
 
 
 def context_load(params: dict) -> dict:
-    """A context of `chars` characters; time to the answer of a first trivial cell."""
+    """A context of `chars` characters; time to the answer of a first trivial cell.
+
+    Peak RSS is this (host) process's; ``runner_peak_rss_mb`` is the largest waited-for child
+    (our local runner; 0 when the REPL runs in-process, as in the reference, or in a container).
+    """
     text = "x" * (params["chars"] - 6) + "NEEDLE"
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rlm = make_rlm(params, max_iterations=3)
@@ -92,11 +96,74 @@ def context_load(params: dict) -> dict:
     finally:
         close(rlm)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {
         "seconds": elapsed,
         "response": result.response,
         "peak_rss_mb": peak_rss / 1024,
         "baseline_rss_mb": base_rss / 1024,
+        "runner_peak_rss_mb": children_rss / 1024,
+    }
+
+
+def fanout(params: dict) -> dict:
+    """Depth 2: the root's cell fans out to `rlm_query_batched` children (see bench/scripts.py);
+    the cell reports its own wall time and how many children answered."""
+    rlm = make_rlm(
+        params,
+        max_depth=2,
+        max_iterations=3,
+        max_concurrent_subcalls=params.get("max_concurrent_subcalls", 16),
+    )
+    try:
+        started = time.perf_counter()
+        result = rlm.completion("fan-out context", root_prompt="FANOUT-ROOT")
+        total = time.perf_counter() - started
+    finally:
+        close(rlm)
+    outcome = json.loads(result.response)
+    return {"cell_seconds": outcome["elapsed"], "children_ok": outcome["ok"], "seconds": total}
+
+
+def _record_sandbox_starts() -> list[float]:
+    """Our SandboxEnvironment records `startup_seconds`; collect them (no-op for the reference)."""
+    starts: list[float] = []
+    try:
+        from rlm.environments.base import SandboxEnvironment
+    except ImportError:
+        return starts
+    original = SandboxEnvironment.start
+
+    async def start(self) -> None:
+        await original(self)
+        starts.append(self.startup_seconds)
+
+    SandboxEnvironment.start = start
+    return starts
+
+
+def cold_start(params: dict) -> dict:
+    """In a fresh interpreter: `import rlm`, then `RLM(...)` + a 1-iteration completion against a
+    0 ms LM (cold: broker and first sandbox), then the same again (warm: a new sandbox per
+    completion, everything else up)."""
+    started = time.perf_counter()
+    import rlm  # noqa: F401  (timed: the import is part of a cold start)
+
+    imported = time.perf_counter()
+    starts = _record_sandbox_starts()
+    rlm_ = make_rlm(params, max_iterations=2)
+    try:
+        rlm_.completion("cold context", root_prompt="cold")
+        first = time.perf_counter()
+        rlm_.completion("warm context", root_prompt="warm")
+        second = time.perf_counter()
+    finally:
+        close(rlm_)
+    return {
+        "import_seconds": imported - started,
+        "first_seconds": first - imported,
+        "warm_seconds": second - first,
+        "sandbox_start_seconds": starts,
     }
 
 
@@ -105,6 +172,8 @@ WORKLOADS = {
     "batched": batched,
     "single_call": single_call,
     "context_load": context_load,
+    "fanout": fanout,
+    "cold_start": cold_start,
 }
 
 

@@ -286,6 +286,7 @@ class DockerPool:
         self.idle_timeout = idle_timeout
         self._ready: dict[tuple[Any, ...], list[tuple[float, DockerRunnerProcess]]] = {}
         self._filling: set[tuple[Any, ...]] = set()
+        self._fill_tasks: set[asyncio.Task[None]] = set()
         self._client: Any = None
         self._closed = False
 
@@ -325,7 +326,9 @@ class DockerPool:
             finally:
                 self._filling.discard(key)
 
-        asyncio.ensure_future(fill())
+        task = asyncio.ensure_future(fill())
+        self._fill_tasks.add(task)
+        task.add_done_callback(self._fill_tasks.discard)
 
     async def warm(self, spec: ContainerSpec) -> None:
         """Fills the pool for ``spec`` now (e.g. at start-up)."""
@@ -339,6 +342,8 @@ class DockerPool:
 
     async def aclose(self) -> None:
         self._closed = True
+        if self._fill_tasks:
+            await asyncio.gather(*self._fill_tasks, return_exceptions=True)
         for ready in self._ready.values():
             while ready:
                 _, process = ready.pop()

@@ -8,13 +8,14 @@ only spend its own session's budget.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -183,6 +184,14 @@ class BrokerServer:
         self.socket_dir: str | None = None
         self.address: str = ""
         self._server: grpc.aio.Server | None = None
+        self._resources: dict[object, Any] = {}
+
+    def resource(self, key: object, factory: Callable[[], Any]) -> Any:
+        """A resource shared by the sandboxes of this tree (e.g. a warm pool), created on first
+        use and closed (``aclose``) with the broker."""
+        if key not in self._resources:
+            self._resources[key] = factory()
+        return self._resources[key]
 
     @property
     def socket_path(self) -> str | None:
@@ -220,6 +229,10 @@ class BrokerServer:
         self.sessions.pop(session.token, None)
 
     async def aclose(self, grace: float = 1.0) -> None:
+        resources, self._resources = list(self._resources.values()), {}
+        for resource in resources:
+            with contextlib.suppress(Exception):
+                await resource.aclose()
         server, self._server = self._server, None
         if server is not None:
             await server.stop(grace)

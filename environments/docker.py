@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Any
 
+from rlm.broker import cleanup
 from rlm.errors import ConfigurationError, SandboxStartError
 
 from .base import RunnerProcess, SandboxEnvironment
@@ -125,7 +126,10 @@ class DockerEnvironment(SandboxEnvironment):
     network), ``mem_limit`` (default ``"2g"``), ``cpus`` (default 1.0), ``pids_limit`` (default
     256), ``tmpfs_size`` (default ``"1g"`` for /work), ``read_only`` (default True), ``user``,
     ``volumes`` (extra docker-py volume specs, mounted as given), ``python`` (interpreter path in
-    the image), ``pool`` (a :class:`DockerPool` to take pre-started runners from), plus the shared
+    the image), ``pool_size`` / ``pool_idle_timeout`` (keep that many runners pre-started, shared
+    by every session and child RLM of the tree, closed with it; or pass ``pool``, a
+    :class:`DockerPool`),
+    plus the shared
     ``cell_timeout``, ``memory_mb``, ``max_output_chars``, ``max_file_mb``, ``startup_timeout``.
     """
 
@@ -145,6 +149,8 @@ class DockerEnvironment(SandboxEnvironment):
         volumes: dict[str, dict[str, str]] | None = None,
         python: str = SANDBOX_PYTHON,
         pool: DockerPool | None = None,
+        pool_size: int = 0,
+        pool_idle_timeout: float = 300.0,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("memory_mb", 1536)
@@ -166,6 +172,11 @@ class DockerEnvironment(SandboxEnvironment):
             python=python,
             socket_dir=self.broker.socket_dir,
         )
+        if pool is None and pool_size > 0:
+            pool = self.broker.resource(
+                ("docker-pool", pool_size, pool_idle_timeout),
+                lambda: DockerPool(pool_size, pool_idle_timeout),
+            )
         self.pool = pool
         self._client: Any = None
 
@@ -288,7 +299,19 @@ class DockerPool:
         self._filling: set[tuple[Any, ...]] = set()
         self._fill_tasks: set[asyncio.Task[None]] = set()
         self._client: Any = None
+        self._reaper: asyncio.Future[None] | None = None
         self._closed = False
+
+    async def _reap(self) -> None:
+        """Removes runners that waited longer than ``idle_timeout`` (they cost resources)."""
+        while not self._closed:
+            await asyncio.sleep(min(self.idle_timeout, 30.0))
+            now = time.monotonic()
+            for ready in self._ready.values():
+                stale = [item for item in ready if now - item[0] >= self.idle_timeout]
+                for item in stale:
+                    ready.remove(item)
+                    await item[1].kill()
 
     async def acquire(self, spec: ContainerSpec) -> DockerRunnerProcess | None:
         """A started runner for ``spec`` if one is ready (None: start one directly)."""
@@ -296,6 +319,8 @@ class DockerPool:
             return None
         if self._client is None:
             self._client = await asyncio.to_thread(docker_client)
+            cleanup.track(self)
+            self._reaper = asyncio.ensure_future(self._reap())
         key = spec.key()
         ready = self._ready.setdefault(key, [])
         process = None
@@ -342,6 +367,9 @@ class DockerPool:
 
     async def aclose(self) -> None:
         self._closed = True
+        cleanup.untrack(self)
+        if self._reaper is not None:
+            self._reaper.cancel()
         if self._fill_tasks:
             await asyncio.gather(*self._fill_tasks, return_exceptions=True)
         for ready in self._ready.values():

@@ -251,3 +251,25 @@ def test_sigkill_of_the_host_leaves_no_container(tmp_path):
                 host.kill()
         # The runner loses the broker, exits, and --rm removes its container (the autouse
         # fixture waits up to 10 s for that).
+
+
+def test_depth_two_completion_runs_children_in_their_own_pooled_containers(lm_server, make_rlm):
+    from test_e2e import depth_script
+
+    seen_hosts: list[str] = []
+
+    def script(request):
+        reply = depth_script()(request)
+        return reply
+
+    lm_server.set_script(script)
+    rlm = make_rlm(
+        max_depth=3,
+        environment="docker",
+        environment_kwargs={"pool_size": 2},
+        on_event=lambda e: seen_hosts.append(e.run_id) if e.kind == "run_started" else None,
+    )
+    result = rlm.completion("ROOT DATA", root_prompt="go")
+    assert result.response == "root got: child got: grand got: leaf answe"
+    assert len(set(seen_hosts)) == 3
+    assert result.usage_summary.total_calls == 7

@@ -6,6 +6,7 @@ needs something this machine may lack).
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +22,17 @@ from rlm.protos import rlm_sandbox_pb2 as pb
 
 
 def docker_available() -> str | None:
-    """None when a Docker engine and our image are usable, else the reason to skip."""
+    """None when a Docker engine and our image are usable, else the reason to skip.
+
+    With ``RLM_REQUIRE_DOCKER=1`` (set by .ci/run) a missing engine fails the run instead.
+    """
+    reason = _docker_missing()
+    if reason and os.environ.get("RLM_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"RLM_REQUIRE_DOCKER=1 but docker is unusable: {reason}", pytrace=False)
+    return reason
+
+
+def _docker_missing() -> str | None:
     if shutil.which("docker") is None:
         return "no docker client on PATH"
     try:

@@ -29,20 +29,22 @@ class HostMessage(_message.Message):
     def __init__(self, context: _Optional[_Union[ContextChunk, _Mapping]] = ..., execute: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., set_variables: _Optional[_Union[SetVariables, _Mapping]] = ..., interrupt: _Optional[_Union[Interrupt, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ...) -> None: ...
 
 class ContextChunk(_message.Message):
-    __slots__ = ("name", "data", "last", "encoding", "total_bytes", "aliases")
+    __slots__ = ("name", "data", "last", "encoding", "total_bytes", "aliases", "path")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
     name: str
     data: bytes
     last: bool
     encoding: Encoding
     total_bytes: int
     aliases: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., total_bytes: _Optional[int] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
+    path: str
+    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., total_bytes: _Optional[int] = ..., aliases: _Optional[_Iterable[str]] = ..., path: _Optional[str] = ...) -> None: ...
 
 class ExecuteRequest(_message.Message):
     __slots__ = ("cell_id", "code", "max_output_chars", "timeout_seconds")

@@ -16,14 +16,16 @@ from rlm.testing.leaks import runner_pids
 
 @pytest.fixture(autouse=True)
 def no_leaked_runners() -> Iterator[None]:
-    """Every test must leave no runner process behind (acceptance: no leaks, ever)."""
-    before = set(runner_pids())
+    """Every test must leave no runner process behind (acceptance: no leaks, ever). Only this
+    process's children count, so other test runs on the machine do not interfere."""
+    me = os.getpid()
+    before = set(runner_pids(parent=me))
     yield
     deadline = time.monotonic() + 5
-    leaked = set(runner_pids()) - before
+    leaked = set(runner_pids(parent=me)) - before
     while leaked and time.monotonic() < deadline:
         time.sleep(0.05)
-        leaked = set(runner_pids()) - before
+        leaked = set(runner_pids(parent=me)) - before
     assert not leaked, f"runner processes left behind: {sorted(leaked)}"
 
 

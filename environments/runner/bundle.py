@@ -16,6 +16,7 @@ from functools import cache
 
 from rlm.protos import rlm_sandbox_pb2, rlm_sandbox_pb2_grpc
 
+from . import relay as relay_module
 from . import runner as runner_module
 
 _EMPTY_PACKAGES = ("rlm/__init__.py", "rlm/protos/__init__.py", "rlm/environments/__init__.py")
@@ -28,6 +29,7 @@ def runner_bundle() -> bytes:
         "__main__.py": "from rlm.environments.runner.runner import main\nraise SystemExit(main())\n",
         "rlm/environments/runner/__init__.py": "",
         "rlm/environments/runner/runner.py": pathlib.Path(runner_module.__file__).read_text(),
+        "rlm/environments/runner/relay.py": pathlib.Path(relay_module.__file__).read_text(),
         "rlm/protos/rlm_sandbox_pb2.py": pathlib.Path(rlm_sandbox_pb2.__file__).read_text(),
         "rlm/protos/rlm_sandbox_pb2_grpc.py": pathlib.Path(
             rlm_sandbox_pb2_grpc.__file__

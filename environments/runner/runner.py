@@ -271,6 +271,25 @@ class Runner:
     # ---- the host's requests ---------------------------------------------------------------
 
     def _on_context(self, chunk: pb.ContextChunk) -> None:
+        if chunk.path:
+            try:
+                with open(chunk.path, "rb") as handle:
+                    data = handle.read()
+                os.unlink(chunk.path)
+            except OSError as exc:
+                self._send(
+                    pb.RunnerMessage(ack=pb.Ack(what=f"context:{chunk.name}", error=str(exc)))
+                )
+                return
+            chunk = pb.ContextChunk(
+                name=chunk.name,
+                data=data,
+                last=True,
+                encoding=chunk.encoding,
+                total_bytes=len(data),
+                aliases=chunk.aliases,
+            )
+            del data
         buffer, filled = self._contexts.get(chunk.name, (None, 0))
         if buffer is None:
             buffer = bytearray(chunk.total_bytes) if chunk.total_bytes else bytearray()
@@ -434,6 +453,16 @@ def _apply_limits(limits: dict[str, int]) -> None:
     """Self-imposed rlimits (soft = hard, so the cell's code cannot raise them again)."""
     import resource
 
+    if limits.get("memory_bytes"):
+        # Under an address-space cap, glibc's per-thread malloc arenas (64 MiB of reservation
+        # each) would leave no room for gRPC's threads: two arenas are plenty for the runner.
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX
+        except (OSError, AttributeError):
+            pass
+
     names = {
         "memory_bytes": resource.RLIMIT_AS,
         "file_bytes": resource.RLIMIT_FSIZE,
@@ -458,13 +487,30 @@ def _exit_with_parent(parent_pid: int) -> None:
         os._exit(3)
 
 
+def _read_bootstrap_line() -> str:
+    """One line from fd 0, byte by byte: nothing after it may be buffered away, because with the
+    stdio relay the rest of stdin carries relay frames."""
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        byte = os.read(0, 1)
+        if not byte:
+            break
+        data += byte
+    return data.decode("utf-8", "replace")
+
+
 def main() -> int:
     """Reads the bootstrap line from stdin and serves the session."""
-    line = sys.stdin.readline()
+    line = _read_bootstrap_line()
     if not line.strip():
         print("rlm-runner: expected a bootstrap JSON line on stdin", file=sys.stderr)
         return 2
     config = json.loads(line)
+    if config.get("relay") == "stdio":
+        from rlm.environments.runner.relay import StdioRelay
+
+        relay = StdioRelay.over_stdio(config["relay_socket"])
+        relay.start()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # too-big files fail with EFBIG, not a kill
     _apply_limits(config.get("limits", {}))
@@ -476,5 +522,10 @@ def main() -> int:
     threading.Thread(target=_exit_when_orphaned, args=(runner.broker_gone,), daemon=True).start()
     try:
         return runner.serve()
+    except BaseException:
+        # Never linger half-alive (non-daemon gRPC threads would keep the process up).
+        traceback.print_exc(file=sys.__stderr__)
+        sys.__stderr__.flush()
+        os._exit(4)
     finally:
         runner.broker_gone.set()

@@ -49,7 +49,16 @@ def _docker_missing() -> str | None:
     return None
 
 
-ENVIRONMENTS = ["local", "docker"]
+ENVIRONMENTS = ["local", "docker", "stdio-relay"]
+
+
+def _test_adapter(name: str) -> type | None:
+    """Adapters that exist only for the tests (a relayed adapter over local pipes)."""
+    if name == "stdio-relay":
+        from stdio_adapter import StdioRelayEnvironment
+
+        return StdioRelayEnvironment
+    return None
 
 
 class RecordingHandler:
@@ -106,7 +115,7 @@ def make_env(broker: BrokerServer, handler: RecordingHandler, env_name: str) -> 
     made: list[SandboxEnvironment] = []
 
     def factory(**kwargs: Any) -> SandboxEnvironment:
-        cls = environment_class(env_name)
+        cls = _test_adapter(env_name) or environment_class(env_name)
         env = cls(broker=broker, handler=handler, label="test", **kwargs)
         run_sync(env.start())
         made.append(env)

@@ -1,0 +1,171 @@
+"""Sandboxes that cannot reach the host: the runner's gRPC connection rides the exec stream.
+
+A provider adapter built on :class:`RelayedSandboxEnvironment` implements four things — create
+the sandbox, write a file into it, start a process in it with streaming stdin/stdout, destroy it —
+and gets everything else: the runner is shipped as a file, started in relay mode, and the
+:class:`HostRelay` carries its connection to the broker's unix socket. Big contexts go in as files
+through the provider's file API, never through the stream or a command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from abc import abstractmethod
+from collections.abc import AsyncIterator
+from typing import Any
+
+from rlm.errors import SandboxDiedError
+
+from .base import CHUNK_CHARS, RunnerProcess, SandboxEnvironment, _encode_context
+from .runner.bundle import runner_bundle
+
+READ_CHUNK = 48 * 1024
+
+
+class RemoteProcess(RunnerProcess):
+    """A process started by a provider's exec API, with streaming stdin and stdout."""
+
+    @abstractmethod
+    async def write(self, data: bytes) -> None:
+        """Writes to the process's stdin."""
+
+    @abstractmethod
+    def output(self) -> AsyncIterator[bytes]:
+        """The process's stdout, as it arrives; ends when the process ends."""
+
+
+class HostRelay:
+    """The host end: one broker connection per relayed connection, bytes pumped both ways."""
+
+    def __init__(self, process: RemoteProcess, broker_socket: str) -> None:
+        self.process = process
+        self.broker_socket = broker_socket
+        self._writers: dict[int, asyncio.StreamWriter] = {}
+        self._pumps: set[asyncio.Task[None]] = set()
+        self._send_lock = asyncio.Lock()
+        self.task = asyncio.ensure_future(self._from_sandbox())
+
+    async def _send(self, conn_id: int, kind: bytes, data: bytes = b"") -> None:
+        payload = base64.b64encode(data) if data else b"-"
+        async with self._send_lock:
+            await self.process.write(b"%d %s %s\n" % (conn_id, kind, payload))
+
+    async def _from_sandbox(self) -> None:
+        pending = b""
+        try:
+            async for data in self.process.output():
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    await self._dispatch(line)
+        finally:
+            for writer in self._writers.values():
+                writer.close()
+            self._writers.clear()
+
+    async def _dispatch(self, line: bytes) -> None:
+        parts = line.strip().split(b" ")
+        if len(parts) != 3 or not parts[0].isdigit():
+            return  # not a frame (e.g. a provider's banner): ignore
+        conn_id, kind, payload = int(parts[0]), parts[1], parts[2]
+        if kind == b"O":
+            reader, writer = await asyncio.open_unix_connection(self.broker_socket)
+            self._writers[conn_id] = writer
+            pump = asyncio.ensure_future(self._to_sandbox(conn_id, reader))
+            self._pumps.add(pump)
+            pump.add_done_callback(self._pumps.discard)
+        elif kind == b"D":
+            writer = self._writers.get(conn_id)
+            if writer is not None:
+                writer.write(base64.b64decode(payload))
+                await writer.drain()
+        elif kind == b"C":
+            writer = self._writers.pop(conn_id, None)
+            if writer is not None:
+                writer.close()
+
+    async def _to_sandbox(self, conn_id: int, reader: asyncio.StreamReader) -> None:
+        try:
+            while data := await reader.read(READ_CHUNK):
+                await self._send(conn_id, b"D", data)
+        except (ConnectionError, SandboxDiedError):
+            return
+        with contextlib.suppress(Exception):
+            await self._send(conn_id, b"C")
+
+    async def aclose(self) -> None:
+        self.task.cancel()
+        for pump in list(self._pumps):
+            pump.cancel()
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+
+class RelayedSandboxEnvironment(SandboxEnvironment):
+    """Base class of the cloud adapters: the provider hooks are files and exec streams."""
+
+    #: the interpreter inside the provider's image
+    python: str = "python3"
+    #: a writable directory inside the sandbox for the runner, its relay socket and context files
+    sandbox_dir: str = "/tmp/rlm"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._relay: HostRelay | None = None
+        self._files = 0
+
+    # ---- provider hooks --------------------------------------------------------------------
+
+    @abstractmethod
+    async def _write_file(self, path: str, data: bytes) -> None:
+        """Writes ``data`` to ``path`` inside the sandbox (the provider's file API)."""
+
+    @abstractmethod
+    async def _exec(self, argv: list[str]) -> RemoteProcess:
+        """Starts ``argv`` in the sandbox with stdin and stdout streaming to and from the host."""
+
+    # ---- the relay -------------------------------------------------------------------------
+
+    def _broker_address(self) -> str:
+        return f"unix:{self.sandbox_dir}/relay.sock"
+
+    def _bootstrap_extras(self) -> dict[str, Any]:
+        return {"relay": "stdio", "relay_socket": f"{self.sandbox_dir}/relay.sock"}
+
+    async def _launch_runner(self, bootstrap: bytes) -> RunnerProcess:
+        bundle = f"{self.sandbox_dir}/runner.pyz"
+        await self._write_file(bundle, runner_bundle())
+        process = await self._exec([self.python, "-I", "-u", bundle])
+        await process.write(bootstrap)
+        assert self.broker.socket_path is not None
+        if self._relay is not None:
+            await self._relay.aclose()
+        self._relay = HostRelay(process, self.broker.socket_path)
+        return process
+
+    async def _kill_runner(self) -> None:
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            await relay.aclose()
+        await super()._kill_runner()
+
+    async def _send_context(self, name: str, value: Any, aliases: tuple[str, ...]) -> None:
+        """Small contexts travel on the stream; big ones as a file through the provider's file
+        API (never through the relay or a command line)."""
+        encoding, text = _encode_context(value)
+        if len(text) <= CHUNK_CHARS:
+            await super()._send_context(name, value, aliases)
+            return
+        from rlm.protos import rlm_sandbox_pb2 as pb
+
+        connection = self._require_connection()
+        self._files += 1
+        path = f"{self.sandbox_dir}/context-{self._files}.bin"
+        await self._write_file(path, text.encode("utf-8"))
+        del text
+        chunk = pb.ContextChunk(name=name, last=True, encoding=encoding, aliases=aliases, path=path)
+        await connection.send(pb.HostMessage(context=chunk))
+        await self._await_ack(connection, f"context:{name}")

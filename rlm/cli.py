@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
+from rlm.config import add_settings_arguments, settings_from_args
 from rlm.errors import ConfigurationError, LimitExceededError, LMError, RLMError, SandboxError
-
-DEFAULT_MODEL = "gpt-4o-mini"
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +17,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         help="answer a question over a (large) context with an RLM",
         description=(
             "Loads the context into a sandboxed REPL and lets the model program its way to an "
-            "answer. The answer goes to stdout; progress goes to stderr."
+            "answer. The answer goes to stdout; progress goes to stderr. Settings come from "
+            "flags > RLM_* env vars > the config file (rlm.toml) > defaults."
         ),
     )
     run.add_argument("question", help="what to ask about the context")
@@ -30,44 +29,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         default=[],
         help="file to load as `context` ('-' for stdin); repeat to load a list of files",
     )
-    run.add_argument(
-        "--backend",
-        default=os.environ.get("RLM_BACKEND", "openai"),
-        help="LM backend: openai, openrouter, vllm, ollama, lmstudio, vercel, anthropic, gemini "
-        "(default: $RLM_BACKEND or openai)",
-    )
-    run.add_argument(
-        "--model",
-        default=os.environ.get("RLM_MODEL", DEFAULT_MODEL),
-        help=f"model name (default: $RLM_MODEL or {DEFAULT_MODEL})",
-    )
-    run.add_argument(
-        "--base-url",
-        default=os.environ.get("RLM_BASE_URL"),
-        help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (default: $RLM_BASE_URL)",
-    )
-    run.add_argument(
-        "--api-key",
-        default=None,
-        help="API key (prefer the provider's env var, e.g. OPENAI_API_KEY)",
-    )
-    run.add_argument("--sub-model", help="model for llm_query/rlm_query calls (default: --model)")
-    run.add_argument(
-        "--environment",
-        "-e",
-        default=os.environ.get("RLM_ENVIRONMENT", "local"),
-        help="where the generated code runs: local, docker, ... (default: $RLM_ENVIRONMENT or local)",
-    )
-    run.add_argument("--max-depth", type=int, default=1, help="recursion depth (1 = no child RLMs)")
-    run.add_argument("--max-iterations", type=int, default=30, help="root iterations (default 30)")
-    run.add_argument("--max-budget", type=float, help="stop after spending this many US dollars")
-    run.add_argument("--max-timeout", type=float, help="stop after this many seconds")
-    run.add_argument("--max-tokens", type=int, help="stop after this many tokens (whole tree)")
-    run.add_argument(
-        "--max-errors", type=int, help="stop after this many failing iterations in a row"
-    )
-    run.add_argument("--cell-timeout", type=float, default=120.0, help="seconds per code block")
-    run.add_argument("--log-dir", help="write a JSONL trajectory to this directory")
+    add_settings_arguments(run)
     run.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     run.add_argument("--json", action="store_true", help="print the whole result as JSON")
     run.set_defaults(handler=_run)
@@ -94,29 +56,11 @@ def _read_context(paths: list[str]) -> Any:
 def _run(args: argparse.Namespace) -> int:
     from rlm import RLM, RLMLogger
 
+    settings = settings_from_args(args)
     context = _read_context(args.context_file)
-    backend_kwargs: dict[str, Any] = {"model_name": args.model}
-    if args.base_url:
-        backend_kwargs["base_url"] = args.base_url
-    if args.api_key:
-        backend_kwargs["api_key"] = args.api_key
-    others, other_kwargs = [], []
-    if args.sub_model:
-        others, other_kwargs = [args.backend], [{**backend_kwargs, "model_name": args.sub_model}]
     with RLM(
-        backend=args.backend,
-        backend_kwargs=backend_kwargs,
-        environment=args.environment,
-        environment_kwargs={"cell_timeout": args.cell_timeout},
-        max_depth=args.max_depth,
-        max_iterations=args.max_iterations,
-        max_budget=args.max_budget,
-        max_timeout=args.max_timeout,
-        max_tokens=args.max_tokens,
-        max_errors=args.max_errors,
-        other_backends=others,
-        other_backend_kwargs=other_kwargs,
-        logger=RLMLogger(args.log_dir) if args.log_dir else None,
+        **settings.rlm_kwargs(),
+        logger=RLMLogger(settings.log_dir) if settings.log_dir else None,
         verbose=not args.quiet,
     ) as rlm:
         result = rlm.completion(context, root_prompt=args.question)
@@ -150,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _extensions() -> list[Any]:
     """Sub-commands that live with their feature (imported lazily by their own modules)."""
     from rlm.environments.docker_cli import add_cli as docker_cli
+    from rlm.serve import add_cli as serve_cli
+    from rlm.viewer import add_cli as view_cli
 
-    return [docker_cli]
+    return [docker_cli, serve_cli, view_cli]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,9 +44,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from rlm.broker.loop import submit
 from rlm.core import RLM
@@ -63,6 +61,9 @@ from rlm.errors import (
 from rlm.events import RLMEvent
 from rlm.logger import RLMLogger
 from rlm.types import RLMChatCompletion
+
+if TYPE_CHECKING:  # aiohttp is imported when serving, so that `rlm run` starts faster
+    from aiohttp import web
 
 __all__ = ["OVERRIDES", "RLMServer", "ServeConfig", "add_cli", "event_stream", "main"]
 
@@ -123,6 +124,8 @@ class APIError(Exception):
         return {"error": error}
 
     def response(self) -> web.Response:
+        from aiohttp import web
+
         headers = {} if self.retry is None else {"x-should-retry": str(self.retry).lower()}
         return web.json_response(self.body(), status=self.status, headers=headers)
 
@@ -135,22 +138,47 @@ def api_error_for(error: BaseException) -> APIError:
     if isinstance(error, APIError):
         return error
     if isinstance(error, BudgetExceededError):
-        return APIError(402, message, type="insufficient_quota", code="budget_exceeded",
-                        partial_answer=partial, retry=False)  # fmt: skip
+        return APIError(
+            402,
+            message,
+            type="insufficient_quota",
+            code="budget_exceeded",
+            partial_answer=partial,
+            retry=False,
+        )
     if isinstance(error, TokenLimitExceededError):
-        return APIError(429, message, type="insufficient_quota", code="tree_tokens_exceeded",
-                        partial_answer=partial, retry=False)  # fmt: skip
+        return APIError(
+            429,
+            message,
+            type="insufficient_quota",
+            code="tree_tokens_exceeded",
+            partial_answer=partial,
+            retry=False,
+        )
     if isinstance(error, TimeoutExceededError):
-        return APIError(504, message, type="timeout", code="max_timeout_exceeded",
-                        partial_answer=partial, retry=False)  # fmt: skip
+        return APIError(
+            504,
+            message,
+            type="timeout",
+            code="max_timeout_exceeded",
+            partial_answer=partial,
+            retry=False,
+        )
     if isinstance(error, LimitExceededError):
-        return APIError(500, message, type="server_error", code=error.limit_name,
-                        partial_answer=partial, retry=False)  # fmt: skip
+        return APIError(
+            500,
+            message,
+            type="server_error",
+            code=error.limit_name,
+            partial_answer=partial,
+            retry=False,
+        )
     if isinstance(error, ConfigurationError):
         return APIError(400, message, code="invalid_configuration")
     if isinstance(error, LMError):
-        return APIError(502, f"upstream LM failed: {message}", type="server_error",
-                        code="upstream_error")  # fmt: skip
+        return APIError(
+            502, f"upstream LM failed: {message}", type="server_error", code="upstream_error"
+        )
     if isinstance(error, SandboxError):
         return APIError(500, message, type="server_error", code="sandbox_error", retry=False)
     if isinstance(error, RLMError):
@@ -319,6 +347,11 @@ def _usage(result: RLMChatCompletion) -> dict[str, Any]:
     return usage
 
 
+def _finish_reason(result: RLMChatCompletion) -> str:
+    """``stop`` when the model set ``answer["ready"]``; ``length`` when iterations ran out."""
+    return "stop" if (result.metadata or {}).get("finished_by") == "answer" else "length"
+
+
 def _rlm_details(result: RLMChatCompletion) -> dict[str, Any]:
     metadata = result.metadata or {}
     return {
@@ -346,16 +379,24 @@ class RLMServer:
         return f"http://{self.host}:{self.port}/v1"
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors], client_max_size=1024**3)
+        from aiohttp import web
+
+        @web.middleware
+        async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+            return await self._errors(request, handler)
+
+        app = web.Application(middlewares=[errors], client_max_size=1024**3)
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/health", lambda _: web.json_response({"status": "ok"}))
+        app.router.add_get("/health", self._health)
         return app
 
     # ---- lifecycle ----
 
     async def start(self) -> str:
         """Binds and serves; returns ``base_url`` (with the real port when ``port=0``)."""
+        from aiohttp import web
+
         # handler_cancellation: a client that hangs up cancels its run (and stops paying for it).
         self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
         await self._runner.setup()
@@ -402,13 +443,14 @@ class RLMServer:
 
     # ---- handlers ----
 
-    @web.middleware
     async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        from aiohttp.web import HTTPException
+
         try:
             if self.config.api_key is not None:
                 self._authenticate(request)
             return await handler(request)
-        except web.HTTPException as error:
+        except HTTPException as error:
             return APIError(error.status, error.reason, code=error.reason.lower()).response()
         except Exception as error:
             return api_error_for(error).response()
@@ -426,11 +468,20 @@ class RLMServer:
                 code="invalid_api_key",
             )
 
+    async def _health(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        return web.json_response({"status": "ok"})
+
     async def _models(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         model = {"id": self.config.model_name, "object": "model", "created": 0, "owned_by": "rlm"}
         return web.json_response({"object": "list", "data": [model]})
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -440,7 +491,7 @@ class RLMServer:
             return await self._stream(request, call)
         async with self._slots:
             result = await self._complete(call, on_event=None)
-        finish = "stop" if (result.metadata or {}).get("finished_by") == "answer" else "length"
+        finish = _finish_reason(result)
         return web.json_response(
             {
                 "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -475,6 +526,8 @@ class RLMServer:
     async def _stream(self, request: web.Request, call: ChatCall) -> web.StreamResponse:
         """SSE. Headers go out only when there is something to send (a progress line, a
         heartbeat or the answer), so a run that fails fast still gets its real status code."""
+        from aiohttp import web
+
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -532,7 +585,7 @@ class RLMServer:
         size = self.config.stream_chunk_chars
         for start in range(0, len(result.response), size):
             await send(chunk({"content": result.response[start : start + size]}))
-        finish = "stop" if (result.metadata or {}).get("finished_by") == "answer" else "length"
+        finish = _finish_reason(result)
         await send(chunk({}, finish))
         if call.include_usage:
             await send(chunk(None, usage=_usage(result), rlm=_rlm_details(result)))
@@ -622,12 +675,15 @@ async def _serve_until_signalled(server: RLMServer, settings: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m rlm.serve ...``: the same as ``rlm serve ...``."""
-    from rlm import cli
-
-    if add_cli not in cli._EXTENSIONS:  # until rlm/cli.py lists it
-        cli._EXTENSIONS.append(add_cli)
-    return cli.main(["serve", *(sys.argv[1:] if argv is None else argv)])
+    """``python -m rlm.serve ...``: ``rlm serve ...`` without going through ``rlm.cli``."""
+    parser = argparse.ArgumentParser(prog="rlm")
+    add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigurationError as error:
+        print(f"rlm serve: configuration error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

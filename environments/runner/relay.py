@@ -15,6 +15,7 @@ The host end (``rlm.environments.relay``) opens one connection to the broker per
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import os
 import socket
@@ -35,7 +36,7 @@ class StdioRelay:
         self._connections: dict[int, socket.socket] = {}
         self._ids = itertools.count(1)
         self.closed = threading.Event()
-        with __import__("contextlib").suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(listen_path)
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(listen_path)
@@ -89,10 +90,8 @@ class StdioRelay:
             pass
         finally:
             if self._connections.pop(conn_id, None) is not None:
-                try:
+                with contextlib.suppress(OSError):
                     self._send(conn_id, "C")
-                except OSError:
-                    pass
             connection.close()
 
     def _from_host(self) -> None:
@@ -128,10 +127,8 @@ class StdioRelay:
                 connection.close()
         elif kind == b"C":
             self._connections.pop(conn_id, None)
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             connection.close()
 
     def close(self) -> None:
@@ -139,12 +136,8 @@ class StdioRelay:
         vanish and exits)."""
         self.closed.set()
         for connection in list(self._connections.values()):
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self._connections.clear()
-        try:
+        with contextlib.suppress(OSError):
             self._server.close()
-        except OSError:
-            pass

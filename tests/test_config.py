@@ -1,0 +1,113 @@
+"""Settings: CLI flag > env var > config file > default, from one function for run and serve."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from rlm import RLM, ConfigurationError
+from rlm.config import (
+    Settings,
+    add_settings_arguments,
+    find_config_file,
+    load_settings,
+    settings_from_args,
+)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_file_or_env(tmp_path):
+    settings = load_settings(env={"HOME": str(tmp_path)}, cwd=tmp_path)
+    assert settings == Settings()
+    assert settings.config_file is None and settings.sources == {}
+
+
+def test_flag_beats_env_beats_file_beats_default(tmp_path):
+    write(tmp_path / "rlm.toml", 'model = "from-file"\nmax_depth = 2\nmax_budget = 1\n')
+    env = {"HOME": str(tmp_path), "RLM_MODEL": "from-env", "RLM_MAX_DEPTH": "3"}
+    settings = load_settings({"model": "from-flag", "max_depth": None}, env=env, cwd=tmp_path)
+    assert (settings.model, settings.max_depth, settings.max_budget) == ("from-flag", 3, 1.0)
+    assert settings.max_iterations == 30
+    assert settings.sources == {
+        "model": "cli",
+        "max_depth": "env RLM_MAX_DEPTH",
+        "max_budget": f"file {tmp_path / 'rlm.toml'}",
+    }
+
+
+def test_one_line_moves_to_docker(tmp_path):
+    home = {"HOME": str(tmp_path)}
+    before = load_settings(env=home, cwd=tmp_path).rlm_kwargs()
+    write(tmp_path / "rlm.toml", 'environment = "docker"\n')
+    after = load_settings(env=home, cwd=tmp_path).rlm_kwargs()
+    assert after["environment"] == "docker"
+    assert {k: v for k, v in after.items() if k != "environment"} == {
+        k: v for k, v in before.items() if k != "environment"
+    }
+
+
+def test_which_file_is_read(tmp_path):
+    user = write(tmp_path / "home" / ".config" / "rlm" / "config.toml", 'model = "user"\n')
+    project = tmp_path / "project"
+    project.mkdir()
+    env = {"HOME": str(tmp_path / "home")}
+    assert find_config_file(env, project) == user
+    local = write(project / "rlm.toml", 'model = "project"\n')
+    assert find_config_file(env, project) == local
+    explicit = write(tmp_path / "elsewhere.toml", 'model = "explicit"\n')
+    assert load_settings(env={**env, "RLM_CONFIG": str(explicit)}, cwd=project).model == "explicit"
+    with pytest.raises(ConfigurationError, match="RLM_CONFIG"):
+        find_config_file({"RLM_CONFIG": str(tmp_path / "missing.toml")}, project)
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        ('enviroment = "docker"\n', {}, "unknown key.*enviroment.*known keys"),
+        ("max_depth = 'two'\n", {}, "max_depth must be an int"),
+        ("model = \n", {}, "not valid TOML"),
+        ("backend_kwargs = 3\n", {}, r"\[backend_kwargs\]"),
+        ("", {"RLM_MAX_BUDGET": "lots"}, "RLM_MAX_BUDGET: max_budget must be a float"),
+    ],
+)
+def test_mistakes_say_where_and_what(tmp_path, toml, env, message):
+    write(tmp_path / "rlm.toml", toml)
+    with pytest.raises(ConfigurationError, match=message):
+        load_settings(env={"HOME": str(tmp_path), **env}, cwd=tmp_path)
+
+
+def test_rlm_kwargs_build_an_rlm(tmp_path):
+    write(
+        tmp_path / "rlm.toml",
+        'base_url = "http://127.0.0.1:9/v1"\napi_key = "k"\nsub_model = "small"\n'
+        "max_tokens = 1000\n\n[backend_kwargs]\ntimeout = 5\n\n"
+        "[environment_kwargs]\nmax_output_chars = 500\n",
+    )
+    settings = load_settings(env={"HOME": str(tmp_path)}, cwd=tmp_path)
+    kwargs = settings.rlm_kwargs()
+    assert kwargs["backend_kwargs"] == {
+        "timeout": 5,
+        "model_name": "gpt-4o-mini",
+        "base_url": "http://127.0.0.1:9/v1",
+        "api_key": "k",
+    }
+    assert kwargs["other_backend_kwargs"][0]["model_name"] == "small"
+    assert kwargs["environment_kwargs"] == {"cell_timeout": 120.0, "max_output_chars": 500}
+    with RLM(**kwargs) as rlm:  # every key is one RLM accepts
+        assert rlm.limits.max_tokens == 1000
+
+
+def test_cli_flags_default_to_not_given(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser)
+    config = write(tmp_path / "c.toml", 'model = "file"\nmax_iterations = 7\n')
+    args = parser.parse_args(["--config", str(config), "--max-iterations", "9", "-e", "docker"])
+    settings = settings_from_args(args)
+    assert (settings.model, settings.max_iterations, settings.environment) == ("file", 9, "docker")

@@ -16,6 +16,10 @@ from rlm.errors import ConfigurationError
 ENVIRONMENTS: dict[str, tuple[str, str | None]] = {
     "local": ("rlm.environments.local:LocalEnvironment", None),
     "docker": ("rlm.environments.docker:DockerEnvironment", "docker"),
+    "modal": ("rlm.environments.modal:ModalEnvironment", "modal"),
+    "e2b": ("rlm.environments.e2b:E2BEnvironment", "e2b"),
+    "daytona": ("rlm.environments.daytona:DaytonaEnvironment", "daytona"),
+    "prime": ("rlm.environments.prime:PrimeEnvironment", "prime"),
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import secrets
 from abc import abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
@@ -109,11 +110,13 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
 
     #: the interpreter inside the provider's image
     python: str = "python3"
-    #: a writable directory inside the sandbox for the runner, its relay socket and context files
-    sandbox_dir: str = "/tmp/rlm"
+    #: a writable directory inside the sandbox for the runner, its relay socket and context
+    #: files (unique per environment, so sandboxes that share a file system never collide)
+    sandbox_dir: str = ""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.sandbox_dir = self.sandbox_dir or f"/tmp/rlm-{secrets.token_hex(6)}"
         self._relay: HostRelay | None = None
         self._files = 0
 

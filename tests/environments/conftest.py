@@ -49,7 +49,24 @@ def _docker_missing() -> str | None:
     return None
 
 
-ENVIRONMENTS = ["local", "docker", "stdio-relay"]
+#: Cloud providers: each has a stand-in (``standin_<name>.py`` beside this file) speaking its
+#: wire protocol, used through the real SDK; ``RLM_LIVE_<NAME>=1`` plus credentials runs the same
+#: suite against the real provider instead.
+CLOUD_PROVIDERS = ["modal", "e2b", "daytona", "prime"]
+ENVIRONMENTS = ["local", "docker", "stdio-relay", *CLOUD_PROVIDERS]
+
+
+def cloud_fixture(name: str):
+    """The provider's test fixture module: ``SKIP_REASON`` (None when usable here) and
+    ``standin()``, a context manager yielding the environment_kwargs to reach the stand-in."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"standin_{name}")
+    except ImportError as error:
+        if error.name == f"standin_{name}":
+            return None
+        raise
 
 
 def _test_adapter(name: str) -> type | None:
@@ -101,7 +118,23 @@ def env_name(request: pytest.FixtureRequest) -> str:
         reason = docker_available()
         if reason:
             pytest.skip(f"docker: {reason}")
+    if request.param in CLOUD_PROVIDERS:
+        module = cloud_fixture(request.param)
+        if module is None:
+            pytest.skip(f"{request.param}: no stand-in fixture yet")
+        if module.SKIP_REASON:
+            pytest.skip(f"{request.param}: {module.SKIP_REASON}")
     return request.param
+
+
+@pytest.fixture
+def env_kwargs(env_name: str) -> Iterator[dict[str, Any]]:
+    """Provider-specific environment_kwargs (the stand-in's address, for cloud providers)."""
+    if env_name not in CLOUD_PROVIDERS:
+        yield {}
+        return
+    with cloud_fixture(env_name).standin() as kwargs:
+        yield kwargs
 
 
 @pytest.fixture
@@ -110,13 +143,15 @@ def handler() -> RecordingHandler:
 
 
 @pytest.fixture
-def make_env(broker: BrokerServer, handler: RecordingHandler, env_name: str) -> Iterator[Any]:
+def make_env(
+    broker: BrokerServer, handler: RecordingHandler, env_name: str, env_kwargs: dict[str, Any]
+) -> Iterator[Any]:
     """Starts environments of the parametrised kind; closes them after the test."""
     made: list[SandboxEnvironment] = []
 
     def factory(**kwargs: Any) -> SandboxEnvironment:
         cls = _test_adapter(env_name) or environment_class(env_name)
-        env = cls(broker=broker, handler=handler, label="test", **kwargs)
+        env = cls(broker=broker, handler=handler, label="test", **{**env_kwargs, **kwargs})
         run_sync(env.start())
         made.append(env)
         return env

@@ -1,0 +1,43 @@
+"""Providers whose SDKs cannot share one environment run their suites in a venv of their own.
+
+``e2b`` needs ``connectrpc>=0.12.1,<0.13`` and ``prime-sandboxes`` needs ``connectrpc<0.12``:
+``.ci/sdk-venvs.sh`` makes ``.venv-e2b`` and ``.venv-prime`` (each with rlm installed editable plus
+that one SDK), and this test runs the shared contract suite for that provider inside it.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+ISOLATED = ["e2b", "prime"]
+
+
+@pytest.mark.parametrize("provider", ISOLATED)
+def test_provider_suite_in_its_own_venv(provider: str) -> None:
+    python = ROOT / f".venv-{provider}" / "bin" / "python"
+    if not python.exists():
+        message = f"{python} missing: run .ci/sdk-venvs.sh to test {provider} in its own venv"
+        if os.environ.get("RLM_REQUIRE_SDK_VENVS") == "1":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    files = [str(p) for p in (ROOT / "tests" / "environments").glob(f"test_*{provider}*.py")]
+    completed = subprocess.run(
+        [
+            str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            str(ROOT / "tests" / "environments" / "test_env_contract.py"), *files,
+            "-k", provider,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    summary = completed.stdout.strip().splitlines()[-1:] or ["(no output)"]
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-2000:]
+    assert " passed" in summary[0], summary
+    assert "skipped" not in summary[0] or " passed" in summary[0]

@@ -398,7 +398,10 @@ def _debian_base(client: Any, quiet: bool) -> str:
                 "/var/lib/apt/lists/*",
             ):
                 for path in rootfs.glob(pattern.lstrip("/")):
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
             _run(["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(tarball), "."], quiet)
         else:
             raise ConfigurationError(

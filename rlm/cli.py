@@ -58,6 +58,10 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     context = _read_context(args.context_file)
+    if settings.backend == "local":
+        from rlm.broker.clients.local_llama import WARNING
+
+        print(WARNING, file=sys.stderr)
     with RLM(
         **settings.rlm_kwargs(),
         logger=RLMLogger(settings.log_dir) if settings.log_dir else None,

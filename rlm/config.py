@@ -194,7 +194,24 @@ def load_settings(
     for table in _TABLES:
         merged = {**file_data.get(table, {}), **(cli.get(table) or {})}
         setattr(settings, table, merged)
+    _choose_default_backend(settings, env)
     return settings
+
+
+def _choose_default_backend(settings: Settings, env: Mapping[str, str]) -> None:
+    """With no backend chosen anywhere: the offline model when there is no key and no endpoint
+    (so ``rlm run`` works on a fresh machine), else OpenAI-compatible."""
+    from rlm.broker.clients.local_llama import DEFAULT_MODEL as LOCAL_MODEL
+    from rlm.broker.clients.local_llama import local_model_available
+
+    if "backend" not in settings.sources:
+        has_endpoint = settings.base_url or settings.api_key or env.get("OPENAI_API_KEY")
+        if not has_endpoint and local_model_available():
+            settings.backend = "local"
+            settings.sources["backend"] = "default (no key, no --base-url: offline model)"
+    if settings.backend == "local" and "model" not in settings.sources:
+        settings.model = LOCAL_MODEL
+        settings.sources["model"] = "default for the local backend"
 
 
 def add_settings_arguments(parser: Any, *, api_key_flag: str = "--api-key") -> None:
@@ -204,7 +221,8 @@ def add_settings_arguments(parser: Any, *, api_key_flag: str = "--api-key") -> N
                         "~/.config/rlm/config.toml)")  # fmt: skip
     flags: list[tuple[str, str, type, str]] = [
         ("--backend", "backend", str, "LM backend: openai, openrouter, vllm, ollama, lmstudio, "
-         "vercel, anthropic, gemini (default openai)"),
+         "vercel, anthropic, gemini, local (default openai; local, the offline SmolLM2 model, "
+         "when it is installed and there is no key and no --base-url)"),
         ("--model", "model", str, f"model name (default {DEFAULT_MODEL})"),
         ("--base-url", "base_url", str, "OpenAI-compatible endpoint, e.g. http://localhost:8000/v1"),
         (api_key_flag, "api_key", str, "LM API key (prefer the provider's env var, e.g. "

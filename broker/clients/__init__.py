@@ -35,6 +35,7 @@ BACKENDS: dict[str, tuple[str, str | None]] = {
     "vercel": (f"{_OPENAI}:VercelClient", None),
     "anthropic": ("rlm.broker.clients.anthropic:AnthropicClient", "anthropic"),
     "gemini": ("rlm.broker.clients.gemini:GeminiClient", "gemini"),
+    "local": ("rlm.broker.clients.local_llama:LocalLlamaClient", "local"),
 }
 """Backend name -> ("module:Class", the ``rlm[extra]`` that installs its SDK, or None)."""
 

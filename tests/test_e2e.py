@@ -250,3 +250,50 @@ def test_acompletion(lm_server, make_rlm):
     lm_server.set_script(['```repl\nanswer["content"]="async"\nanswer["ready"]=True\n```'])
     rlm = make_rlm()
     assert asyncio.run(rlm.acompletion("x")).response == "async"
+
+
+def test_max_tokens_stops_the_tree(lm_server, make_rlm):
+    from rlm import TokenLimitExceededError
+
+    lm_server.set_script(['```repl\nx = llm_query("q" * 4000)\n```'] * 5)
+    rlm = make_rlm(max_tokens=1500)
+    with pytest.raises(TokenLimitExceededError, match="max_tokens"):
+        rlm.completion("data")
+
+
+def test_max_timeout_stops_a_slow_run_with_a_typed_error(lm_server, make_rlm):
+    import time
+
+    from rlm import TimeoutExceededError
+
+    lm_server.set_script(["```repl\nimport time\ntime.sleep(30)\n```"])
+    rlm = make_rlm(max_timeout=1.5)
+    started = time.perf_counter()
+    with pytest.raises(TimeoutExceededError, match="max_timeout"):
+        rlm.completion("data")
+    assert time.perf_counter() - started < 1.5 + 4
+
+
+def test_rlm_query_batched_runs_children_concurrently(lm_server, make_rlm):
+    def script(request: RecordedRequest) -> str | Reply:
+        first_user = request.messages[1]["content"] if len(request.messages) > 1 else ""
+        if is_root_request(request) and "CHILD" not in first_user:
+            if iteration_of(request) == 0:
+                return '```repl\nr = rlm_query_batched(["CHILD %d" % i for i in range(4)])\nprint(r)\n```'
+            return '```repl\nanswer["content"] = ",".join(r)\nanswer["ready"] = True\n```'
+        if is_root_request(request):
+            # A child: a 0.5 s root call, then the answer.
+            n = first_user.split("CHILD ")[1][0]
+            if iteration_of(request) == 0:
+                return Reply(
+                    f'```repl\nanswer["content"] = "c{n}"\nanswer["ready"] = True\n```', delay=0.5
+                )
+        return "unexpected"
+
+    lm_server.set_script(script)
+    rlm = make_rlm(max_depth=2, max_concurrent_subcalls=4)
+    result = rlm.completion("ROOT")
+    assert result.response == "c0,c1,c2,c3"
+    children = [r for r in lm_server.requests if "CHILD" in r.messages[1]["content"]]
+    assert len(children) == 4
+    assert max(r.started for r in children) < min(r.finished for r in children)

@@ -36,17 +36,25 @@ code  ::= line ("\n" line){0,11}
 line  ::= [^`\n]{1,120}
 """
 
+# A 135M model loses itself in the full system prompt: root calls get this short one instead.
+SHORT_SYSTEM = (
+    "You answer a request about a text by writing Python in one ```repl block. The text is in "
+    "the variable `context`. `llm_query(prompt)` asks a language model and returns its reply. "
+    'Finish by setting answer["content"] and answer["ready"] = True.'
+)
+
 FEW_SHOT: Messages = [
     {
         "role": "user",
-        "content": "The request: How many words does the text have?\n\n`context` is a str.",
+        "content": "The request: What is this document about?\n\n`context` is a str.",
     },
     {
         "role": "assistant",
         "content": (
-            "I will count the words in context.\n```repl\n"
-            "n = len(context.split())\n"
-            'answer["content"] = "The text has " + str(n) + " words."\n'
+            "I will ask a sub-model to read the start of the document.\n```repl\n"
+            'summary = llm_query("What is this document about? Text: " + context[:3000])\n'
+            "print(summary)\n"
+            'answer["content"] = summary\n'
             'answer["ready"] = True\n```'
         ),
     },
@@ -129,7 +137,7 @@ class LocalLlamaClient(LMClient):
             llama = self._load()
             root = self._is_root_call(messages)
             if root:
-                messages = [messages[0], *FEW_SHOT, *messages[1:]]
+                messages = [{"role": "system", "content": SHORT_SYSTEM}, *FEW_SHOT, *messages[1:]]
             try:
                 result = llama.create_chat_completion(
                     messages=messages,

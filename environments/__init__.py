@@ -7,10 +7,7 @@ the ``rlm.environments`` entry-point group.
 
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import entry_points
-
-from rlm.errors import ConfigurationError
+from rlm.registry import load
 
 #: name -> (dotted class path, pip extra or None)
 ENVIRONMENTS: dict[str, tuple[str, str | None]] = {
@@ -23,27 +20,9 @@ ENVIRONMENTS: dict[str, tuple[str, str | None]] = {
 }
 
 
-def _entry_point_paths() -> dict[str, str]:
-    return {ep.name: ep.value for ep in entry_points(group="rlm.environments")}
-
-
 def environment_class(name: str) -> type:
     """The environment class registered under ``name``; imported on first use."""
-    path, extra = ENVIRONMENTS.get(name, (None, None))
-    if path is None:
-        path = _entry_point_paths().get(name)
-    if path is None:
-        known = sorted(set(ENVIRONMENTS) | set(_entry_point_paths()))
-        raise ConfigurationError(f"unknown environment {name!r}; choose one of {known}")
-    module_name, _, class_name = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        hint = f"pip install 'rlm[{extra}]'" if extra else "reinstall rlm"
-        raise ConfigurationError(
-            f"environment {name!r} needs a package that is not installed ({error.name}): {hint}"
-        ) from error
-    return getattr(module, class_name)
+    return load("environment", name, ENVIRONMENTS, "rlm.environments")
 
 
 __all__ = ["ENVIRONMENTS", "environment_class"]

@@ -11,13 +11,12 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from rlm.errors import ConfigurationError
+from rlm.registry import load
 
 if TYPE_CHECKING:
     from rlm.broker.clients.base import LMClient
@@ -51,37 +50,39 @@ ENTRY_POINT_GROUP = "rlm.backends"
 """Third-party packages add a backend with an entry point ``name = "module:Class"`` here."""
 
 
-def _from_entry_points(backend: str) -> tuple[str, str | None] | None:
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if entry_point.name == backend:
-            return entry_point.value, None
-    return None
-
-
 def _load(backend: str) -> type[LMClient]:
-    found = BACKENDS.get(backend) or _from_entry_points(backend)
-    if found is None:
-        known = ", ".join(sorted(BACKENDS))
-        raise ConfigurationError(f"unknown backend {backend!r}; known backends: {known}")
-    target, extra = found
-    module_name, _, class_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        hint = f": pip install 'rlm[{extra}]'" if extra else ""
-        raise ConfigurationError(
-            f"backend {backend!r} could not be imported ({exc}){hint}"
-        ) from exc
-    return getattr(module, class_name)
+    return load("backend", backend, BACKENDS, ENTRY_POINT_GROUP)
+
+
+def _accepted_kwargs(cls: type) -> tuple[list[str], bool]:
+    """Keyword names a client accepts: its own, plus the common ones of ``LMClient`` that it
+    passes on through ``**common``. The bool: it accepts anything (no common base to check)."""
+    from rlm.broker.clients.base import LMClient
+
+    accepted: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters
+        accepted += [
+            n
+            for n, p in parameters.items()
+            if n != "self"
+            and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        ]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return list(dict.fromkeys(accepted)), False
+        if klass is LMClient:
+            break
+    return list(dict.fromkeys(accepted)), not issubclass(cls, LMClient)
 
 
 def create_client(backend: str, backend_kwargs: Mapping[str, Any] | None = None) -> LMClient:
     """Build the client for ``backend`` from ``backend_kwargs``; unknown keys are an error."""
     cls = _load(backend)
     kwargs = dict(backend_kwargs or {})
-    parameters = inspect.signature(cls.__init__).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    accepted = [n for n in parameters if n != "self"]
+    accepted, takes_any = _accepted_kwargs(cls)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown and not takes_any:
         raise ConfigurationError(

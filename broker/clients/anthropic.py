@@ -86,22 +86,9 @@ class AnthropicClient(LMClient):
         api_key: str | None = None,
         base_url: str | None = None,
         extra_headers: Mapping[str, str] | None = None,
-        timeout: float = 300.0,
-        max_retries: int = 4,
-        initial_backoff: float = 0.5,
-        max_backoff: float = 30.0,
-        sampling: Mapping[str, Any] | None = None,
-        price_per_million: tuple[float, float] | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            model_name,
-            timeout=timeout,
-            max_retries=max_retries,
-            initial_backoff=initial_backoff,
-            max_backoff=max_backoff,
-            sampling=sampling,
-            price_per_million=price_per_million,
-        )
+        super().__init__(model_name, **common)
         self._sdk = _import_anthropic()
         api_key = api_key or os.environ.get("ANTHROPIC_API_KEY")
         if not api_key:

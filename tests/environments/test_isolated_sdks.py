@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -20,6 +21,8 @@ ISOLATED = ["e2b", "prime"]
 @pytest.mark.parametrize("provider", ISOLATED)
 def test_provider_suite_in_its_own_venv(provider: str) -> None:
     python = ROOT / f".venv-{provider}" / "bin" / "python"
+    if pathlib.Path(sys.prefix).resolve() == (ROOT / f".venv-{provider}").resolve():
+        pytest.skip(f"already running in .venv-{provider}: its suite runs directly")
     if not python.exists():
         message = f"{python} missing: run .ci/sdk-venvs.sh to test {provider} in its own venv"
         if os.environ.get("RLM_REQUIRE_SDK_VENVS") == "1":
@@ -28,9 +31,16 @@ def test_provider_suite_in_its_own_venv(provider: str) -> None:
     files = [str(p) for p in (ROOT / "tests" / "environments").glob(f"test_*{provider}*.py")]
     completed = subprocess.run(
         [
-            str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-            str(ROOT / "tests" / "environments" / "test_env_contract.py"), *files,
-            "-k", provider,
+            str(python),
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(ROOT / "tests" / "environments" / "test_env_contract.py"),
+            *files,
+            "-k",
+            provider,
         ],
         cwd=ROOT,
         capture_output=True,

@@ -1,0 +1,91 @@
+"""The Prime fixture of the shared contract suite (loaded by ``cloud_fixture("prime")``).
+
+``standin()`` starts :class:`rlm.testing.standins.prime.PrimeStandIn` and yields the
+environment_kwargs that point the real ``prime-sandboxes`` SDK at it (its ``api_url`` and API key;
+``python`` is this interpreter, which has grpcio and protobuf). ``prime-sandboxes`` cannot share
+a virtualenv with ``e2b`` (connectrpc pins), so this runs in ``.venv-prime`` (``.ci/sdk-venvs.sh``):
+``.venv-prime/bin/python -m pytest tests/environments -k prime``.
+
+Live run: with ``RLM_LIVE_PRIME=1`` and ``PRIME_API_KEY`` set, ``standin()`` yields kwargs for the
+real platform instead (``docker_image`` from ``RLM_PRIME_IMAGE``, default ``python:3.12-slim``
+with grpcio/protobuf pip-installed on start), so the same suite runs against Prime itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+
+def _skip_reason() -> str | None:
+    try:
+        import prime_sandboxes  # noqa: F401
+    except ImportError:
+        return (
+            "pip install 'rlm[prime]' (in a venv of its own: .ci/sdk-venvs.sh makes .venv-prime; "
+            "run .venv-prime/bin/python -m pytest tests/environments -k prime)"
+        )
+    return None
+
+
+SKIP_REASON: str | None = _skip_reason()
+
+
+def live_requested() -> bool:
+    """True when the suite should run against the real Prime platform."""
+    return os.environ.get("RLM_LIVE_PRIME") == "1" and bool(os.environ.get("PRIME_API_KEY"))
+
+
+def live_kwargs() -> dict[str, Any]:
+    """environment_kwargs for the real platform (credentials come from PRIME_API_KEY)."""
+    from rlm.environments.prime import DEFAULT_IMAGE
+
+    return {"docker_image": os.environ.get("RLM_PRIME_IMAGE", DEFAULT_IMAGE)}
+
+
+@contextlib.contextmanager
+def _hermetic_sdk_config(home: str) -> Iterator[None]:
+    """The SDK reads ``~/.prime`` and ``PRIME_*`` variables and writes its gateway-token cache to
+    ``~/.prime``: point it at an empty home so that neither the developer's config leaks in nor
+    stand-in tokens leak out."""
+    saved = {k: v for k, v in os.environ.items() if k == "HOME" or k.startswith("PRIME_")}
+    for name in saved:
+        del os.environ[name]
+    os.environ["HOME"] = home
+    try:
+        yield
+    finally:
+        for name in [k for k in os.environ if k == "HOME" or k.startswith("PRIME_")]:
+            del os.environ[name]
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """A started stand-in (``options`` go to :class:`PrimeStandIn`) and the environment_kwargs
+    that reach it through the real SDK."""
+    from rlm.testing.standins.prime import PrimeStandIn
+
+    with (
+        tempfile.TemporaryDirectory(prefix="prime-home-") as home,
+        _hermetic_sdk_config(home),
+        PrimeStandIn(**options) as server,
+    ):
+        kwargs = {"python": sys.executable, "api_url": server.api_url, "api_key": server.api_key}
+        yield server, kwargs
+        leftover = server.live_sandboxes()
+        assert not leftover, f"Prime sandboxes left running: {leftover}"
+
+
+@contextlib.contextmanager
+def standin() -> Iterator[dict[str, Any]]:
+    """The environment_kwargs for the contract suite: the stand-in, or Prime when live."""
+    if live_requested():
+        yield live_kwargs()
+        return
+    with running_standin() as (_server, kwargs):
+        yield kwargs

@@ -1,0 +1,220 @@
+"""The Prime adapter through the real ``prime-sandboxes`` SDK, against the wire-level stand-in.
+
+Runs in ``.venv-prime`` (``.ci/sdk-venvs.sh``): ``.venv-prime/bin/python -m pytest
+tests/environments -k prime``. The live test at the end needs ``RLM_LIVE_PRIME=1`` and
+``PRIME_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from standin_prime import SKIP_REASON, live_kwargs, live_requested, running_standin
+from test_e2e import depth_script, is_root_request, iteration_of
+
+from rlm.broker.loop import run_sync
+from rlm.errors import ConfigurationError, LMAuthenticationError, SandboxStartError
+from rlm.testing import RecordedRequest, Reply
+
+pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=f"prime: {SKIP_REASON}")
+
+
+@pytest.fixture
+def prime() -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The stand-in and the environment_kwargs that reach it."""
+    with running_standin() as (server, kwargs):
+        yield server, kwargs
+
+
+def gateway_calls(server: Any, method: str) -> list[str]:
+    return [c for c in server.calls if c.startswith("POST gateway:") and c.endswith(method)]
+
+
+def make_env(broker: Any, handler: Any, kwargs: dict[str, Any], **extra: Any) -> Any:
+    from rlm.environments.prime import PrimeEnvironment
+
+    env = PrimeEnvironment(broker=broker, handler=handler, label="test", **{**kwargs, **extra})
+    run_sync(env.start())
+    return env
+
+
+def test_depth_two_rlm_query_runs_each_level_in_its_own_sandbox(prime, lm_server, make_rlm):
+    server, kwargs = prime
+    lm_server.set_script(depth_script())
+    rlm = make_rlm(max_depth=3, environment="prime", environment_kwargs=kwargs)
+    result = rlm.completion("ROOT DATA", root_prompt="go")
+    assert result.response == "root got: child got: grand got: leaf answe"
+    assert result.usage_summary.total_calls == 7 == lm_server.usage_total()["calls"]
+    # Root, child and grandchild each had a sandbox of their own, all deleted by now.
+    assert server.calls.count("POST /api/v1/sandbox") == 3
+    assert len([c for c in server.calls if c.startswith("DELETE /api/v1/sandbox/")]) == 3
+    assert server.live_sandboxes() == [] and server.live_pids() == []
+    # The runner went in through the file API and talked through Start/SendInput.
+    assert gateway_calls(server, "/upload") and gateway_calls(server, "/SendInput")
+
+
+def test_llm_query_batched_calls_overlap(prime, lm_server, make_rlm):
+    _server, kwargs = prime
+    prompts = [f"item {i}" for i in range(8)]
+
+    def script(request: RecordedRequest) -> str:
+        if not is_root_request(request):
+            return "sub:" + request.prompt
+        return [
+            f"```repl\nreplies = llm_query_batched({prompts!r})\nprint(len(replies))\n```",
+            '```repl\nanswer["content"] = ",".join(replies)\nanswer["ready"] = True\n```',
+        ][iteration_of(request)]
+
+    lm_server.set_script(script)
+    lm_server.latency = 0.3
+    rlm = make_rlm(environment="prime", environment_kwargs=kwargs)
+    result = rlm.completion("data")
+    assert result.response == ",".join("sub:" + p for p in prompts)
+    assert lm_server.max_in_flight >= 8, "the batched sub-calls should run concurrently"
+
+
+def test_50mb_context_goes_through_the_file_api(prime, lm_server, make_rlm):
+    server, kwargs = prime
+    context = "x" * (50 * 1024 * 1024 - 6) + "NEEDLE"
+    lm_server.set_script(
+        [
+            '```repl\nanswer["content"] = f"{len(context)} {context[-6:]}"\nanswer["ready"] = True\n```'
+        ]
+    )
+    rlm = make_rlm(environment="prime", environment_kwargs=kwargs)
+    result = rlm.completion(context)
+    assert result.response == f"{50 * 1024 * 1024} NEEDLE"
+    uploads = gateway_calls(server, "/upload")
+    assert len(uploads) == 2, uploads  # the runner zipapp and the context file
+
+
+def test_runaway_cell_interrupted_then_a_stubborn_one_killed_through_send_signal(
+    prime, broker, handler
+):
+    server, kwargs = prime
+    env = make_env(broker, handler, kwargs)
+    try:
+        (runner,) = server.live_pids()
+        run_sync(env.execute("kept = 1"))
+        result = run_sync(env.execute("while True: pass", timeout=1.0))
+        assert result.interrupted and not result.restarted
+        assert server.live_pids() == [runner], "an interrupt must not restart the runner"
+        assert run_sync(env.execute("print(kept)")).stdout == "1\n"
+
+        code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass"
+        result = run_sync(env.execute(code, timeout=1.0))
+        assert result.restarted
+        assert gateway_calls(server, "/SendSignal"), "the old runner is killed via SendSignal"
+        (new_runner,) = server.live_pids()
+        assert new_runner != runner and not os.path.exists(f"/proc/{runner}/cmdline")
+        assert run_sync(env.execute("print('back')")).stdout == "back\n"
+    finally:
+        run_sync(env.aclose())
+    assert server.live_sandboxes() == [] and server.live_pids() == []
+
+
+def test_sandbox_deleted_when_the_completion_raises(prime, lm_server, make_rlm):
+    server, kwargs = prime
+    lm_server.set_script(['```repl\nx = 1\nprint("running")\n```', Reply("nope", status=401)])
+    rlm = make_rlm(environment="prime", environment_kwargs=kwargs)
+    with pytest.raises(LMAuthenticationError):
+        rlm.completion("data")
+    assert server.calls.count("POST /api/v1/sandbox") == 1
+    assert server.live_sandboxes() == [] and server.live_pids() == []
+
+
+def test_failed_setup_deletes_the_sandbox_and_says_what_to_do(prime, broker, handler):
+    server, kwargs = prime
+    with pytest.raises(SandboxStartError, match=r"missing or older than Python 3\.11"):
+        make_env(broker, handler, kwargs, python="/nonexistent/python3")
+    assert server.calls.count("POST /api/v1/sandbox") == 1
+    assert server.live_sandboxes() == [] and server.live_pids() == []
+
+
+@pytest.mark.parametrize(
+    ("install", "message"),
+    [(True, "installing grpcio and protobuf failed"), (False, "lacks grpcio")],
+)
+def test_image_without_the_runner_dependencies(prime, broker, handler, tmp_path, install, message):
+    """A Python without grpcio: the adapter tries pip (here a venv without pip, so it fails)
+    or, with install_requirements=False, says that the image lacks them."""
+    server, kwargs = prime
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True
+    )
+    bare = str(tmp_path / "bare" / "bin" / "python")
+    with pytest.raises(SandboxStartError, match=message):
+        make_env(broker, handler, kwargs, python=bare, install_requirements=install)
+    assert server.live_sandboxes() == [] and server.live_pids() == []
+
+
+def test_sandbox_never_holds_the_api_key_or_the_broker_token(prime, broker, handler, monkeypatch):
+    server, kwargs = prime
+    # The key reaches the SDK through the host's environment, as usual for users.
+    monkeypatch.setenv("PRIME_API_KEY", server.api_key)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-host-only")
+    env = make_env(broker, handler, {k: v for k, v in kwargs.items() if k != "api_key"})
+    try:
+        token = env._session.token
+        pids = server.live_pids()
+        assert pids, "the stand-in should show the runner process"
+        for pid in pids:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                environ = handle.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+            names = [entry.split(b"=", 1)[0] for entry in environ.split(b"\0") if entry]
+            for secret in (server.api_key.encode(), token.encode(), b"sk-host-only"):
+                assert secret not in environ and secret not in cmdline
+            assert not [n for n in names if re.search(rb"KEY|TOKEN|SECRET", n.upper())], names
+        # And what the sandbox's code can see agrees.
+        seen = run_sync(env.execute("import os\nprint(sorted(os.environ))")).stdout
+        assert "PRIME_API_KEY" not in seen and "OPENAI_API_KEY" not in seen
+    finally:
+        run_sync(env.aclose())
+
+
+def test_provisioning_is_polled_and_expired_gateway_tokens_are_renewed(broker, handler):
+    with running_standin(provisioning_polls=1) as (server, kwargs):
+        env = make_env(broker, handler, kwargs)
+        try:
+            assert server.calls.count("POST /api/v1/sandbox/status:batchGet") >= 2
+            auths = len([c for c in server.calls if c.endswith("/auth")])
+            server.rotate_tokens()
+            # SendInput (the relay's stdin) and the upload (a 2 MiB context) meet the old token,
+            # are refused, re-authenticate and go through.
+            run_sync(env.load_context("y" * (2 << 20)))
+            assert run_sync(env.execute("print(len(context))")).stdout == f"{2 << 20}\n"
+            assert len([c for c in server.calls if c.endswith("/auth")]) > auths
+        finally:
+            run_sync(env.aclose())
+
+
+def test_missing_api_key_is_a_configuration_error(prime, broker, handler):
+    server, kwargs = prime
+    with pytest.raises(ConfigurationError, match="PRIME_API_KEY"):
+        make_env(broker, handler, {k: v for k, v in kwargs.items() if k != "api_key"})
+    assert server.calls.count("POST /api/v1/sandbox") == 0
+
+
+def test_missing_sdk_names_the_extra(monkeypatch, broker, handler):
+    monkeypatch.setitem(sys.modules, "prime_sandboxes", None)
+    with pytest.raises(ConfigurationError, match=r"pip install 'rlm\[prime\]'"):
+        make_env(broker, handler, {"api_key": "k"})
+
+
+@pytest.mark.live
+@pytest.mark.skipif(
+    not live_requested(), reason="live Prime test: set RLM_LIVE_PRIME=1 and PRIME_API_KEY"
+)
+def test_live_depth_one_completion_on_prime(lm_server, make_rlm):
+    lm_server.set_script(depth_script())
+    rlm = make_rlm(max_depth=2, environment="prime", environment_kwargs=live_kwargs())
+    result = rlm.completion("ROOT DATA", root_prompt="go")
+    assert result.response == "root got: child got: leaf answer"

@@ -8,8 +8,10 @@ identical for both systems. Usage: ``python driver.py WORKLOAD '{"base_url": ...
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
+import threading
 import time
 
 
@@ -80,19 +82,78 @@ def single_call(params: dict) -> dict:
     return {"samples": json.loads(result.response)}
 
 
+RUNNER_MARKER = b"rlm-runner-"
+
+
+class ChildPeakRSS:
+    """Polls the peak RSS (``VmHWM``) of our runner processes (direct children) during a run.
+
+    ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` cannot answer this: a child's high-water mark
+    survives ``exec``, so it starts at the host's RSS at fork time. ``VmHWM`` belongs to the new
+    address space and is monotonic, so the last reading before the child exits is its peak.
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.peak_kb: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> ChildPeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _children(self) -> list[int]:
+        pids: list[int] = []
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/children") as handle:
+                    pids += [int(p) for p in handle.read().split()]
+            except OSError:
+                continue
+        return pids
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            for pid in self._children():
+                try:
+                    # Only our runner (a zipapp named rlm-runner-*.pyz), and only once it has
+                    # exec'd: between fork and exec a child's VmHWM is still the host's.
+                    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                        if RUNNER_MARKER not in handle.read():
+                            continue
+                    with open(f"/proc/{pid}/status") as handle:
+                        for line in handle:
+                            if line.startswith("VmHWM:"):
+                                kb = int(line.split()[1])
+                                self.peak_kb[pid] = max(kb, self.peak_kb.get(pid, 0))
+                except (OSError, ValueError):
+                    continue
+
+    @property
+    def max_mb(self) -> float | None:
+        return max(self.peak_kb.values()) / 1024 if self.peak_kb else None
+
+
 def context_load(params: dict) -> dict:
     """A context of `chars` characters; time to the answer of a first trivial cell.
 
-    Peak RSS is this (host) process's; ``runner_peak_rss_mb`` is the largest waited-for child
-    (our local runner; 0 when the REPL runs in-process, as in the reference, or in a container).
+    Peak RSS is this (host) process's. ``runner_peak_rss_mb`` is the largest child's ``VmHWM``
+    (our local runner; None when the REPL runs in-process, as in the reference, or in a
+    container); ``children_maxrss_mb`` is ``RUSAGE_CHILDREN`` after close, kept for comparison.
     """
     text = "x" * (params["chars"] - 6) + "NEEDLE"
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rlm = make_rlm(params, max_iterations=3)
     try:
-        started = time.perf_counter()
-        result = rlm.completion(text, root_prompt="load")
-        elapsed = time.perf_counter() - started
+        with ChildPeakRSS() as children:
+            started = time.perf_counter()
+            result = rlm.completion(text, root_prompt="load")
+            elapsed = time.perf_counter() - started
     finally:
         close(rlm)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -102,7 +163,8 @@ def context_load(params: dict) -> dict:
         "response": result.response,
         "peak_rss_mb": peak_rss / 1024,
         "baseline_rss_mb": base_rss / 1024,
-        "runner_peak_rss_mb": children_rss / 1024,
+        "runner_peak_rss_mb": children.max_mb,
+        "children_maxrss_mb": children_rss / 1024,
     }
 
 
@@ -145,7 +207,7 @@ def _record_sandbox_starts() -> list[float]:
 def cold_start(params: dict) -> dict:
     """In a fresh interpreter: `import rlm`, then `RLM(...)` + a 1-iteration completion against a
     0 ms LM (cold: broker and first sandbox), then the same again (warm: a new sandbox per
-    completion, everything else up)."""
+    completion, everything else up; from a warm pool when `environment_kwargs` ask for one)."""
     started = time.perf_counter()
     import rlm  # noqa: F401  (timed: the import is part of a cold start)
 
@@ -155,6 +217,8 @@ def cold_start(params: dict) -> dict:
     try:
         rlm_.completion("cold context", root_prompt="cold")
         first = time.perf_counter()
+        time.sleep(params.get("settle_seconds", 0))  # lets a warm pool refill
+        first += params.get("settle_seconds", 0)
         rlm_.completion("warm context", root_prompt="warm")
         second = time.perf_counter()
     finally:

@@ -69,6 +69,8 @@ class RLM:
             )
         self.backend = backend
         self.backend_kwargs = dict(backend_kwargs or {})
+        # Ours, not the client's: the window that compaction measures against.
+        self.context_window_tokens = int(self.backend_kwargs.pop("context_window_tokens", 128_000))
         self.environment = environment
         self.environment_kwargs = dict(environment_kwargs or {})
         self.depth = depth
@@ -126,7 +128,7 @@ class RLM:
                 broker = BrokerServer(transport=self.broker_transport)
                 await broker.start()
                 cleanup.track(self)
-                window_chars = int(self.backend_kwargs.get("context_window_tokens", 128_000)) * 4
+                window_chars = self.context_window_tokens * 4
                 self._config = TreeConfig(
                     router=LMRouter(
                         self._root_client,

@@ -1,0 +1,322 @@
+"""The workloads of ``python -m bench``: each runs the driver in fresh processes per system and
+environment and turns the driver's results into ``Measurement`` rows."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlm.testing import ScriptedLMServer
+
+from . import scripts
+from .measure import DriverError, Measurement, percentile, run_driver
+from .providers import WARM_POOL_KWARGS, Provider
+
+WORKLOADS = ("iteration", "single", "batched", "load", "fanout", "cold")
+
+
+@dataclass
+class SuiteConfig:
+    """Sizes and repeats of one suite run (``--quick`` shrinks all of them)."""
+
+    repeats: int = 5
+    iterations: int = 30
+    single_samples: int = 200
+    batch_sizes: list[int] = field(default_factory=lambda: [8, 64, 256])
+    latency: float = 0.2
+    load_sizes: list[int] = field(
+        default_factory=lambda: [1_000_000, 10_000_000, 40_000_000, 100_000_000]
+    )
+    fanout_children: int = 16
+    fanout_leaf_calls: int = 4
+    fanout_leaf_latency: float = 0.05
+    only: tuple[str, ...] = WORKLOADS
+
+    @classmethod
+    def quick(cls) -> SuiteConfig:
+        return cls(
+            repeats=1,
+            iterations=5,
+            single_samples=50,
+            batch_sizes=[8],
+            load_sizes=[1_000_000],
+            fanout_children=4,
+            fanout_leaf_calls=2,
+        )
+
+
+Results = dict[str, list[dict[str, Any]]]
+"""system name -> the driver results of each repeat."""
+
+
+class Suite:
+    """Runs the selected workloads for every runnable provider against one scripted server."""
+
+    def __init__(
+        self,
+        config: SuiteConfig,
+        systems: dict[str, str],
+        providers: list[Provider],
+        server: ScriptedLMServer,
+    ) -> None:
+        self.config = config
+        self.systems = systems
+        self.providers = [p for p in providers if p.runnable]
+        self.server = server
+        self.measurements: list[Measurement] = []
+
+    # ---- plumbing ------------------------------------------------------------------------------
+
+    def _collect(
+        self, workload: str, params: dict[str, Any], provider: Provider
+    ) -> tuple[Results, dict[str, str]]:
+        """Driver results per system (the reference runs only in ``local``), and failures."""
+        results: Results = {}
+        failures: dict[str, str] = {}
+        for system, python in self.systems.items():
+            if system == "reference" and provider.name != "local":
+                continue
+            params_for = {
+                **params,
+                "base_url": self.server.base_url,
+                "environment": provider.name,
+            }
+            try:
+                results[system] = [
+                    run_driver(python, workload, params_for) for _ in range(self.config.repeats)
+                ]
+            except DriverError as error:
+                if system == "ours" and provider.name == "local":
+                    raise  # our own local run failing is a bug, not a data point
+                last = str(error).strip().splitlines()[-1][:200]
+                failures[system] = f"{system} failed: {last}"
+                print(f"bench: {error}", file=sys.stderr)
+        return results, failures
+
+    def _add(
+        self,
+        m: Measurement,
+        results: Results,
+        failures: dict[str, str],
+        pick: Callable[[dict[str, Any]], float | None],
+    ) -> Measurement:
+        for system, runs in results.items():
+            values = [pick(run) for run in runs]
+            getattr(m, system).extend(v for v in values if v is not None)
+        notes = [m.note, *failures.values()]
+        m.note = "; ".join(n for n in notes if n)
+        self.measurements.append(m)
+        print(m.row(), file=sys.stderr)
+        return m
+
+    def run(self) -> list[Measurement]:
+        for provider in self.providers:
+            for workload in WORKLOADS:
+                if workload in self.config.only:
+                    getattr(self, f"_{workload}")(provider)
+        return self.measurements
+
+    # ---- workloads -----------------------------------------------------------------------------
+
+    def _iteration(self, provider: Provider) -> None:
+        n = self.config.iterations
+        self.server.set_script(scripts.iteration_script(n))
+        results, failures = self._collect("iteration_overhead", {"iterations": n}, provider)
+        self._add(
+            Measurement(
+                f"root iteration overhead, 0 ms LM (completion of {n} iterations / {n})",
+                "ms / iteration",
+                provider.label,
+            ),
+            results,
+            failures,
+            lambda r: r["per_iteration"] * 1000,
+        )
+        self._add(
+            Measurement(
+                "root iteration overhead, marginal: (T(N) - T(1)) / (N - 1)",
+                "ms / iteration",
+                provider.label,
+                note="reference: meaningless (a fixed ~0.5 s per completion dominates T(1))",
+            ),
+            results,
+            failures,
+            lambda r: r["marginal_per_iteration"] * 1000,
+        )
+
+    def _single(self, provider: Provider) -> None:
+        samples = self.config.single_samples
+        self.server.set_script(scripts.single_call_script(samples))
+        results, failures = self._collect("single_call", {}, provider)
+        for q in (50, 99):
+            self._add(
+                Measurement(
+                    f"llm_query round trip, 0 ms LM (p{q} of {samples})", "ms", provider.label
+                ),
+                results,
+                failures,
+                lambda r, q=q: percentile(r["samples"], q) * 1000,
+            )
+
+    def _batched(self, provider: Provider) -> None:
+        latency = self.config.latency
+        for n in self.config.batch_sizes:
+            self.server.set_script(scripts.batched_script(n, latency))
+            results, failures = self._collect("batched", {}, provider)
+            m = Measurement(
+                f"llm_query_batched({n}), {latency * 1000:g} ms LM",
+                "× one call",
+                provider.label,
+                group="batched",
+                x=n,
+            )
+            self._add(m, results, failures, lambda r: r["cell_seconds"] / latency)
+
+    def _load(self, provider: Provider) -> None:
+        self.server.set_script(scripts.load_script())
+        for chars in self.config.load_sizes:
+            results, failures = self._collect("context_load", {"chars": chars}, provider)
+            for system, runs in results.items():
+                for run in runs:
+                    if run["response"] != str(chars):
+                        raise RuntimeError(f"{system} answered {run['response']!r} for {chars}")
+            size = f"{chars / 1e6:g}M chars"
+            self._add(
+                Measurement(
+                    f"context {size}: load + first cell",
+                    "s",
+                    provider.label,
+                    group="context-time",
+                    x=chars,
+                ),
+                results,
+                failures,
+                lambda r: r["seconds"],
+            )
+            rss = self._add(
+                Measurement(
+                    f"context {size}: peak host RSS",
+                    "MB",
+                    provider.label,
+                    group="context-rss",
+                    x=chars,
+                ),
+                results,
+                failures,
+                lambda r: r["peak_rss_mb"],
+            )
+            ours = rss.median("ours")
+            if ours is not None:
+                rss.note = "; ".join(
+                    n for n in (rss.note, f"ours = {ours * 2**20 / chars:.2f}× context") if n
+                )
+            self._add(
+                Measurement(
+                    f"context {size}: runner peak RSS (child VmHWM)",
+                    "MB",
+                    provider.label,
+                    note="the sandbox's runner process when it is our child; "
+                    "reference: in-process REPL, no child",
+                    group="context-runner",
+                    x=chars,
+                ),
+                {k: v for k, v in results.items() if k == "ours"},
+                {},
+                lambda r: r["runner_peak_rss_mb"],
+            )
+
+    def _fanout(self, provider: Provider) -> None:
+        c = self.config
+        self.server.set_script(
+            scripts.fanout_script(c.fanout_children, c.fanout_leaf_calls, c.fanout_leaf_latency)
+        )
+        params = {"max_concurrent_subcalls": c.fanout_children}
+        results, failures = self._collect("fanout", params, provider)
+        for system, runs in results.items():
+            wrong = [r["children_ok"] for r in runs if r["children_ok"] != c.fanout_children]
+            if wrong:
+                failures[system] = (
+                    f"{system}: only {wrong[0]}/{c.fanout_children} children answered"
+                )
+        ideal = c.fanout_leaf_calls * c.fanout_leaf_latency
+        self._add(
+            Measurement(
+                f"depth-2 fan-out: {c.fanout_children} rlm_query children × "
+                f"{c.fanout_leaf_calls} llm_query ({c.fanout_leaf_latency * 1000:g} ms LM)",
+                "s",
+                provider.label,
+                note=f"max_depth=2, max_concurrent_subcalls={c.fanout_children}; ideal {ideal:g} s",
+            ),
+            results,
+            failures,
+            lambda r: r["cell_seconds"],
+        )
+
+    def _cold(self, provider: Provider) -> None:
+        self.server.set_script(scripts.finish_script())
+        results, failures = self._collect("cold_start", {}, provider)
+        rows = [
+            ("cold start: `import rlm`", "s", "import_seconds", 1, ""),
+            (
+                "cold start: RLM() + first 1-iteration completion, 0 ms LM",
+                "s",
+                "first_seconds",
+                1,
+                "includes one LM round trip (~2 ms)",
+            ),
+            (
+                "warm: next 1-iteration completion (new sandbox)",
+                "ms",
+                "warm_seconds",
+                1000,
+                "pool off (default): a fresh sandbox per completion"
+                if provider.name in WARM_POOL_KWARGS
+                else "no warm pool: a fresh sandbox per completion",
+            ),
+        ]
+        for name, unit, key, scale, note in rows:
+            self._add(
+                Measurement(name, unit, provider.label, note=note),
+                results,
+                failures,
+                lambda r, key=key, scale=scale: r[key] * scale,
+            )
+        self._add(
+            Measurement(
+                "sandbox start (`startup_seconds` of the first sandbox)",
+                "ms",
+                provider.label,
+                note="ours only: the reference's local REPL starts in-process",
+            ),
+            {k: v for k, v in results.items() if k == "ours"},
+            {},
+            lambda r: (
+                statistics.median(r["sandbox_start_seconds"][:1]) * 1000
+                if r["sandbox_start_seconds"]
+                else None
+            ),
+        )
+        pool_kwargs = WARM_POOL_KWARGS.get(provider.name)
+        if pool_kwargs is None:
+            return
+        params = {"environment_kwargs": pool_kwargs, "settle_seconds": 1.0}
+        results, failures = self._collect("cold_start", params, provider)
+        self._add(
+            Measurement(
+                f"warm-pool acquire ({', '.join(f'{k}={v}' for k, v in pool_kwargs.items())}): "
+                "`startup_seconds` of the second sandbox",
+                "ms",
+                provider.label,
+                note="the pool refilled for 1 s after the first completion",
+            ),
+            {k: v for k, v in results.items() if k == "ours"},
+            failures,
+            lambda r: (
+                r["sandbox_start_seconds"][1] * 1000
+                if len(r["sandbox_start_seconds"]) > 1
+                else None
+            ),
+        )

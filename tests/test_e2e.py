@@ -297,3 +297,30 @@ def test_rlm_query_batched_runs_children_concurrently(lm_server, make_rlm):
     children = [r for r in lm_server.requests if "CHILD" in r.messages[1]["content"]]
     assert len(children) == 4
     assert max(r.started for r in children) < min(r.finished for r in children)
+
+
+def test_compaction_summarises_a_long_history(lm_server, make_rlm):
+    def script(request: RecordedRequest) -> str:
+        last = request.messages[-1]["content"]
+        if "Summarise what you have learned" in last:
+            return "SUMMARY: x holds the running total."
+        if any("SUMMARY:" in str(m.get("content")) for m in request.messages):
+            return '```repl\nanswer["content"] = str(x)\nanswer["ready"] = True\n```'
+        return '```repl\nx = globals().get("x", 0) + 1\nprint("y" * 3000)\n```'
+
+    lm_server.set_script(script)
+    rlm = make_rlm(
+        compaction=True,
+        compaction_threshold_pct=0.5,
+        backend_kwargs={"context_window_tokens": 4000},  # compaction after ~8,000 characters
+    )
+    result = rlm.completion("data")
+    kinds = [it["iteration"] for it in result.metadata["iterations"]]
+    assert "compaction" in kinds
+    assert int(result.response) >= 2  # the REPL state survived the compaction
+    after = [
+        r
+        for r in lm_server.requests
+        if any("SUMMARY:" in str(m.get("content")) for m in r.messages)
+    ]
+    assert after and len(after[0].messages) <= 5  # the history was replaced by the summary

@@ -228,11 +228,15 @@ class BrokerServer:
     def close_session(self, session: Session) -> None:
         self.sessions.pop(session.token, None)
 
-    async def aclose(self, grace: float = 1.0) -> None:
+    async def aclose_resources(self) -> None:
+        """Closes the shared resources (warm pools...) of this tree."""
         resources, self._resources = list(self._resources.values()), {}
         for resource in resources:
             with contextlib.suppress(Exception):
                 await resource.aclose()
+
+    async def aclose(self, grace: float = 1.0) -> None:
+        await self.aclose_resources()
         server, self._server = self._server, None
         if server is not None:
             await server.stop(grace)

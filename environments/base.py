@@ -15,6 +15,7 @@ import itertools
 import json
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -122,6 +123,87 @@ class RunnerProcess(ABC):
         """The end of what the process wrote to its stderr, for error messages."""
         return ""
 
+    async def send_bootstrap(self, bootstrap: bytes) -> None:
+        """Hands the waiting runner its session (one JSON line on its stdin)."""
+        raise NotImplementedError(f"{type(self).__name__} takes its bootstrap at launch")
+
+
+class WarmPool:
+    """Runners started ahead of time, each waiting for a session's bootstrap line.
+
+    A runner serves one session and is then killed: nothing is reused across sessions. Taking one
+    refills the pool in the background; runners idle longer than ``idle_timeout`` are removed.
+    One pool per RLM tree (a broker resource), shared by its children, closed with it.
+    """
+
+    close_order = 10
+
+    def __init__(self, size: int, idle_timeout: float = 300.0) -> None:
+        if size < 1:
+            raise ConfigurationError("pool_size must be at least 1")
+        self.size = size
+        self.idle_timeout = idle_timeout
+        self._ready: dict[Hashable, list[tuple[float, RunnerProcess]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def acquire(
+        self, key: Hashable, start: Callable[[], Awaitable[RunnerProcess]]
+    ) -> RunnerProcess | None:
+        """A started runner for ``key`` if one is ready (None: start one directly); the pool
+        refills for ``key`` in the background either way."""
+        if self._closed:
+            return None
+        if self._reaper is None:
+            cleanup.track(self)
+            self._reaper = asyncio.ensure_future(self._reap())
+        ready = self._ready.setdefault(key, [])
+        process = None
+        while ready:
+            started, candidate = ready.pop(0)
+            if candidate.exit_code() is None and time.monotonic() - started < self.idle_timeout:
+                process = candidate
+                break
+            await candidate.kill()
+        self._spawn_task(self.fill(key, start))
+        return process
+
+    async def fill(self, key: Hashable, start: Callable[[], Awaitable[RunnerProcess]]) -> None:
+        """Starts runners for ``key`` until ``size`` are waiting."""
+        ready = self._ready.setdefault(key, [])
+        while len(ready) < self.size and not self._closed:
+            process = await start()
+            if self._closed:
+                await process.kill()
+                return
+            ready.append((time.monotonic(), process))
+
+    async def _reap(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(min(self.idle_timeout, 30.0))
+            now = time.monotonic()
+            for ready in self._ready.values():
+                for item in [i for i in ready if now - i[0] >= self.idle_timeout]:
+                    ready.remove(item)
+                    await item[1].kill()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        cleanup.untrack(self)
+        if self._reaper is not None:
+            self._reaper.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for ready in self._ready.values():
+            while ready:
+                await ready.pop()[1].kill()
+
 
 def _encode_context(value: Any) -> tuple[int, Any]:
     if isinstance(value, str):
@@ -154,6 +236,8 @@ class SandboxEnvironment(Environment):
         max_output_chars: int = 20_000,
         memory_mb: int = 4096,
         max_file_mb: int = 1024,
+        pool_size: int = 0,
+        pool_idle_timeout: float = 300.0,
     ) -> None:
         if cell_timeout <= 0:
             raise ConfigurationError("cell_timeout must be positive (seconds)")
@@ -174,6 +258,12 @@ class SandboxEnvironment(Environment):
         self._restarts = 0
         self._closed = False
         self.startup_seconds = 0.0
+        self.pool: WarmPool | None = None
+        if pool_size > 0:
+            self.pool = broker.resource(
+                ("pool", self.name, pool_size, pool_idle_timeout),
+                lambda: WarmPool(pool_size, pool_idle_timeout),
+            )
 
     # ---- provider hooks --------------------------------------------------------------------
 
@@ -181,9 +271,30 @@ class SandboxEnvironment(Environment):
     async def _create_sandbox(self) -> None:
         """Creates the sandbox (container, VM, directory) but not the runner."""
 
-    @abstractmethod
+    async def _spawn_runner(self) -> RunnerProcess:
+        """Starts ``python runner.pyz`` in the sandbox, waiting for its bootstrap on stdin
+        (providers that can pre-start runners implement this; see ``pool_key``)."""
+        raise NotImplementedError
+
+    def pool_key(self) -> Hashable | None:
+        """What makes pre-started runners interchangeable for this environment; None: this
+        environment cannot use a warm pool."""
+        return None
+
     async def _launch_runner(self, bootstrap: bytes) -> RunnerProcess:
-        """Starts ``python runner.pyz`` in the sandbox and writes ``bootstrap`` to its stdin."""
+        """A runner for this session: from the warm pool when there is one, else started now."""
+        process = None
+        key = self.pool_key()
+        if self.pool is not None and key is not None:
+            process = await self.pool.acquire(key, self._spawn_runner)
+        if process is None:
+            process = await self._spawn_runner()
+        try:
+            await process.send_bootstrap(bootstrap)
+        except BaseException:
+            await process.kill()
+            raise
+        return process
 
     @abstractmethod
     def _broker_address(self) -> str:

@@ -20,12 +20,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import os
 import threading
-import time
 from typing import Any
 
-from rlm.broker import cleanup
 from rlm.errors import ConfigurationError, SandboxStartError
 
 from .base import RunnerProcess, SandboxEnvironment
@@ -41,8 +40,10 @@ BUNDLE_PATH = "/rlm-runner/runner.pyz"
 SOCKET_MOUNT = "/rlm"
 
 
+@functools.cache
 def docker_client() -> Any:
-    """A docker SDK client for the engine in the environment (DOCKER_HOST or the local socket)."""
+    """A docker SDK client for the engine in the environment (DOCKER_HOST or the local socket),
+    made (and pinged) once per process."""
     try:
         import docker
     except ImportError as error:
@@ -95,9 +96,9 @@ class DockerRunnerProcess(RunnerProcess):
         except Exception:
             self._exit_code = -1
 
-    def send_bootstrap(self, bootstrap: bytes) -> None:
+    async def send_bootstrap(self, bootstrap: bytes) -> None:
         raw = getattr(self._socket, "_sock", self._socket)
-        raw.sendall(bootstrap)
+        await asyncio.to_thread(raw.sendall, bootstrap)
 
     def exit_code(self) -> int | None:
         return self._exit_code
@@ -126,10 +127,8 @@ class DockerEnvironment(SandboxEnvironment):
     network), ``mem_limit`` (default ``"2g"``), ``cpus`` (default 1.0), ``pids_limit`` (default
     256), ``tmpfs_size`` (default ``"1g"`` for /work), ``read_only`` (default True), ``user``,
     ``volumes`` (extra docker-py volume specs, mounted as given), ``python`` (interpreter path in
-    the image), ``pool_size`` / ``pool_idle_timeout`` (keep that many runners pre-started, shared
-    by every session and child RLM of the tree, closed with it; or pass ``pool``, a
-    :class:`DockerPool`),
-    plus the shared
+    the image), plus the shared ``pool_size`` / ``pool_idle_timeout`` (keep that many runner
+    containers started, shared by every session and child RLM of the tree, closed with it) and
     ``cell_timeout``, ``memory_mb``, ``max_output_chars``, ``max_file_mb``, ``startup_timeout``.
     """
 
@@ -148,9 +147,6 @@ class DockerEnvironment(SandboxEnvironment):
         user: str = f"{SANDBOX_UID}:{SANDBOX_UID}",
         volumes: dict[str, dict[str, str]] | None = None,
         python: str = SANDBOX_PYTHON,
-        pool: DockerPool | None = None,
-        pool_size: int = 0,
-        pool_idle_timeout: float = 300.0,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("memory_mb", 1536)
@@ -172,16 +168,9 @@ class DockerEnvironment(SandboxEnvironment):
             python=python,
             socket_dir=self.broker.socket_dir,
         )
-        if pool is None and pool_size > 0:
-            pool = self.broker.resource(
-                ("docker-pool", pool_size, pool_idle_timeout),
-                lambda: DockerPool(pool_size, pool_idle_timeout),
-            )
-        self.pool = pool
-        self._client: Any = None
 
     async def _create_sandbox(self) -> None:
-        self._client = await asyncio.to_thread(docker_client)
+        await asyncio.to_thread(docker_client)  # fail early, with a clear message
         # The container's user (uid 10001) must reach the broker's socket; the session token,
         # not the file mode, is what keeps other processes out.
         os.chmod(self.spec.socket_dir, 0o711)
@@ -193,17 +182,14 @@ class DockerEnvironment(SandboxEnvironment):
     def _bootstrap_extras(self) -> dict[str, Any]:
         return {"workdir": "/work"}
 
-    async def _launch_runner(self, bootstrap: bytes) -> RunnerProcess:
-        process = None
-        if self.pool is not None:
-            process = await self.pool.acquire(self.spec)
-        if process is None:
-            process = await asyncio.to_thread(self.spec.start, self._client, self.label)
-        await asyncio.to_thread(process.send_bootstrap, bootstrap)
-        return process
+    def pool_key(self) -> tuple[Any, ...]:
+        return self.spec.key()
+
+    async def _spawn_runner(self) -> RunnerProcess:
+        return await asyncio.to_thread(self.spec.start, docker_client(), self.label)
 
     async def _destroy_sandbox(self) -> None:
-        self._client = None
+        pass  # the runner's container is the sandbox: killing the runner removed it
 
 
 class ContainerSpec:
@@ -279,103 +265,6 @@ class ContainerSpec:
                 container.remove(force=True)
             raise SandboxStartError(f"could not start the sandbox container: {error}") from error
         return DockerRunnerProcess(container, socket)
-
-
-class DockerPool:
-    """Pre-started runner containers, each waiting for a session's bootstrap.
-
-    A container serves one session and is then removed: nothing is reused across sessions. The
-    pool refills in the background; containers idle longer than ``idle_timeout`` are removed.
-    """
-
-    close_order = 10
-
-    def __init__(self, size: int = 2, idle_timeout: float = 300.0) -> None:
-        if size < 1:
-            raise ConfigurationError("pool size must be at least 1")
-        self.size = size
-        self.idle_timeout = idle_timeout
-        self._ready: dict[tuple[Any, ...], list[tuple[float, DockerRunnerProcess]]] = {}
-        self._filling: set[tuple[Any, ...]] = set()
-        self._fill_tasks: set[asyncio.Task[None]] = set()
-        self._client: Any = None
-        self._reaper: asyncio.Future[None] | None = None
-        self._closed = False
-
-    async def _reap(self) -> None:
-        """Removes runners that waited longer than ``idle_timeout`` (they cost resources)."""
-        while not self._closed:
-            await asyncio.sleep(min(self.idle_timeout, 30.0))
-            now = time.monotonic()
-            for ready in self._ready.values():
-                stale = [item for item in ready if now - item[0] >= self.idle_timeout]
-                for item in stale:
-                    ready.remove(item)
-                    await item[1].kill()
-
-    async def acquire(self, spec: ContainerSpec) -> DockerRunnerProcess | None:
-        """A started runner for ``spec`` if one is ready (None: start one directly)."""
-        if self._closed:
-            return None
-        if self._client is None:
-            self._client = await asyncio.to_thread(docker_client)
-            cleanup.track(self)
-            self._reaper = asyncio.ensure_future(self._reap())
-        key = spec.key()
-        ready = self._ready.setdefault(key, [])
-        process = None
-        while ready:
-            started, candidate = ready.pop(0)
-            if candidate.exit_code() is None and time.monotonic() - started < self.idle_timeout:
-                process = candidate
-                break
-            await candidate.kill()
-        self._refill(spec)
-        return process
-
-    def _refill(self, spec: ContainerSpec) -> None:
-        key = spec.key()
-        if key in self._filling or self._closed:
-            return
-        self._filling.add(key)
-
-        async def fill() -> None:
-            try:
-                ready = self._ready.setdefault(key, [])
-                while len(ready) < self.size and not self._closed:
-                    process = await asyncio.to_thread(spec.start, self._client, "pool")
-                    if self._closed:
-                        await process.kill()
-                        return
-                    ready.append((time.monotonic(), process))
-            finally:
-                self._filling.discard(key)
-
-        task = asyncio.ensure_future(fill())
-        self._fill_tasks.add(task)
-        task.add_done_callback(self._fill_tasks.discard)
-
-    async def warm(self, spec: ContainerSpec) -> None:
-        """Fills the pool for ``spec`` now (e.g. at start-up)."""
-        if self._client is None:
-            self._client = await asyncio.to_thread(docker_client)
-        ready = self._ready.setdefault(spec.key(), [])
-        while len(ready) < self.size:
-            ready.append(
-                (time.monotonic(), await asyncio.to_thread(spec.start, self._client, "pool"))
-            )
-
-    async def aclose(self) -> None:
-        self._closed = True
-        cleanup.untrack(self)
-        if self._reaper is not None:
-            self._reaper.cancel()
-        if self._fill_tasks:
-            await asyncio.gather(*self._fill_tasks, return_exceptions=True)
-        for ready in self._ready.values():
-            while ready:
-                _, process = ready.pop()
-                await process.kill()
 
 
 def gc(client: Any | None = None, *, all_hosts: bool = False) -> list[str]:

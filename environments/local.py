@@ -49,6 +49,13 @@ class LocalRunnerProcess(RunnerProcess):
     def exit_code(self) -> int | None:
         return self._process.returncode
 
+    async def send_bootstrap(self, bootstrap: bytes) -> None:
+        stdin = self._process.stdin
+        assert stdin is not None
+        stdin.write(bootstrap)
+        await stdin.drain()
+        stdin.close()
+
     def diagnostics(self) -> str:
         return "\n".join(self._stderr_tail)
 
@@ -69,7 +76,8 @@ class LocalEnvironment(SandboxEnvironment):
     Keyword arguments (``environment_kwargs``): ``python`` (interpreter, default this one),
     ``workdir`` (default a fresh temporary directory, removed on close), ``env`` (extra variables
     for the runner, added explicitly), plus the shared ones: ``cell_timeout``, ``memory_mb``,
-    ``max_output_chars``, ``max_file_mb``, ``startup_timeout``.
+    ``max_output_chars``, ``max_file_mb``, ``startup_timeout``, ``pool_size`` (runners started
+    ahead of time for the tree's sessions and children) and ``pool_idle_timeout``.
     """
 
     name = "local"
@@ -96,19 +104,28 @@ class LocalEnvironment(SandboxEnvironment):
             self.workdir = tempfile.mkdtemp(prefix="rlm-work-")
 
     def _runner_env(self) -> dict[str, str]:
+        # HOME and TMPDIR (the session's work dir) arrive with the bootstrap, so a runner can be
+        # started before its session exists (warm pool).
         env = {name: os.environ[name] for name in ENV_ALLOWLIST if name in os.environ}
-        assert self.workdir is not None
-        env.update(HOME=self.workdir, TMPDIR=self.workdir, MALLOC_ARENA_MAX="2")
+        env.update(MALLOC_ARENA_MAX="2")
         env.update(self.extra_env)
         return env
+
+    def pool_key(self) -> tuple[object, ...]:
+        return (self.python, tuple(sorted(self.extra_env.items())))
 
     def _broker_address(self) -> str:
         return self.broker.address
 
     def _bootstrap_extras(self) -> dict[str, Any]:
-        return {"workdir": self.workdir, "parent_pid": os.getpid()}
+        assert self.workdir is not None
+        return {
+            "workdir": self.workdir,
+            "env": {"HOME": self.workdir, "TMPDIR": self.workdir},
+            "parent_pid": os.getpid(),
+        }
 
-    async def _launch_runner(self, bootstrap: bytes) -> RunnerProcess:
+    async def _spawn_runner(self) -> RunnerProcess:
         try:
             process = await asyncio.create_subprocess_exec(
                 self.python,
@@ -118,7 +135,7 @@ class LocalEnvironment(SandboxEnvironment):
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
-                cwd=self.workdir,
+                cwd=tempfile.gettempdir(),
                 env=self._runner_env(),
                 start_new_session=True,  # Ctrl-C reaches the host only; killpg reaches it all
             )
@@ -127,10 +144,6 @@ class LocalEnvironment(SandboxEnvironment):
                 f"could not start the local runner with {self.python!r}: {error}; "
                 "pass environment_kwargs={'python': '/path/to/python3'}"
             ) from error
-        assert process.stdin is not None
-        process.stdin.write(bootstrap)
-        await process.stdin.drain()
-        process.stdin.close()
         return LocalRunnerProcess(process)
 
     async def _destroy_sandbox(self) -> None:

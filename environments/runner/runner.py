@@ -516,6 +516,7 @@ def main() -> int:
     _apply_limits(config.get("limits", {}))
     if config.get("parent_pid"):
         _exit_with_parent(int(config["parent_pid"]))
+    os.environ.update(config.get("env") or {})
     if config.get("workdir"):
         os.chdir(config["workdir"])
     runner = Runner(config["address"], config["token"])

@@ -21,7 +21,7 @@ reason = docker_available()
 if reason:
     pytest.skip(f"docker: {reason}", allow_module_level=True)
 
-from rlm.environments.docker import LABEL, DockerPool, gc  # noqa: E402
+from rlm.environments.docker import LABEL, OWNER_PID_LABEL, gc  # noqa: E402
 
 
 @pytest.fixture
@@ -33,21 +33,26 @@ def run(env, code: str, timeout: float | None = None):
     return run_sync(env.execute(code, timeout=timeout))
 
 
-def our_containers() -> list[str]:
-    out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={LABEL}"], capture_output=True, text=True
-    )
+def our_containers(owner: int | None = None) -> list[str]:
+    """Our sandbox containers; with ``owner``, only those started by that host process."""
+    filters = ["--filter", f"label={LABEL}"]
+    if owner is not None:
+        filters += ["--filter", f"label={OWNER_PID_LABEL}={owner}"]
+    out = subprocess.run(["docker", "ps", "-aq", *filters], capture_output=True, text=True)
     return out.stdout.split()
 
 
 @pytest.fixture(autouse=True)
 def no_leaked_containers():
-    before = set(our_containers())
+    """This test process's containers: none may outlive the test (other runs on the machine
+    are not counted)."""
+    me = os.getpid()
+    before = set(our_containers(me))
     yield
     deadline = time.monotonic() + 10
-    while set(our_containers()) - before and time.monotonic() < deadline:
+    while set(our_containers(me)) - before and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not set(our_containers()) - before, "containers of ours left behind"
+    assert not set(our_containers(me)) - before, "containers of ours left behind"
 
 
 def test_fork_bomb_is_contained(make_env):
@@ -156,19 +161,19 @@ def test_huge_print_and_runaway_loop(make_env):
 def test_warm_pool_hands_out_fresh_containers(broker, handler):
     from rlm.environments.docker import DockerEnvironment
 
-    pool = DockerPool(size=2)
     envs = []
     try:
-        first = DockerEnvironment(broker=broker, handler=handler, pool=pool)
+        first = DockerEnvironment(broker=broker, handler=handler, pool_size=2)
         run_sync(first.start())
         envs.append(first)
-        run_sync(pool.warm(first.spec))
+        pool = first.pool
+        run_sync(pool.fill(first.pool_key(), first._spawn_runner))
         started = time.perf_counter()
-        second = DockerEnvironment(broker=broker, handler=handler, pool=pool)
+        second = DockerEnvironment(broker=broker, handler=handler, pool_size=2)
         run_sync(second.start())
         envs.append(second)
-        warm_acquire = time.perf_counter() - started
-        assert warm_acquire < 1.0
+        assert second.pool is pool  # one pool per tree (a broker resource)
+        assert time.perf_counter() - started < 1.0
         run(first, "secret = 1")
         assert run(second, "print('secret' in globals())").stdout == "False\n"
         ids = {env._process.container.id for env in envs}
@@ -176,7 +181,7 @@ def test_warm_pool_hands_out_fresh_containers(broker, handler):
     finally:
         for env in envs:
             run_sync(env.aclose())
-        run_sync(pool.aclose())
+        run_sync(broker.aclose_resources())
 
 
 def test_gc_removes_orphans_of_dead_owners():
@@ -203,7 +208,9 @@ def test_gc_removes_orphans_of_dead_owners():
             orphan.remove(force=True)
 
 
-def test_sigint_mid_completion_leaves_no_container(tmp_path):
+def _interrupt_host_mid_cell(tmp_path, stop) -> None:
+    """Starts a host process whose completion sleeps in a docker cell, stops it with ``stop``,
+    and asserts that its container is gone within 15 s."""
     from rlm.testing import ScriptedLMServer
 
     with ScriptedLMServer(["```repl\nimport time\ntime.sleep(120)\n```"]) as server:
@@ -212,45 +219,31 @@ def test_sigint_mid_completion_leaves_no_container(tmp_path):
             "from rlm import RLM\n"
             f"RLM(environment='docker', backend_kwargs={{'model_name': 'm', 'base_url': {server.base_url!r}, 'api_key': 'k'}}).completion('d')\n"
         )
-        before = set(our_containers())
-        host = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+        host = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not server.requests:
                 time.sleep(0.05)
             time.sleep(1.0)
-            assert set(our_containers()) - before, "the container never started"
-            host.send_signal(signal.SIGINT)
-            host.communicate(timeout=60)
+            assert our_containers(host.pid), "the container never started"
+            stop(host)
+            host.wait(60)
         finally:
             if host.poll() is None:
                 host.kill()
+        deadline = time.monotonic() + 15
+        while our_containers(host.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not our_containers(host.pid), "the interrupted host left its container behind"
+
+
+def test_sigint_mid_completion_leaves_no_container(tmp_path):
+    _interrupt_host_mid_cell(tmp_path, lambda host: host.send_signal(signal.SIGINT))
 
 
 def test_sigkill_of_the_host_leaves_no_container(tmp_path):
-    from rlm.testing import ScriptedLMServer
-
-    with ScriptedLMServer(["```repl\nimport time\ntime.sleep(120)\n```"]) as server:
-        script = tmp_path / "host.py"
-        script.write_text(
-            "from rlm import RLM\n"
-            f"RLM(environment='docker', backend_kwargs={{'model_name': 'm', 'base_url': {server.base_url!r}, 'api_key': 'k'}}).completion('d')\n"
-        )
-        before = set(our_containers())
-        host = subprocess.Popen([sys.executable, str(script)])
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not server.requests:
-                time.sleep(0.05)
-            time.sleep(1.0)
-            assert set(our_containers()) - before
-            host.kill()
-            host.wait(10)
-        finally:
-            if host.poll() is None:
-                host.kill()
-        # The runner loses the broker, exits, and --rm removes its container (the autouse
-        # fixture waits up to 10 s for that).
+    # No clean-up code runs: the runner loses its broker, exits, and --rm removes the container.
+    _interrupt_host_mid_cell(tmp_path, lambda host: host.kill())
 
 
 def test_depth_two_completion_runs_children_in_their_own_pooled_containers(lm_server, make_rlm):

@@ -210,3 +210,23 @@ def test_json_tool_results_roundtrip(make_env, handler):
     run_sync(env.set_variables({}, [ToolSpec("lookup", "")]))
     result = run(env, "print(lookup('k'))")
     assert json.loads(result.stdout.replace("'", '"')) == {"key": "k", "values": [1, 2]}
+
+
+def test_warm_pool_gives_fresh_isolated_runners(make_env, env_name, broker):
+    if env_name not in ("local", "docker"):
+        pytest.skip(f"{env_name} has no warm pool")
+    first = make_env(pool_size=1)
+    run_sync(first.pool.fill(first.pool_key(), first._spawn_runner))
+    started = time.perf_counter()
+    second = make_env(pool_size=1)
+    acquire = time.perf_counter() - started
+    try:
+        assert second.pool is first.pool
+        assert acquire < 0.5, f"a pooled start took {acquire:.3f}s"
+        run(first, "mine = 1")
+        assert run(second, "print('mine' in globals())").stdout == "False\n"
+        assert run(second, "import os\nprint(os.getcwd() == os.environ['HOME'])").stdout == "True\n"
+    finally:
+        run_sync(first.aclose())
+        run_sync(second.aclose())
+        run_sync(broker.aclose_resources())

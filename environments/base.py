@@ -334,7 +334,12 @@ class SandboxEnvironment(Environment):
             },
             **self._bootstrap_extras(),
         }
-        self._process = await self._launch_runner(json.dumps(bootstrap).encode() + b"\n")
+        try:
+            self._process = await self._launch_runner(json.dumps(bootstrap).encode() + b"\n")
+        except SandboxDiedError as error:
+            raise SandboxStartError(
+                f"the runner in the {self.name} sandbox failed to start: {error}"
+            ) from error
         try:
             self._connection = await self._wait_attached()
         except (TimeoutError, SandboxDiedError) as error:

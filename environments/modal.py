@@ -122,14 +122,17 @@ class ModalProcess(RemoteProcess):
         self._code: int | None = None
         self._stderr: deque[bytes] = deque()
         self._stderr_size = 0
-        self._waiter = asyncio.ensure_future(self._wait())
         self._stderr_task = asyncio.ensure_future(self._drain_stderr())
+        self._waiter = asyncio.ensure_future(self._wait())
 
     async def _wait(self) -> None:
         try:
-            self._code = await self._process.wait.aio()
+            code = await self._process.wait.aio()
         except Exception:
-            self._code = -1  # the sandbox or its router is gone: the process counts as ended
+            code = -1  # the sandbox or its router is gone: the process counts as ended
+        # Its last words first, so that whoever sees the exit code also sees why.
+        await asyncio.wait({self._stderr_task}, timeout=1.0)
+        self._code = code
 
     async def _drain_stderr(self) -> None:
         # Read stderr as it comes (the router keeps it until read), keeping only the tail.

@@ -55,7 +55,7 @@ def test_missing_key_is_one_clear_line(tmp_path):
     context.write_text("x")
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     result = subprocess.run(
-        [sys.executable, "-m", "rlm.cli", "run", "q", "-f", str(context)],
+        [sys.executable, "-m", "rlm.cli", "run", "q", "-f", str(context), "--backend", "openai"],
         capture_output=True,
         text=True,
         env=env,

@@ -23,6 +23,31 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def no_offline_model(monkeypatch):
+    """These tests are about precedence; whether the offline model is installed here must not
+    change the defaults they see (its own test below sets it explicitly)."""
+    monkeypatch.setattr("rlm.broker.clients.local_llama.local_model_available", lambda: False)
+
+
+@pytest.mark.parametrize(
+    ("env", "cli", "expected"),
+    [
+        ({}, {}, ("local", "SmolLM2-135M-Instruct")),
+        ({"OPENAI_API_KEY": "sk-x"}, {}, ("openai", "gpt-4o-mini")),
+        ({}, {"base_url": "http://127.0.0.1:8000/v1"}, ("openai", "gpt-4o-mini")),
+        ({}, {"backend": "openai"}, ("openai", "gpt-4o-mini")),
+    ],
+    ids=["no-key-offline", "key", "base-url", "explicit"],
+)
+def test_offline_model_is_the_default_only_without_key_or_endpoint(
+    tmp_path, monkeypatch, env, cli, expected
+):
+    monkeypatch.setattr("rlm.broker.clients.local_llama.local_model_available", lambda: True)
+    settings = load_settings(cli, env={"HOME": str(tmp_path), **env}, cwd=tmp_path)
+    assert (settings.backend, settings.model) == expected
+
+
 def test_defaults_without_file_or_env(tmp_path):
     settings = load_settings(env={"HOME": str(tmp_path)}, cwd=tmp_path)
     assert settings == Settings()

@@ -1,0 +1,109 @@
+"""The Modal fixture of the shared contract suite (loaded by ``cloud_fixture("modal")``).
+
+``standin()`` starts :class:`rlm.testing.standins.modal.ModalStandIn`, points the real ``modal``
+SDK at it (``MODAL_SERVER_URL`` and a token pair the stand-in accepts, set in the environment for
+the duration, with ``HOME`` and ``MODAL_CONFIG_PATH`` pointing at an empty directory so that the
+developer's ``~/.modal.toml`` neither leaks in nor is touched) and yields the environment_kwargs:
+``python`` is this interpreter (it has grpcio and protobuf), ``server_url`` the stand-in's.
+
+Live run: with ``RLM_LIVE_MODAL=1`` and Modal credentials (``MODAL_TOKEN_ID`` and
+``MODAL_TOKEN_SECRET``, or a profile from ``modal token new``), ``standin()`` yields kwargs for
+the real Modal instead (the default image: Debian slim Python 3.12 with grpcio and protobuf), so
+the same suite runs against Modal itself: ``RLM_LIVE_MODAL=1 python -m pytest tests/environments
+-k modal``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+#: the token pair handed to the SDK for the stand-in (any non-empty pair is accepted there)
+STANDIN_TOKEN_ID = "ak-standin"
+STANDIN_TOKEN_SECRET = "as-standin-secret"
+
+
+def _skip_reason() -> str | None:
+    try:
+        import grpclib  # noqa: F401
+        import modal  # noqa: F401
+    except ImportError:
+        return "pip install 'rlm[modal]'"
+    return None
+
+
+SKIP_REASON: str | None = _skip_reason()
+
+
+def live_requested() -> bool:
+    """True when the suite should run against the real Modal."""
+    if os.environ.get("RLM_LIVE_MODAL") != "1":
+        return False
+    if os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET"):
+        return True
+    with contextlib.suppress(ImportError):
+        from modal.config import config
+
+        return bool(config.get("token_id") and config.get("token_secret"))
+    return False
+
+
+def live_kwargs() -> dict[str, Any]:
+    """environment_kwargs for the real Modal (credentials from the usual places)."""
+    return {"app_name": os.environ.get("RLM_MODAL_APP", "rlm-live-tests")}
+
+
+@contextlib.contextmanager
+def _hermetic_sdk_config(home: str, server_url: str) -> Iterator[None]:
+    """Only the stand-in's settings reach the SDK while it runs; the caller's come back after."""
+    names = ("HOME", "MODAL_CONFIG_PATH", "MODAL_PROFILE")
+    saved = {k: v for k, v in os.environ.items() if k in names or k.startswith("MODAL_")}
+    for name in saved:
+        del os.environ[name]
+    os.environ.update(
+        {
+            "HOME": home,
+            "MODAL_CONFIG_PATH": os.path.join(home, ".modal.toml"),
+            "MODAL_SERVER_URL": server_url,
+            "MODAL_TOKEN_ID": STANDIN_TOKEN_ID,
+            "MODAL_TOKEN_SECRET": STANDIN_TOKEN_SECRET,
+        }
+    )
+    try:
+        yield
+    finally:
+        for name in [k for k in os.environ if k in names or k.startswith("MODAL_")]:
+            del os.environ[name]
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """A started stand-in (``options`` go to :class:`ModalStandIn`) and the environment_kwargs
+    that reach it through the real SDK; on the way out it checks that no sandbox was left
+    running."""
+    from rlm.testing.standins.modal import ModalStandIn
+
+    with (
+        tempfile.TemporaryDirectory(prefix="modal-home-") as home,
+        ModalStandIn(**options) as server,
+        _hermetic_sdk_config(home, server.server_url),
+    ):
+        kwargs = {"python": sys.executable, "server_url": server.server_url}
+        yield server, kwargs
+        leftover = server.live_sandboxes()
+        assert not leftover, f"Modal sandboxes left running: {leftover}"
+
+
+@contextlib.contextmanager
+def standin() -> Iterator[dict[str, Any]]:
+    """The environment_kwargs for the contract suite: the stand-in, or Modal when live."""
+    if live_requested():
+        yield live_kwargs()
+        return
+    with running_standin() as (_server, kwargs):
+        yield kwargs

@@ -20,6 +20,8 @@ ISOLATED = ["e2b", "prime"]
 
 @pytest.mark.parametrize("provider", ISOLATED)
 def test_provider_suite_in_its_own_venv(provider: str) -> None:
+    if not (ROOT / "environments" / f"{provider}.py").exists():
+        pytest.skip(f"no {provider} adapter in this tree")
     python = ROOT / f".venv-{provider}" / "bin" / "python"
     if pathlib.Path(sys.prefix).resolve() == (ROOT / f".venv-{provider}").resolve():
         pytest.skip(f"already running in .venv-{provider}: its suite runs directly")

@@ -1,0 +1,279 @@
+"""The Daytona adapter through the real ``daytona`` SDK, against the wire-level stand-in.
+
+``python -m pytest tests/environments -k daytona``. The live test at the end needs
+``RLM_LIVE_DAYTONA=1`` and ``DAYTONA_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from standin_daytona import SKIP_REASON, live_kwargs, live_requested, running_standin
+from test_e2e import depth_script, is_root_request, iteration_of
+
+from rlm.broker.loop import run_sync
+from rlm.errors import ConfigurationError, LMAuthenticationError, SandboxStartError
+from rlm.testing import RecordedRequest, Reply
+
+pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=f"daytona: {SKIP_REASON}")
+
+
+@pytest.fixture
+def daytona() -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The stand-in and the environment_kwargs that reach it."""
+    with running_standin() as (server, kwargs):
+        yield server, kwargs
+
+
+def calls(server: Any, pattern: str) -> list[str]:
+    return [c for c in server.calls if re.fullmatch(pattern, c)]
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie awaiting its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def make_env(broker: Any, handler: Any, kwargs: dict[str, Any], **extra: Any) -> Any:
+    from rlm.environments.daytona import DaytonaEnvironment
+
+    env = DaytonaEnvironment(broker=broker, handler=handler, label="test", **{**kwargs, **extra})
+    run_sync(env.start())
+    return env
+
+
+def test_depth_two_rlm_query_runs_each_level_in_its_own_sandbox(daytona, lm_server, make_rlm):
+    server, kwargs = daytona
+    lm_server.set_script(depth_script())
+    rlm = make_rlm(max_depth=3, environment="daytona", environment_kwargs=kwargs)
+    result = rlm.completion("ROOT DATA", root_prompt="go")
+    assert result.response == "root got: child got: grand got: leaf answe"
+    assert result.usage_summary.total_calls == 7 == lm_server.usage_total()["calls"]
+    # Root, child and grandchild each had a sandbox of their own, all deleted by now.
+    assert len(calls(server, r"POST /api/sandbox")) == 3
+    assert len(calls(server, r"DELETE /api/sandbox/[^/]+")) == 3
+    assert server.live_sandboxes() == [] and server.live_pids() == []
+    # The runner went in through the file API and talked through a session command.
+    assert calls(server, r"POST /toolbox/[^/]+/files/bulk-upload")
+    assert calls(server, r"POST /toolbox/[^/]+/process/session/[^/]+/exec")
+    assert calls(server, r"GET /toolbox/[^/]+/process/session/[^/]+/command/[^/]+/logs")
+    assert calls(server, r"POST /toolbox/[^/]+/process/session/[^/]+/command/[^/]+/input")
+
+
+def test_default_image_installs_the_runner_dependencies_and_start_is_event_driven(broker, handler):
+    # Three provisioning steps of 0.25 s: polling (the SDK's fallback, once a second) would need
+    # a second GET; the Socket.IO event wakes the SDK as soon as the sandbox is started.
+    with running_standin(step_delay=0.25) as (server, kwargs):
+        env = make_env(broker, handler, kwargs)
+        try:
+            (sandbox,) = server.sandboxes.values()
+            dockerfile = sandbox.request["buildInfo"]["dockerfileContent"]
+            assert dockerfile.startswith("FROM python:3.12-slim")
+            assert "grpcio>=1.85.1" in dockerfile and "protobuf>=7.35" in dockerfile
+            assert server.socket_connections, "the SDK should use the event socket"
+            assert server.socket_connections[0]["token"] == server.api_key
+            assert len(calls(server, rf"GET /api/sandbox/{sandbox.id}")) == 1
+            assert run_sync(env.execute("print(6 * 7)")).stdout == "42\n"
+        finally:
+            run_sync(env.aclose())
+
+
+def test_create_request_is_locked_down_and_snapshot_is_used_as_given(daytona, broker, handler):
+    server, kwargs = daytona
+    env = make_env(broker, handler, kwargs, snapshot="rlm-runner", labels={"team": "x"})
+    try:
+        (sandbox,) = server.sandboxes.values()
+        request = sandbox.request
+        assert request["snapshot"] == "rlm-runner" and "buildInfo" not in request
+        assert request["networkBlockAll"] is True, "the runner needs no network"
+        assert request["autoStopInterval"] == 15 and request["autoDeleteInterval"] == 0
+        assert request["env"] == {}
+        assert request["labels"]["rlm"] == "test" and request["labels"]["team"] == "x"
+    finally:
+        run_sync(env.aclose())
+    with pytest.raises(ConfigurationError, match="either image= or snapshot="):
+        make_env(broker, handler, kwargs, snapshot="a", image="python:3.12")
+
+
+def test_llm_query_batched_calls_overlap(daytona, lm_server, make_rlm):
+    _server, kwargs = daytona
+    prompts = [f"item {i}" for i in range(8)]
+
+    def script(request: RecordedRequest) -> str:
+        if not is_root_request(request):
+            return "sub:" + request.prompt
+        return [
+            f"```repl\nreplies = llm_query_batched({prompts!r})\nprint(len(replies))\n```",
+            '```repl\nanswer["content"] = ",".join(replies)\nanswer["ready"] = True\n```',
+        ][iteration_of(request)]
+
+    lm_server.set_script(script)
+    lm_server.latency = 0.3
+    rlm = make_rlm(environment="daytona", environment_kwargs=kwargs)
+    result = rlm.completion("data")
+    assert result.response == ",".join("sub:" + p for p in prompts)
+    assert lm_server.max_in_flight >= 8, "the batched sub-calls should run concurrently"
+
+
+def test_50mb_context_goes_through_the_file_api(daytona, lm_server, make_rlm):
+    server, kwargs = daytona
+    size = 50 * 1024 * 1024
+    context = "x" * (size - 6) + "NEEDLE"
+    lm_server.set_script(
+        [
+            '```repl\nanswer["content"] = f"{len(context)} {context[-6:]}"\nanswer["ready"] = True\n```'
+        ]
+    )
+    rlm = make_rlm(environment="daytona", environment_kwargs=kwargs)
+    started = time.perf_counter()
+    result = rlm.completion(context)
+    assert result.response == f"{size} NEEDLE"
+    assert time.perf_counter() - started < 60
+    uploads = calls(server, r"POST /toolbox/[^/]+/files/bulk-upload")
+    assert len(uploads) == 2, uploads  # the runner zipapp and the context file
+    assert server.input_bytes < 1024 * 1024, "the context must not travel over stdin"
+
+
+def test_runaway_cell_interrupted_then_a_stubborn_one_killed_by_deleting_its_session(
+    daytona, broker, handler
+):
+    server, kwargs = daytona
+    env = make_env(broker, handler, kwargs)
+    try:
+        (runner,) = server.runner_pids()
+        run_sync(env.execute("kept = 1"))
+        result = run_sync(env.execute("while True: pass", timeout=1.0))
+        assert result.interrupted and not result.restarted
+        assert server.runner_pids() == [runner], "an interrupt must not restart the runner"
+        assert run_sync(env.execute("print(kept)")).stdout == "1\n"
+
+        code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass"
+        result = run_sync(env.execute(code, timeout=1.0))
+        assert result.restarted
+        assert calls(server, r"DELETE /toolbox/[^/]+/process/session/[^/]+")
+        (new_runner,) = server.runner_pids()
+        assert new_runner != runner and not alive(runner)
+        assert run_sync(env.execute("print('back')")).stdout == "back\n"
+    finally:
+        run_sync(env.aclose())
+    assert server.live_sandboxes() == [] and server.live_pids() == []
+
+
+def test_sandbox_deleted_when_the_completion_raises(daytona, lm_server, make_rlm):
+    server, kwargs = daytona
+    lm_server.set_script(['```repl\nx = 1\nprint("running")\n```', Reply("nope", status=401)])
+    rlm = make_rlm(environment="daytona", environment_kwargs=kwargs)
+    with pytest.raises(LMAuthenticationError):
+        rlm.completion("data")
+    assert len(calls(server, r"POST /api/sandbox")) == 1
+    assert server.live_sandboxes() == [] and server.live_pids() == []
+
+
+def test_sandbox_never_holds_the_api_key_or_the_broker_token(daytona, broker, handler, monkeypatch):
+    server, kwargs = daytona
+    # The key reaches the SDK through the host's environment, as usual for users.
+    monkeypatch.setenv("DAYTONA_API_KEY", server.api_key)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-host-only")
+    env = make_env(broker, handler, {k: v for k, v in kwargs.items() if k != "api_key"})
+    try:
+        token = env._session.token
+        pids = server.live_pids()
+        (runner,) = server.runner_pids()
+        assert runner in pids
+        for pid in pids:  # the session shell and the runner
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                environ = handle.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+            names = [entry.split(b"=", 1)[0] for entry in environ.split(b"\0") if entry]
+            for secret in (server.api_key.encode(), token.encode(), b"sk-host-only"):
+                assert secret not in environ and secret not in cmdline
+            assert not [n for n in names if re.search(rb"KEY|TOKEN|SECRET", n.upper())], names
+            if pid == runner:  # an allow-list, whatever the sandbox's own environment holds
+                assert sorted(names) == [b"HOME", b"LANG", b"PATH"], names
+        seen = run_sync(env.execute("import os\nprint(sorted(os.environ))")).stdout
+        assert "DAYTONA_API_KEY" not in seen and "OPENAI_API_KEY" not in seen
+    finally:
+        run_sync(env.aclose())
+
+
+def test_standin_echoes_stdin_into_the_log_unless_suppressed_as_the_daemon_does(daytona):
+    """Why the adapter sets ``suppress_input_echo``: without it the daemon copies every input
+    into the command's stdout, and the relay would read its own frames back."""
+    server, kwargs = daytona
+
+    async def scenario() -> dict[bool, str]:
+        import daytona as sdk
+
+        config = sdk.DaytonaConfig(api_key=kwargs["api_key"], api_url=kwargs["api_url"])
+        client = sdk.AsyncDaytona(config)
+        outputs = {}
+        try:
+            params = sdk.CreateSandboxFromSnapshotParams(snapshot="any")
+            sandbox = await client.create(params)
+            for suppress in (False, True):
+                session = f"echo-{suppress}"
+                await sandbox.process.create_session(session)
+                request = sdk.SessionExecuteRequest(
+                    command="head -n 1", run_async=True, suppress_input_echo=suppress
+                )
+                command = await sandbox.process.execute_session_command(session, request)
+                await sandbox.process.send_session_command_input(session, command.cmd_id, "hi")
+                seen: list[str] = []
+                await sandbox.process.get_session_command_logs_async(
+                    session, command.cmd_id, seen.append, seen.append
+                )
+                outputs[suppress] = "".join(seen)
+                done = await sandbox.process.get_session_command(session, command.cmd_id)
+                assert done.exit_code == 0
+            await sandbox.delete()
+        finally:
+            await client.close()
+        return outputs
+
+    outputs = run_sync(scenario())
+    assert outputs == {False: "hi\nhi\n", True: "hi\n"}
+    assert server.live_sandboxes() == []
+
+
+def test_missing_interpreter_fails_the_start_with_a_hint_and_deletes_the_sandbox(
+    daytona, broker, handler
+):
+    server, kwargs = daytona
+    with pytest.raises(SandboxStartError, match="pass python="):
+        make_env(broker, handler, kwargs, python="/nonexistent/python3", startup_timeout=10)
+    assert len(calls(server, r"POST /api/sandbox")) == 1
+    assert server.live_sandboxes() == [] and server.live_pids() == []
+
+
+def test_missing_api_key_is_a_configuration_error(daytona, broker, handler):
+    server, kwargs = daytona
+    with pytest.raises(ConfigurationError, match="DAYTONA_API_KEY"):
+        make_env(broker, handler, {k: v for k, v in kwargs.items() if k != "api_key"})
+    assert calls(server, r"POST /api/sandbox") == []
+
+
+def test_missing_sdk_names_the_extra(monkeypatch, broker, handler):
+    monkeypatch.setitem(sys.modules, "daytona", None)
+    with pytest.raises(ConfigurationError, match=r"pip install 'rlm\[daytona\]'"):
+        make_env(broker, handler, {"api_key": "k"})
+
+
+@pytest.mark.live
+@pytest.mark.skipif(
+    not live_requested(), reason="live Daytona test: set RLM_LIVE_DAYTONA=1 and DAYTONA_API_KEY"
+)
+def test_live_depth_one_completion_on_daytona(lm_server, make_rlm):
+    lm_server.set_script(depth_script())
+    rlm = make_rlm(max_depth=2, environment="daytona", environment_kwargs=live_kwargs())
+    result = rlm.completion("ROOT DATA", root_prompt="go")
+    assert result.response == "root got: child got: leaf answer"

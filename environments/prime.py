@@ -43,27 +43,12 @@ from typing import Any
 from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
 
 from .docker_image import REQUIREMENTS
-from .relay import RelayedSandboxEnvironment, RemoteProcess
+from .relay import REQUIREMENTS_CHECK, RelayedSandboxEnvironment, RemoteProcess
 
 DEFAULT_IMAGE = "python:3.12-slim"
 """A stock image; the runner's dependencies are pip-installed into it on start."""
 
 STDERR_TAIL = 8192
-
-# Exit 0: ready; 1: the runner's dependencies are missing or too old; 2: Python < 3.11.
-_CHECK_SCRIPT = """\
-import re, sys
-if sys.version_info < (3, 11):
-    sys.exit(2)
-def at_least(version, minimum):
-    return tuple(int(n) for n in re.findall(r"\\d+", version)[:3]) >= minimum
-try:
-    import grpc, google.protobuf
-except ImportError:
-    sys.exit(1)
-sys.exit(not (at_least(grpc.__version__, (1, 85, 1))
-              and at_least(google.protobuf.__version__, (7, 35))))
-"""
 
 
 def _slug(label: str) -> str:
@@ -282,12 +267,12 @@ class PrimeEnvironment(RelayedSandboxEnvironment):
             pip += ["--disable-pip-version-check", *REQUIREMENTS]
             install = "PIP_ROOT_USER_ACTION=ignore " + shlex.join(pip)
             lines += [
-                f"rc=0; {python} -c {shlex.quote(_CHECK_SCRIPT)} || rc=$?",
+                f"rc=0; {python} -c {shlex.quote(REQUIREMENTS_CHECK)} || rc=$?",
                 f'if [ "$rc" = 1 ]; then {install} >&2; elif [ "$rc" != 0 ]; then exit 3; fi',
             ]
         else:
             lines += [
-                f"rc=0; {python} -c {shlex.quote(_CHECK_SCRIPT)} || rc=$?",
+                f"rc=0; {python} -c {shlex.quote(REQUIREMENTS_CHECK)} || rc=$?",
                 'if [ "$rc" = 1 ]; then exit 4; elif [ "$rc" != 0 ]; then exit 3; fi',
             ]
         return "\n".join(lines)

@@ -24,6 +24,22 @@ from .runner.bundle import runner_bundle
 
 READ_CHUNK = 48 * 1024
 
+#: A Python one-liner for a provider's exec API that tells whether the image can host the
+#: runner. Exit 0: ready; 1: grpcio/protobuf missing or too old; 2: Python < 3.11.
+REQUIREMENTS_CHECK = """\
+import re, sys
+if sys.version_info < (3, 11):
+    sys.exit(2)
+def at_least(version, minimum):
+    return tuple(int(n) for n in re.findall(r"\\d+", version)[:3]) >= minimum
+try:
+    import grpc, google.protobuf
+except ImportError:
+    sys.exit(1)
+sys.exit(not (at_least(grpc.__version__, (1, 85, 1))
+              and at_least(google.protobuf.__version__, (7, 35))))
+"""
+
 
 class RemoteProcess(RunnerProcess):
     """A process started by a provider's exec API, with streaming stdin and stdout."""

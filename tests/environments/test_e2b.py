@@ -1,0 +1,341 @@
+"""The E2B adapter through the real ``e2b`` SDK, against the wire-level stand-in.
+
+Runs in ``.venv-e2b`` (``.ci/sdk-venvs.sh``): ``.venv-e2b/bin/python -m pytest tests/environments
+-k e2b``. The live test at the end needs ``RLM_LIVE_E2B=1``, ``E2B_API_KEY`` and the template
+(``python -m rlm.environments.e2b build-template``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from standin_e2b import SKIP_REASON, live_kwargs, live_requested, running_standin
+from test_e2e import depth_script, is_root_request, iteration_of
+
+from rlm.broker.loop import run_sync
+from rlm.errors import ConfigurationError, LMAuthenticationError, SandboxStartError
+from rlm.testing import RecordedRequest, Reply
+
+pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=f"e2b: {SKIP_REASON}")
+
+CREATE = "POST /v2/sandboxes"
+
+
+@pytest.fixture
+def e2b() -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The stand-in and the environment_kwargs that reach it."""
+    with running_standin() as (server, kwargs):
+        yield server, kwargs
+
+
+def make_env(broker: Any, handler: Any, kwargs: dict[str, Any], **extra: Any) -> Any:
+    from rlm.environments.e2b import E2BEnvironment
+
+    env = E2BEnvironment(broker=broker, handler=handler, label="test", **{**kwargs, **extra})
+    run_sync(env.start())
+    return env
+
+
+def envd_calls(server: Any, path: str) -> list[str]:
+    return [c for c in server.calls if c.startswith("envd ") and c.endswith(path)]
+
+
+def deletes(server: Any) -> list[str]:
+    return [c for c in server.calls if c.startswith("DELETE /sandboxes/")]
+
+
+def assert_all_gone(server: Any) -> None:
+    assert server.live_sandboxes() == [] and server.live_pids() == []
+
+
+def test_depth_two_rlm_query_runs_each_level_in_its_own_sandbox(e2b, lm_server, make_rlm):
+    server, kwargs = e2b
+    lm_server.set_script(depth_script())
+    rlm = make_rlm(max_depth=3, environment="e2b", environment_kwargs=kwargs)
+    result = rlm.completion("ROOT DATA", root_prompt="go")
+    assert result.response == "root got: child got: grand got: leaf answe"
+    assert result.usage_summary.total_calls == 7 == lm_server.usage_total()["calls"]
+    # Root, child and grandchild each had a sandbox of their own, all killed by now.
+    assert server.calls.count(CREATE) == 3 and len(deletes(server)) == 3
+    assert_all_gone(server)
+    # The runner went in through /files and talked through Start + one StreamInput each.
+    assert envd_calls(server, "/files") and envd_calls(server, "/process.Process/Start")
+    assert len(envd_calls(server, "/process.Process/StreamInput")) == 3
+    assert not envd_calls(server, "/process.Process/SendInput")
+
+
+def test_sandbox_request_carries_the_timeout_template_and_no_network(e2b, broker, handler):
+    server, kwargs = e2b
+    env = make_env(broker, handler, kwargs, sandbox_timeout=600, metadata={"team": "x"})
+    try:
+        (sandbox,) = server.sandboxes.values()
+        assert sandbox.template == "rlm-runner"
+        assert sandbox.request["timeout"] == 600
+        assert sandbox.request["allow_internet_access"] is False
+        assert sandbox.request["metadata"] == {"rlm": "test", "team": "x"}
+        assert "envVars" not in sandbox.request or not sandbox.request["envVars"]
+        assert env.sandbox_id == sandbox.id
+        # The runner's directory is private to it.
+        assert oct(os.stat(env.sandbox_dir).st_mode & 0o777) == "0o700"
+    finally:
+        run_sync(env.aclose())
+    assert_all_gone(server)
+
+
+def test_llm_query_batched_calls_overlap(e2b, lm_server, make_rlm):
+    _server, kwargs = e2b
+    prompts = [f"item {i}" for i in range(8)]
+
+    def script(request: RecordedRequest) -> str:
+        if not is_root_request(request):
+            return "sub:" + request.prompt
+        return [
+            f"```repl\nreplies = llm_query_batched({prompts!r})\nprint(len(replies))\n```",
+            '```repl\nanswer["content"] = ",".join(replies)\nanswer["ready"] = True\n```',
+        ][iteration_of(request)]
+
+    lm_server.set_script(script)
+    lm_server.latency = 0.3
+    rlm = make_rlm(environment="e2b", environment_kwargs=kwargs)
+    result = rlm.completion("data")
+    assert result.response == ",".join("sub:" + p for p in prompts)
+    assert lm_server.max_in_flight >= 8, "the batched sub-calls should run concurrently"
+
+
+def test_50mb_context_goes_through_the_file_api(e2b, lm_server, make_rlm):
+    server, kwargs = e2b
+    context = "x" * (50 * 1024 * 1024 - 6) + "NEEDLE"
+    lm_server.set_script(
+        [
+            '```repl\nanswer["content"] = f"{len(context)} {context[-6:]}"\nanswer["ready"] = True\n```'
+        ]
+    )
+    rlm = make_rlm(environment="e2b", environment_kwargs=kwargs)
+    result = rlm.completion(context)
+    assert result.response == f"{50 * 1024 * 1024} NEEDLE"
+    uploads = envd_calls(server, "POST /files")
+    assert len(uploads) == 2, uploads  # the runner zipapp and the context file
+
+
+def test_runaway_cell_interrupted_then_a_stubborn_one_killed_through_send_signal(
+    e2b, broker, handler
+):
+    server, kwargs = e2b
+    env = make_env(broker, handler, kwargs)
+    try:
+        (runner,) = server.live_pids()
+        run_sync(env.execute("kept = 1"))
+        result = run_sync(env.execute("while True: pass", timeout=1.0))
+        assert result.interrupted and not result.restarted
+        assert server.live_pids() == [runner], "an interrupt must not restart the runner"
+        assert run_sync(env.execute("print(kept)")).stdout == "1\n"
+
+        code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass"
+        result = run_sync(env.execute(code, timeout=1.0))
+        assert result.restarted
+        assert envd_calls(server, "/process.Process/SendSignal"), "killed via SendSignal"
+        (new_runner,) = server.live_pids()
+        assert new_runner != runner and not os.path.exists(f"/proc/{runner}/cmdline")
+        assert run_sync(env.execute("print('back')")).stdout == "back\n"
+    finally:
+        run_sync(env.aclose())
+    assert_all_gone(server)
+
+
+def test_sandbox_killed_when_the_completion_raises(e2b, lm_server, make_rlm):
+    server, kwargs = e2b
+    lm_server.set_script(['```repl\nx = 1\nprint("running")\n```', Reply("nope", status=401)])
+    rlm = make_rlm(environment="e2b", environment_kwargs=kwargs)
+    with pytest.raises(LMAuthenticationError):
+        rlm.completion("data")
+    assert server.calls.count(CREATE) == 1 and len(deletes(server)) == 1
+    assert_all_gone(server)
+
+
+EXIT_SCRIPT = """
+import sys
+sys.path.insert(0, {here!r})
+from conftest import RecordingHandler
+from rlm.broker import cleanup
+from rlm.broker.loop import run_sync
+from rlm.broker.server import BrokerServer
+from rlm.environments.e2b import E2BEnvironment
+
+broker = BrokerServer()
+run_sync(broker.start())
+cleanup.track(broker)  # as RLM does for its own: closed at exit, after the sandboxes
+env = E2BEnvironment(broker=broker, handler=RecordingHandler(), **{kwargs!r})
+run_sync(env.start())
+print("started", flush=True)
+if {mode!r} == "ctrl-c":
+    run_sync(env.execute("import time; time.sleep(60)"))
+"""
+
+
+@pytest.mark.parametrize("mode", ["exit", "ctrl-c"])
+def test_sandbox_killed_at_interpreter_exit_and_on_ctrl_c(e2b, mode):
+    server, kwargs = e2b
+    script = EXIT_SCRIPT.format(here=os.path.dirname(__file__), kwargs=kwargs, mode=mode)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "started\n"
+        if mode == "ctrl-c":
+            time.sleep(1.0)  # the cell on its way
+            child.send_signal(signal.SIGINT)
+        _out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert len(deletes(server)) == 1, err
+    assert_all_gone(server)
+
+
+def test_a_python_that_cannot_start_fails_fast_and_kills_the_sandbox(e2b, broker, handler):
+    server, kwargs = e2b
+    with pytest.raises(SandboxStartError, match=r"'/nonexistent/python3' .* is missing"):
+        make_env(broker, handler, kwargs, python="/nonexistent/python3")
+    assert server.calls.count(CREATE) == 1 and len(deletes(server)) == 1
+    assert_all_gone(server)
+
+
+@pytest.mark.parametrize(
+    ("install", "message"),
+    [(False, "lacks grpcio"), (True, "installing grpcio and protobuf failed")],
+)
+def test_template_without_the_runner_dependencies(e2b, broker, handler, tmp_path, install, message):
+    """A Python without grpcio: the adapter says the template lacks them or, with
+    install_requirements=True, tries pip as root (here a venv without pip, so it fails)."""
+    server, kwargs = e2b
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True
+    )
+    bare = str(tmp_path / "bare" / "bin" / "python")
+    with pytest.raises(SandboxStartError, match=message):
+        make_env(broker, handler, kwargs, python=bare, install_requirements=install)
+    # Installing needs egress, so asking for it opens the network unless told otherwise.
+    (sandbox,) = server.sandboxes.values()
+    assert sandbox.request["allow_internet_access"] is install
+    assert_all_gone(server)
+
+
+def test_unknown_template_says_how_to_build_it(e2b, broker, handler):
+    server, kwargs = e2b
+    with pytest.raises(SandboxStartError, match=r"build-template --name my-tpl"):
+        make_env(broker, handler, kwargs, template="my-tpl")
+    assert server.sandboxes == {}
+
+
+def test_sandbox_never_holds_the_api_key_or_the_broker_token(e2b, broker, handler, monkeypatch):
+    server, kwargs = e2b
+    # The key reaches the SDK through the host's environment, as usual for users.
+    monkeypatch.setenv("E2B_API_KEY", server.api_key)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-host-only")
+    env = make_env(broker, handler, {k: v for k, v in kwargs.items() if k != "api_key"})
+    try:
+        token = env._session.token
+        (sandbox,) = server.sandboxes.values()
+        secrets = (server.api_key.encode(), token.encode(), sandbox.token.encode(), b"sk-host-only")
+        pids = server.live_pids()
+        assert pids, "the stand-in should show the runner process"
+        for pid in pids:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                environ = handle.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+            names = [entry.split(b"=", 1)[0] for entry in environ.split(b"\0") if entry]
+            for secret in secrets:
+                assert secret not in environ and secret not in cmdline
+            assert not [n for n in names if re.search(rb"KEY|TOKEN|SECRET", n.upper())], names
+            # The allow-list: not even the sandbox's own E2B_* variables reach the runner.
+            assert set(names) <= {
+                b"PATH",
+                b"HOME",
+                b"LANG",
+                b"LC_ALL",
+                b"LC_CTYPE",
+                b"TZ",
+                b"TMPDIR",
+            }
+        # And what the sandbox's code can see agrees.
+        seen = run_sync(env.execute("import os\nprint(sorted(os.environ))")).stdout
+        assert "E2B_API_KEY" not in seen and "OPENAI_API_KEY" not in seen
+    finally:
+        run_sync(env.aclose())
+
+
+def test_missing_api_key_is_a_configuration_error(e2b, broker, handler):
+    server, kwargs = e2b
+    with pytest.raises(ConfigurationError, match="E2B_API_KEY"):
+        make_env(broker, handler, {k: v for k, v in kwargs.items() if k != "api_key"})
+    assert server.calls.count(CREATE) == 0
+
+
+def test_wrong_api_key_is_refused_with_a_hint(e2b, broker, handler):
+    server, kwargs = e2b
+    with pytest.raises(SandboxStartError, match="E2B refused the API key"):
+        make_env(broker, handler, {**kwargs, "api_key": "e2b_wrong"})
+    assert server.sandboxes == {}
+
+
+def test_debug_mode_is_refused(e2b, broker, handler, monkeypatch):
+    """E2B_DEBUG makes the SDK skip the control API, so kill() would leave sandboxes running."""
+    server, kwargs = e2b
+    monkeypatch.setenv("E2B_DEBUG", "true")
+    with pytest.raises(ConfigurationError, match="E2B_DEBUG"):
+        make_env(broker, handler, kwargs)
+    assert server.calls == []
+
+
+def test_missing_sdk_names_the_extra(monkeypatch, broker, handler):
+    monkeypatch.setitem(sys.modules, "e2b", None)
+    with pytest.raises(ConfigurationError, match=r"pip install 'rlm\[e2b\]'"):
+        make_env(broker, handler, {"api_key": "k"})
+
+
+def test_an_older_sdk_is_named_with_the_upgrade(monkeypatch, broker, handler):
+    from rlm.environments import e2b
+
+    monkeypatch.setattr(e2b, "_sdk_version", lambda: "2.57.0")
+    with pytest.raises(ConfigurationError, match=r"e2b>=2\.63 .* 2\.57\.0 is installed"):
+        make_env(broker, handler, {"api_key": "k"})
+
+
+def test_template_definition_uses_python_with_the_runner_dependencies():
+    from e2b import Template
+
+    from rlm.environments.e2b import template_definition
+
+    dockerfile = Template.to_dockerfile(template_definition()).splitlines()
+    assert dockerfile[0] == "FROM python:3.12"
+    (run,) = [line for line in dockerfile if line.startswith("RUN ")]
+    # As the shell will split it: the version specifiers must not become redirections.
+    assert shlex.split(run.removeprefix("RUN ")) == [
+        "pip",
+        "install",
+        "grpcio>=1.85.1",
+        "protobuf>=7.35",
+    ]
+
+
+@pytest.mark.live
+@pytest.mark.skipif(
+    not live_requested(),
+    reason="live E2B test: set RLM_LIVE_E2B=1 and E2B_API_KEY (and build the rlm-runner template)",
+)
+def test_live_depth_one_completion_on_e2b(lm_server, make_rlm):
+    lm_server.set_script(depth_script())
+    rlm = make_rlm(max_depth=2, environment="e2b", environment_kwargs=live_kwargs())
+    result = rlm.completion("ROOT DATA", root_prompt="go")
+    assert result.response == "root got: child got: leaf answer"

@@ -50,7 +50,6 @@ import shlex
 import shutil
 import signal
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -58,6 +57,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+from rlm.testing.standins._server import LoopThreadServer
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STDOUT_PREFIX = b"\x01\x01\x01"
@@ -193,7 +194,7 @@ class Sandbox:
         }
 
 
-class DaytonaStandIn:
+class DaytonaStandIn(LoopThreadServer):
     """The Daytona API, event socket and toolbox on loopback, backed by local processes.
 
     Use as a context manager; ``api_url`` goes into ``DAYTONA_API_URL`` (or the adapter's
@@ -216,8 +217,7 @@ class DaytonaStandIn:
         #: bytes received through ``.../input`` (what the host wrote to commands' stdin)
         self.input_bytes = 0
         self._ids = itertools.count(1)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._runner: web.AppRunner | None = None
         self._sio: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -234,39 +234,10 @@ class DaytonaStandIn:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> DaytonaStandIn:
-        """Starts the server on a private event loop thread (port chosen by the kernel)."""
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(
-            target=loop.run_forever, name="daytona-standin", daemon=True
-        )
-        self._thread.start()
-        port = self._call(self._serve())
+    thread_name = "daytona-standin"
+
+    def _on_started(self, port: int) -> None:
         self.base_url = f"http://127.0.0.1:{port}"
-        return self
-
-    def stop(self) -> None:
-        """Deletes every sandbox (killing its processes), then stops the server and the loop."""
-        loop = self._loop
-        if loop is None:
-            return
-        self._call(self._shutdown())
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        loop.close()
-        self._loop = None
-
-    def __enter__(self) -> DaytonaStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _call(self, coro: Any, timeout: float = 30) -> Any:
-        assert self._loop is not None, "the stand-in is not started"
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _serve(self) -> int:
         import socketio

@@ -46,7 +46,6 @@ import secrets
 import shutil
 import signal
 import tempfile
-import threading
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -55,6 +54,8 @@ from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
+
+from rlm.testing.standins._server import LoopThreadServer
 
 #: the envd version the stand-in reports: the lowest whose features it implements (octet-stream
 #: uploads, closing stdin, the default user), so the SDK uses exactly those
@@ -141,7 +142,7 @@ class Sandbox:
         }
 
 
-class E2BStandIn:
+class E2BStandIn(LoopThreadServer):
     """E2B's control API and envd on loopback, backed by local processes.
 
     Use as a context manager. ``api_url`` goes into the SDK's ``api_url`` (``E2B_API_URL``),
@@ -159,8 +160,7 @@ class E2BStandIn:
         self.calls: list[str] = []
         self._idempotency: dict[str, str] = {}
         self._ids = itertools.count(1)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._process_app: Any = None
@@ -169,39 +169,16 @@ class E2BStandIn:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
+    thread_name = "e2b-standin"
+
     def start(self) -> E2BStandIn:
-        """Starts both servers on a private event loop thread (ports chosen by the kernel)."""
+        """Starts the control API and envd (ports chosen by the kernel)."""
         _pb()  # fail here, not inside a handler, when the SDK is missing
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="e2b-standin", daemon=True)
-        self._thread.start()
-        api_port, envd_port = self._call(self._serve())
-        self.api_url = f"http://127.0.0.1:{api_port}"
-        self.envd_url = f"http://127.0.0.1:{envd_port}"
-        return self
+        return super().start()
 
-    def stop(self) -> None:
-        """Kills every sandbox (and its processes), then stops the servers and the loop."""
-        loop = self._loop
-        if loop is None:
-            return
-        self._call(self._shutdown())
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        loop.close()
-        self._loop = None
-
-    def __enter__(self) -> E2BStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _call(self, coro: Awaitable[Any], timeout: float = 30) -> Any:
-        assert self._loop is not None, "the stand-in is not started"
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
+    def _on_started(self, ports: tuple[int, int]) -> None:
+        self.api_url = f"http://127.0.0.1:{ports[0]}"
+        self.envd_url = f"http://127.0.0.1:{ports[1]}"
 
     async def _serve(self) -> tuple[int, int]:
         from e2b.envd.process.process_connect import ProcessASGIApplication

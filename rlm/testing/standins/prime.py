@@ -41,12 +41,13 @@ import shutil
 import signal
 import struct
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
+
+from rlm.testing.standins._server import LoopThreadServer
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEEPALIVE_SECONDS = 15.0
@@ -153,7 +154,7 @@ class Sandbox:
         }
 
 
-class PrimeStandIn:
+class PrimeStandIn(LoopThreadServer):
     """The Prime control API and gateway on loopback, backed by local processes.
 
     Use as a context manager; ``api_url`` goes into ``PRIME_API_BASE_URL`` (or the adapter's
@@ -169,8 +170,7 @@ class PrimeStandIn:
         self._by_job: dict[str, Sandbox] = {}
         self._idempotency: dict[str, str] = {}
         self._ids = itertools.count(1)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.api_url = ""
@@ -178,39 +178,16 @@ class PrimeStandIn:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
+    thread_name = "prime-standin"
+
     def start(self) -> PrimeStandIn:
-        """Starts both servers on a private event loop thread (ports chosen by the kernel)."""
+        """Starts the API and the gateway (ports chosen by the kernel)."""
         _pb()  # fail here, not inside a handler, when the SDK is missing
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="prime-standin", daemon=True)
-        self._thread.start()
-        api_port, gateway_port = self._call(self._serve())
-        self.api_url = f"http://127.0.0.1:{api_port}"
-        self.gateway_url = f"http://127.0.0.1:{gateway_port}"
-        return self
+        return super().start()
 
-    def stop(self) -> None:
-        """Deletes every sandbox (killing its processes), then stops the servers and the loop."""
-        loop = self._loop
-        if loop is None:
-            return
-        self._call(self._shutdown())
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        loop.close()
-        self._loop = None
-
-    def __enter__(self) -> PrimeStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _call(self, coro: Any, timeout: float = 30) -> Any:
-        assert self._loop is not None, "the stand-in is not started"
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+    def _on_started(self, ports: tuple[int, int]) -> None:
+        self.api_url = f"http://127.0.0.1:{ports[0]}"
+        self.gateway_url = f"http://127.0.0.1:{ports[1]}"
 
     async def _serve(self) -> tuple[int, int]:
         api = web.Application()

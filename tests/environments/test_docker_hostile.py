@@ -73,9 +73,12 @@ def test_fork_bomb_is_contained(make_env):
         """
     )
     result = run(env, code, timeout=20)
-    # Either the fork fails inside the cell, or the pids limit starves the runner itself and
-    # the sandbox is replaced: both are contained, with a message, and the session goes on.
-    assert "fork refused" in result.stdout or (result.restarted and "died" in result.error)
+    # Three contained outcomes: the fork fails inside the cell; or the pids limit starves the
+    # runner (no thread for gRPC), which dies or stops answering and is replaced from the host.
+    # In every case the model is told what happened and the session goes on.
+    if "fork refused" not in result.stdout:
+        assert result.restarted, result
+        assert "died" in result.error or "ignored the interrupt" in result.error
     assert run(env, "print('alive')").stdout == "alive\n"
 
 

@@ -58,6 +58,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from rlm.testing.standins._processes import alive, first_missing, with_descendants
 from rlm.testing.standins._server import LoopThreadServer
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -304,7 +305,7 @@ class DaytonaStandIn(LoopThreadServer):
             for sandbox in list(self.sandboxes.values())
             for session in list(sandbox.sessions.values())
         ]
-        return _with_descendants(roots)
+        return with_descendants(roots)
 
     def runner_pids(self) -> list[int]:
         """The live processes whose command line runs a ``runner.pyz``."""
@@ -418,7 +419,7 @@ class DaytonaStandIn(LoopThreadServer):
         return path if path.startswith("/") else os.path.join(sandbox.home, path)
 
     def _make_dirs(self, sandbox: Sandbox, directory: str, mode: int = 0o755) -> None:
-        created = _first_missing(directory)
+        created = first_missing(directory)
         os.makedirs(directory, mode=mode, exist_ok=True)
         if created is not None and not created.startswith(sandbox.home + "/"):
             sandbox.upload_dirs.add(created)
@@ -505,15 +506,15 @@ class DaytonaStandIn(LoopThreadServer):
         command's log stream ends."""
         sandbox.sessions.pop(session.id, None)
         session.ended = True
-        tree = _with_descendants([session.pid])
+        tree = with_descendants([session.pid])
         _signal_tree(session.pid, tree, signal.SIGTERM)
         deadline = time.monotonic() + self.kill_grace
-        while any(_alive(pid) for pid in tree) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        tree += [pid for pid in _with_descendants([session.pid]) if pid not in tree]
+        tree += [pid for pid in with_descendants([session.pid]) if pid not in tree]
         _signal_tree(session.pid, tree, signal.SIGKILL)
         await session.shell.wait()
-        while any(_alive(pid) for pid in tree):  # orphans are reaped by init, not by us
+        while any(alive(pid) for pid in tree):  # orphans are reaped by init, not by us
             await asyncio.sleep(0.01)
         for command in session.commands.values():
             self._close_command(command)
@@ -754,49 +755,6 @@ def _signal_tree(group: int, pids: list[int], sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
-
-
-def _first_missing(path: str) -> str | None:
-    """The topmost directory ``os.makedirs(path)`` would create, or None if it exists."""
-    missing = None
-    while path and path != "/" and not os.path.exists(path):
-        missing, path = path, os.path.dirname(path)
-    return missing
-
-
-def _children() -> dict[int, list[int]]:
-    table: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                parent = int(handle.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        table.setdefault(parent, []).append(int(entry))
-    return table
-
-
-def _with_descendants(roots: list[int]) -> list[int]:
-    table = _children()
-    found: list[int] = []
-    pending = [pid for pid in roots if _alive(pid)]
-    while pending:
-        pid = pending.pop()
-        if pid not in found and _alive(pid):
-            found.append(pid)
-            pending.extend(table.get(pid, []))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """True for a process that exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
 
 
 __all__ = ["STDERR_PREFIX", "STDOUT_PREFIX", "DaytonaStandIn"]

@@ -55,6 +55,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
+from rlm.testing.standins._processes import first_missing, signal_group, with_descendants
 from rlm.testing.standins._server import LoopThreadServer
 
 #: the envd version the stand-in reports: the lowest whose features it implements (octet-stream
@@ -231,7 +232,7 @@ class E2BStandIn(LoopThreadServer):
             for proc in list(sandbox.procs.values())
             if proc.end is None
         ]
-        return _with_descendants(roots)
+        return with_descendants(roots, zombies=True)
 
     # ---- control API -----------------------------------------------------------------------
 
@@ -294,7 +295,7 @@ class E2BStandIn(LoopThreadServer):
             sandbox.lifetime.cancel()
         procs = list(sandbox.procs.values())
         for proc in procs:
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
         for proc in procs:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.done.wait(), 10)
@@ -379,7 +380,7 @@ class E2BStandIn(LoopThreadServer):
     ) -> dict[str, Any]:
         target = self._resolve(sandbox, path)
         parent = os.path.dirname(target)
-        created = _first_missing(parent)
+        created = first_missing(parent)
         os.makedirs(parent, exist_ok=True)
         if created is not None and not created.startswith(sandbox.home):
             sandbox.upload_dirs.add(created)
@@ -591,7 +592,7 @@ class _ProcessService:
         numbers = {pb.Signal.SIGKILL: signal.SIGKILL, pb.Signal.SIGTERM: signal.SIGTERM}
         if request.signal not in numbers:
             raise ConnectError(Code.INVALID_ARGUMENT, f"unsupported signal {request.signal}")
-        _signal_group(proc.pid, numbers[request.signal])
+        signal_group(proc.pid, numbers[request.signal])
         return pb.SendSignalResponse()
 
     async def list(self, request: Any, ctx: Any) -> Any:
@@ -678,42 +679,6 @@ def _api_error(status: int, message: str) -> web.Response:
 
 def _files_error(status: int, message: str) -> web.Response:
     return web.json_response({"code": status, "message": message}, status=status)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def _first_missing(path: str) -> str | None:
-    """The topmost directory ``os.makedirs(path)`` would create, or None if it exists."""
-    missing = None
-    while path and path != "/" and not os.path.exists(path):
-        missing, path = path, os.path.dirname(path)
-    return missing
-
-
-def _with_descendants(roots: list[int]) -> list[int]:
-    """``roots`` that are alive, with all their descendants (from ``/proc``)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != b"Z":
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found: list[int] = []
-    pending = [pid for pid in roots if os.path.exists(f"/proc/{pid}")]
-    while pending:
-        pid = pending.pop()
-        if pid not in found:
-            found.append(pid)
-            pending.extend(children.get(pid, []))
-    return found
 
 
 __all__ = ["DEFAULT_TEMPLATES", "ENVD_VERSION", "E2BStandIn"]

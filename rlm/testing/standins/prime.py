@@ -47,6 +47,7 @@ from typing import Any
 
 from aiohttp import web
 
+from rlm.testing.standins._processes import first_missing, signal_group, with_descendants
 from rlm.testing.standins._server import LoopThreadServer
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -236,7 +237,7 @@ class PrimeStandIn(LoopThreadServer):
             for session in list(sandbox.sessions.values())
             if session.exit_code is None
         ]
-        return _with_descendants(roots)
+        return with_descendants(roots, zombies=True)
 
     def rotate_tokens(self) -> None:
         """Gives every sandbox a new gateway token, as when one expires: clients must re-auth."""
@@ -374,7 +375,7 @@ class PrimeStandIn(LoopThreadServer):
             sandbox.lifetime.cancel()
         sessions = list(sandbox.sessions.values())
         for session in sessions:
-            _signal_group(session.pid, signal.SIGKILL)
+            signal_group(session.pid, signal.SIGKILL)
         for session in sessions:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(session.done.wait(), 10)
@@ -406,7 +407,7 @@ class PrimeStandIn(LoopThreadServer):
         if not path.startswith("/") or "\x00" in path:
             return web.json_response({"detail": "path must be absolute"}, status=400)
         parent = os.path.dirname(path)
-        created = _first_missing(parent)
+        created = first_missing(parent)
         os.makedirs(parent, exist_ok=True)
         if created is not None:
             sandbox.upload_dirs.add(created)
@@ -600,7 +601,7 @@ class PrimeStandIn(LoopThreadServer):
             raise RpcError("invalid_argument", "signal must be SIGTERM or SIGKILL")
         key = request.signal_uuid if request.HasField("signal_uuid") else ""
         if not (key and key in session.applied) and session.exit_code is None:
-            _signal_group(session.pid, numbers[request.signal])
+            signal_group(session.pid, numbers[request.signal])
         if key:
             session.applied.add(key)
         return pb.SendSignalResponse()
@@ -637,48 +638,6 @@ def _end_frame(error: RpcError | None) -> bytes:
         body["error"] = {"code": error.code, "message": error.message}
     data = json.dumps(body).encode()
     return struct.pack(">BI", 0b10, len(data)) + data
-
-
-# ---- processes and files -------------------------------------------------------------------
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def _first_missing(path: str) -> str | None:
-    """The topmost directory ``os.makedirs(path)`` would create, or None if it exists."""
-    missing = None
-    while path and path != "/" and not os.path.exists(path):
-        missing, path = path, os.path.dirname(path)
-    return missing
-
-
-def _children() -> dict[int, list[int]]:
-    table: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                parent = int(handle.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        table.setdefault(parent, []).append(int(entry))
-    return table
-
-
-def _with_descendants(roots: list[int]) -> list[int]:
-    table = _children()
-    found: list[int] = []
-    pending = [pid for pid in roots if os.path.exists(f"/proc/{pid}")]
-    while pending:
-        pid = pending.pop()
-        if pid not in found:
-            found.append(pid)
-            pending.extend(table.get(pid, []))
-    return found
 
 
 __all__ = ["PrimeStandIn", "RpcError"]

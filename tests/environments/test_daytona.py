@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 from standin_daytona import SKIP_REASON, live_kwargs, live_requested, running_standin
-from test_e2e import depth_script, is_root_request, iteration_of
+from test_e2e import depth_script
 
 from rlm.broker.loop import run_sync
 from rlm.errors import ConfigurationError, LMAuthenticationError, SandboxStartError
-from rlm.testing import RecordedRequest, Reply
+from rlm.testing import Reply
 
 pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=f"daytona: {SKIP_REASON}")
 
@@ -102,26 +102,6 @@ def test_create_request_is_locked_down_and_snapshot_is_used_as_given(daytona, br
         run_sync(env.aclose())
     with pytest.raises(ConfigurationError, match="either image= or snapshot="):
         make_env(broker, handler, kwargs, snapshot="a", image="python:3.12")
-
-
-def test_llm_query_batched_calls_overlap(daytona, lm_server, make_rlm):
-    _server, kwargs = daytona
-    prompts = [f"item {i}" for i in range(8)]
-
-    def script(request: RecordedRequest) -> str:
-        if not is_root_request(request):
-            return "sub:" + request.prompt
-        return [
-            f"```repl\nreplies = llm_query_batched({prompts!r})\nprint(len(replies))\n```",
-            '```repl\nanswer["content"] = ",".join(replies)\nanswer["ready"] = True\n```',
-        ][iteration_of(request)]
-
-    lm_server.set_script(script)
-    lm_server.latency = 0.3
-    rlm = make_rlm(environment="daytona", environment_kwargs=kwargs)
-    result = rlm.completion("data")
-    assert result.response == ",".join("sub:" + p for p in prompts)
-    assert lm_server.max_in_flight >= 8, "the batched sub-calls should run concurrently"
 
 
 def test_50mb_context_goes_through_the_file_api(daytona, lm_server, make_rlm):

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 from standin_e2b import SKIP_REASON, live_kwargs, live_requested, running_standin
-from test_e2e import depth_script, is_root_request, iteration_of
+from test_e2e import depth_script
 
 from rlm.broker.loop import run_sync
 from rlm.errors import ConfigurationError, LMAuthenticationError, SandboxStartError
-from rlm.testing import RecordedRequest, Reply
+from rlm.testing import Reply
 
 pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=f"e2b: {SKIP_REASON}")
 
@@ -89,26 +89,6 @@ def test_sandbox_request_carries_the_timeout_template_and_no_network(e2b, broker
     finally:
         run_sync(env.aclose())
     assert_all_gone(server)
-
-
-def test_llm_query_batched_calls_overlap(e2b, lm_server, make_rlm):
-    _server, kwargs = e2b
-    prompts = [f"item {i}" for i in range(8)]
-
-    def script(request: RecordedRequest) -> str:
-        if not is_root_request(request):
-            return "sub:" + request.prompt
-        return [
-            f"```repl\nreplies = llm_query_batched({prompts!r})\nprint(len(replies))\n```",
-            '```repl\nanswer["content"] = ",".join(replies)\nanswer["ready"] = True\n```',
-        ][iteration_of(request)]
-
-    lm_server.set_script(script)
-    lm_server.latency = 0.3
-    rlm = make_rlm(environment="e2b", environment_kwargs=kwargs)
-    result = rlm.completion("data")
-    assert result.response == ",".join("sub:" + p for p in prompts)
-    assert lm_server.max_in_flight >= 8, "the batched sub-calls should run concurrently"
 
 
 def test_50mb_context_goes_through_the_file_api(e2b, lm_server, make_rlm):

@@ -230,3 +230,29 @@ def test_warm_pool_gives_fresh_isolated_runners(make_env, env_name, broker):
         run_sync(first.aclose())
         run_sync(second.aclose())
         run_sync(broker.aclose_resources())
+
+
+def test_batched_subcalls_overlap_in_a_full_completion(env_name, env_kwargs, lm_server, make_rlm):
+    """Through RLM(environment=...): the sub-calls of one llm_query_batched reach the LM at once."""
+    if env_name == "stdio-relay":
+        pytest.skip("stdio-relay is a test adapter, not a registered environment")
+    from test_e2e import is_root_request, iteration_of
+
+    prompts = [f"item {i}" for i in range(8)]
+
+    def script(request):
+        if not is_root_request(request):
+            return "sub:" + request.prompt
+        return [
+            f"```repl\nreplies = llm_query_batched({prompts!r})\nprint(len(replies))\n```",
+            '```repl\nanswer["content"] = ",".join(replies)\nanswer["ready"] = True\n```',
+        ][iteration_of(request)]
+
+    lm_server.set_script(script)
+    lm_server.latency = 0.3
+    rlm = make_rlm(environment=env_name, environment_kwargs=env_kwargs)
+    started = time.perf_counter()
+    result = rlm.completion("data")
+    assert result.response == ",".join("sub:" + p for p in prompts)
+    assert lm_server.max_in_flight >= 8, "the batched sub-calls should run concurrently"
+    assert time.perf_counter() - started < 8 * 0.3 + 5

@@ -24,11 +24,11 @@ from standin_modal import (
     live_requested,
     running_standin,
 )
-from test_e2e import depth_script, is_root_request, iteration_of
+from test_e2e import depth_script
 
 from rlm.broker.loop import run_sync
 from rlm.errors import ConfigurationError, LMAuthenticationError, SandboxError
-from rlm.testing import RecordedRequest, Reply
+from rlm.testing import Reply
 
 pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=f"modal: {SKIP_REASON}")
 
@@ -121,28 +121,6 @@ def test_image_kwarg_replaces_the_default_image(modal_standin, broker, handler):
         assert run_sync(env.execute("print('custom')")).stdout == "custom\n"
     finally:
         run_sync(env.aclose())
-
-
-def test_llm_query_batched_calls_overlap(modal_standin, lm_server, make_rlm):
-    _server, kwargs = modal_standin
-    prompts = [f"item {i}" for i in range(8)]
-
-    def script(request: RecordedRequest) -> str:
-        if not is_root_request(request):
-            return "sub:" + request.prompt
-        return [
-            f"```repl\nreplies = llm_query_batched({prompts!r})\nprint(len(replies))\n```",
-            '```repl\nanswer["content"] = ",".join(replies)\nanswer["ready"] = True\n```',
-        ][iteration_of(request)]
-
-    lm_server.set_script(script)
-    lm_server.latency = 0.3
-    rlm = make_rlm(environment="modal", environment_kwargs=kwargs)
-    started = time.perf_counter()
-    result = rlm.completion("data")
-    assert result.response == ",".join("sub:" + p for p in prompts)
-    assert lm_server.max_in_flight >= 8, "the batched sub-calls should run concurrently"
-    assert time.perf_counter() - started < 8 * 0.3 + 5
 
 
 def test_50mb_context_goes_through_the_file_api(modal_standin, lm_server, make_rlm):

@@ -111,6 +111,21 @@ def default_image() -> Any:
     return _sdk().Image.debian_slim(python_version="3.12").pip_install(*REQUIREMENTS)
 
 
+@contextlib.asynccontextmanager
+async def _closing_stream(reader: Any) -> AsyncIterator[Any]:
+    """Iterates an SDK stream and closes it explicitly when done, failed or cancelled. Left to
+    the garbage collector, the SDK closes it on its own loop later, which at interpreter exit has
+    already stopped (and warns that a coroutine was never awaited). A broken stream just ends."""
+    stream = aiter(reader)
+    try:
+        yield stream
+    except Exception:
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+
+
 class ModalProcess(RemoteProcess):
     """A process started with ``sandbox.exec``: stdin drained to the command router, stdout
     streamed from it, the exit code from a background ``wait``."""
@@ -136,8 +151,8 @@ class ModalProcess(RemoteProcess):
 
     async def _drain_stderr(self) -> None:
         # Read stderr as it comes (the router keeps it until read), keeping only the tail.
-        with contextlib.suppress(Exception):
-            async for data in self._process.stderr:
+        async with _closing_stream(self._process.stderr) as stream:
+            async for data in stream:
                 self._stderr.append(data)
                 self._stderr_size += len(data)
                 while self._stderr_size - len(self._stderr[0]) >= STDERR_TAIL:
@@ -159,8 +174,8 @@ class ModalProcess(RemoteProcess):
             ) from error
 
     async def output(self) -> AsyncIterator[bytes]:
-        with contextlib.suppress(Exception):  # a broken stream ends the process's output
-            async for data in self._process.stdout:
+        async with _closing_stream(self._process.stdout) as stream:
+            async for data in stream:
                 yield data
 
     def exit_code(self) -> int | None:
@@ -177,6 +192,8 @@ class ModalProcess(RemoteProcess):
         self._stderr_task.cancel()
         if self._environment.closing:
             self._waiter.cancel()
+        # Let the cancelled tasks close their SDK streams now, while the SDK's loop still runs.
+        await asyncio.wait({self._stderr_task, self._waiter}, timeout=KILL_WAIT_SECONDS)
 
     def diagnostics(self) -> str:
         return b"".join(self._stderr).decode("utf-8", "replace")[-STDERR_TAIL:]

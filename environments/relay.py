@@ -23,6 +23,8 @@ from .base import CHUNK_CHARS, RunnerProcess, SandboxEnvironment, _encode_contex
 from .runner.bundle import runner_bundle
 
 READ_CHUNK = 48 * 1024
+#: how long closing a relay waits for its tasks to unwind (and close the provider streams)
+CLOSE_WAIT_SECONDS = 5.0
 
 #: A Python one-liner for a provider's exec API that tells whether the image can host the
 #: runner. Exit 0: ready; 1: grpcio/protobuf missing or too old; 2: Python < 3.11.
@@ -72,11 +74,12 @@ class HostRelay:
     async def _from_sandbox(self) -> None:
         pending = b""
         try:
-            async for data in self.process.output():
-                pending += data
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    await self._dispatch(line)
+            async with contextlib.aclosing(self.process.output()) as output:
+                async for data in output:
+                    pending += data
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        await self._dispatch(line)
         finally:
             for writer in self._writers.values():
                 writer.close()
@@ -113,12 +116,14 @@ class HostRelay:
             await self._send(conn_id, b"C")
 
     async def aclose(self) -> None:
-        self.task.cancel()
-        for pump in list(self._pumps):
-            pump.cancel()
+        tasks = {self.task, *self._pumps}
+        for task in tasks:
+            task.cancel()
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
+        # The cancelled tasks close the provider's streams as they unwind: wait for that.
+        await asyncio.wait(tasks, timeout=CLOSE_WAIT_SECONDS)
 
 
 class RelayedSandboxEnvironment(SandboxEnvironment):

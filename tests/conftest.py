@@ -17,7 +17,7 @@ from rlm.testing.leaks import runner_pids
 @pytest.fixture(autouse=True)
 def no_leaked_runners() -> Iterator[None]:
     """Every test must leave no runner process behind (acceptance: no leaks, ever). Only this
-    process's children count, so other test runs on the machine do not interfere."""
+    process's descendants count, so other test runs on the machine do not interfere."""
     me = os.getpid()
     before = set(runner_pids(parent=me))
     yield

@@ -16,9 +16,21 @@ from functools import cache
 
 from rlm.protos import rlm_sandbox_pb2, rlm_sandbox_pb2_grpc
 
+from . import forkserver as forkserver_module
 from . import relay as relay_module
 from . import runner as runner_module
 
+_MAIN = """\
+import sys
+
+if sys.argv[1:2] == ["--fork-server"]:
+    from rlm.environments.runner.forkserver import serve
+
+    raise SystemExit(serve(int(sys.argv[2])))
+from rlm.environments.runner.runner import main
+
+raise SystemExit(main())
+"""
 _EMPTY_PACKAGES = ("rlm/__init__.py", "rlm/protos/__init__.py", "rlm/environments/__init__.py")
 
 
@@ -26,10 +38,13 @@ _EMPTY_PACKAGES = ("rlm/__init__.py", "rlm/protos/__init__.py", "rlm/environment
 def runner_bundle() -> bytes:
     """The zipapp's bytes (built once per process)."""
     members = {
-        "__main__.py": "from rlm.environments.runner.runner import main\nraise SystemExit(main())\n",
+        "__main__.py": _MAIN,
         "rlm/environments/runner/__init__.py": "",
         "rlm/environments/runner/runner.py": pathlib.Path(runner_module.__file__).read_text(),
         "rlm/environments/runner/relay.py": pathlib.Path(relay_module.__file__).read_text(),
+        "rlm/environments/runner/forkserver.py": pathlib.Path(
+            forkserver_module.__file__
+        ).read_text(),
         "rlm/protos/rlm_sandbox_pb2.py": pathlib.Path(rlm_sandbox_pb2.__file__).read_text(),
         "rlm/protos/rlm_sandbox_pb2_grpc.py": pathlib.Path(
             rlm_sandbox_pb2_grpc.__file__

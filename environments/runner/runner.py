@@ -474,8 +474,13 @@ def _apply_limits(limits: dict[str, int]) -> None:
             resource.setrlimit(names[key], (int(value), int(value)))
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """Linux: the kernel kills the runner when the host process that started it dies."""
+_parent_watched = False
+
+
+def watch_parent(parent_pid: int) -> None:
+    """Linux: the kernel kills this process when its parent (``parent_pid``) dies."""
+    global _parent_watched
+    _parent_watched = True
     try:
         import ctypes
 
@@ -514,8 +519,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # too-big files fail with EFBIG, not a kill
     _apply_limits(config.get("limits", {}))
-    if config.get("parent_pid"):
-        _exit_with_parent(int(config["parent_pid"]))
+    if config.get("parent_pid") and not _parent_watched:  # a forked runner watches its server
+        watch_parent(int(config["parent_pid"]))
     os.environ.update(config.get("env") or {})
     if config.get("workdir"):
         os.chdir(config["workdir"])

@@ -5,24 +5,62 @@ from __future__ import annotations
 import os
 
 
+def _cmdline(pid: int | str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
+
+
+def _is_bundle(cmdline: bytes) -> bool:
+    return b"runner.pyz" in cmdline or (b"rlm-runner-" in cmdline and b".pyz" in cmdline)
+
+
+def _is_fork_server(pid: int | str, cmdline: bytes) -> bool:
+    """The fork server's runners keep its command line; the server is the one whose parent
+    is not a fork server."""
+    if b"--fork-server" not in cmdline:
+        return False
+    parent = _parent_of(str(pid))
+    return parent is None or b"--fork-server" not in _cmdline(parent)
+
+
 def runner_pids(parent: int | None = None) -> list[int]:
-    """Processes on this machine that run an rlm runner zipapp (the local environment's);
-    with ``parent``, only those that are its direct children."""
+    """Processes on this machine that run an rlm runner (the local environment's; fork servers
+    are not runners); with ``parent``, only those descended from it."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read()
-        except OSError:
+        cmdline = _cmdline(entry)
+        if not _is_bundle(cmdline) or _is_fork_server(entry, cmdline):
             continue
-        if b"runner.pyz" not in cmdline and not (b"rlm-runner-" in cmdline and b".pyz" in cmdline):
-            continue
-        if parent is not None and _parent_of(entry) != parent:
+        if parent is not None and not _descends_from(entry, parent):
             continue
         pids.append(int(entry))
     return pids
+
+
+def fork_server_pids(parent: int | None = None) -> list[int]:
+    """The local environment's fork servers (with ``parent``: those descended from it)."""
+    return [
+        int(entry)
+        for entry in os.listdir("/proc")
+        if entry.isdigit()
+        and _is_fork_server(entry, cmdline := _cmdline(entry))
+        and _is_bundle(cmdline)
+        and (parent is None or _descends_from(entry, parent))
+    ]
+
+
+def _descends_from(pid: str, ancestor: int) -> bool:
+    current: int | None = _parent_of(pid)
+    while current is not None and current > 1:
+        if current == ancestor:
+            return True
+        current = _parent_of(str(current))
+    return False
 
 
 def _stat(pid: int | str) -> tuple[bytes, int] | None:

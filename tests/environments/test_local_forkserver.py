@@ -1,0 +1,145 @@
+"""The local environment's fork server: forked runners are as isolated as freshly started ones,
+and the server never outlives its tree or its host."""
+
+from __future__ import annotations
+
+import ast
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import RecordingHandler
+
+from rlm.broker.loop import run_sync
+from rlm.broker.server import BrokerServer
+from rlm.environments.local import LocalEnvironment
+from rlm.testing.leaks import alive, fork_server_pids, runner_pids
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="fork server needs os.fork")
+
+PROBE = (
+    "import os, resource\n"
+    "print((os.getpid(), os.getsid(0), os.getppid(), os.getcwd(),"
+    " resource.getrlimit(resource.RLIMIT_AS)[0]))"
+)
+
+
+@pytest.fixture
+def tree():
+    """A broker of its own (the fork server is one of its resources) and a way to start
+    local environments on it; everything is closed after the test."""
+    broker = BrokerServer()
+    run_sync(broker.start())
+    made: list[LocalEnvironment] = []
+
+    def start(**kwargs) -> LocalEnvironment:
+        env = LocalEnvironment(broker=broker, handler=RecordingHandler(), **kwargs)
+        run_sync(env.start())
+        made.append(env)
+        return env
+
+    yield broker, start
+    for env in made:
+        run_sync(env.aclose())
+    run_sync(broker.aclose())
+
+
+def probe(env: LocalEnvironment) -> tuple[int, int, int, str, int]:
+    result = run_sync(env.execute(PROBE))
+    assert result.ok, result.error
+    return ast.literal_eval(result.stdout)
+
+
+def wait_until(condition, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_forked_runners_are_separate_sessions_with_their_own_limits_and_state(tree):
+    _broker, start = tree
+    first, second = start(memory_mb=512), start(memory_mb=768)
+    (server,) = fork_server_pids(os.getpid())
+    pid1, sid1, parent1, cwd1, mem1 = probe(first)
+    pid2, sid2, parent2, cwd2, mem2 = probe(second)
+    assert pid1 != pid2 and parent1 == parent2 == server
+    assert (sid1, sid2) == (pid1, pid2), "each runner leads a session of its own"
+    assert cwd1 == first.workdir and cwd2 == second.workdir and cwd1 != cwd2
+    assert (mem1, mem2) == (512 * 2**20, 768 * 2**20)
+    run_sync(first.execute("secret = 42"))
+    assert run_sync(second.execute("print('secret' in globals())")).stdout == "False\n"
+
+
+def test_closing_the_tree_stops_the_fork_server_and_its_runners(tree):
+    broker, start = tree
+    env = start()
+    (runner,) = runner_pids(os.getpid())
+    (server,) = fork_server_pids(os.getpid())
+    run_sync(env.aclose())
+    assert wait_until(lambda: not alive(runner))
+    assert alive(server), "the server serves the tree, not one environment"
+    run_sync(broker.aclose())
+    assert wait_until(lambda: not alive(server))
+
+
+def test_a_killed_fork_server_takes_its_runners_and_is_replaced(tree):
+    _broker, start = tree
+    env = start()
+    run_sync(env.execute("kept = 1"))
+    (server,) = fork_server_pids(os.getpid())
+    (runner,) = runner_pids(os.getpid())
+    os.kill(server, signal.SIGKILL)
+    assert wait_until(lambda: not alive(runner)), "the runner must die with its server"
+    result = run_sync(env.execute("print('kept' in globals())"))
+    assert result.restarted, result
+    assert run_sync(env.execute("print('back')")).stdout == "back\n"
+    (new_server,) = fork_server_pids(os.getpid())
+    assert new_server != server
+    assert probe(start())[2] == new_server
+
+
+def test_fork_server_off_starts_each_runner_from_scratch(tree):
+    _broker, start = tree
+    env = start(fork_server=False)
+    assert probe(env)[2] == os.getpid()
+    assert fork_server_pids(os.getpid()) == []
+
+
+HOST = """
+import os, sys, time
+sys.path.insert(0, {here!r})
+from conftest import RecordingHandler
+from rlm.broker.loop import run_sync
+from rlm.broker.server import BrokerServer
+from rlm.environments.local import LocalEnvironment
+
+broker = BrokerServer()
+run_sync(broker.start())
+env = LocalEnvironment(broker=broker, handler=RecordingHandler())
+run_sync(env.start())
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_host_takes_the_fork_server_and_runners_with_it():
+    host = subprocess.Popen(
+        [sys.executable, "-c", HOST.format(here=os.path.dirname(__file__))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert host.stdout is not None and host.stdout.readline() == "ready\n"
+        servers, runners = fork_server_pids(host.pid), runner_pids(host.pid)
+        assert len(servers) == 1 and len(runners) == 1
+        host.kill()  # SIGKILL: no clean-up code runs in the host
+        host.wait()
+        assert wait_until(lambda: not any(alive(pid) for pid in servers + runners))
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()

@@ -86,7 +86,8 @@ RUNNER_MARKER = b"rlm-runner-"
 
 
 class ChildPeakRSS:
-    """Polls the peak RSS (``VmHWM``) of our runner processes (direct children) during a run.
+    """Polls the peak RSS (``VmHWM``) of our runner processes during a run: our children, and
+    their children (runners forked by the local environment's fork server).
 
     ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` cannot answer this: a child's high-water mark
     survives ``exec``, so it starts at the host's RSS at fork time. ``VmHWM`` belongs to the new
@@ -107,14 +108,24 @@ class ChildPeakRSS:
         self._stop.set()
         self._thread.join()
 
-    def _children(self) -> list[int]:
+    def _children(self, pid: int | str = "self", depth: int = 2) -> list[int]:
         pids: list[int] = []
-        for task in os.listdir("/proc/self/task"):
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return pids
+        for task in tasks:
             try:
-                with open(f"/proc/self/task/{task}/children") as handle:
+                with open(f"/proc/{pid}/task/{task}/children") as handle:
                     pids += [int(p) for p in handle.read().split()]
             except OSError:
                 continue
+        if depth > 1:
+            pids += [
+                grandchild
+                for child in list(pids)
+                for grandchild in self._children(child, depth - 1)
+            ]
         return pids
 
     def _poll(self) -> None:

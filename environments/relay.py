@@ -19,10 +19,12 @@ from typing import Any
 
 from rlm.errors import SandboxDiedError
 
-from .base import CHUNK_CHARS, RunnerProcess, SandboxEnvironment, _encode_context
+from .base import RunnerProcess, SandboxEnvironment, _encode_context
 from .runner.bundle import runner_bundle
 
 READ_CHUNK = 48 * 1024
+#: contexts up to this size go through the relayed stream; bigger ones as a file
+INLINE_CONTEXT_CHARS = 1 << 20
 #: how long closing a relay waits for its tasks to unwind (and close the provider streams)
 CLOSE_WAIT_SECONDS = 5.0
 
@@ -180,7 +182,7 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
         """Small contexts travel on the stream; big ones as a file through the provider's file
         API (never through the relay or a command line)."""
         encoding, text = _encode_context(value)
-        if len(text) <= CHUNK_CHARS:
+        if len(text) <= INLINE_CONTEXT_CHARS:
             await super()._send_context(name, value, aliases)
             return
         from rlm.protos import rlm_sandbox_pb2 as pb

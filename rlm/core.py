@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import Any
 
@@ -18,6 +19,19 @@ from rlm.events import EventBus, EventListener
 from rlm.logger import RLMLogger
 from rlm.run import RLMRun, SessionDispatch, TreeConfig, open_environment, parse_tools
 from rlm.types import RLMChatCompletion
+
+_heap_settled = False
+
+
+def _settle_heap() -> None:
+    """Runs the process's first full garbage collection now, once, after the LM SDKs are
+    imported. Left alone, CPython runs it at the first burst of allocations, which is the
+    first wide ``llm_query_batched``: ~40 ms (100K objects from openai, pydantic and grpc)
+    in the middle of a batch, measured as 1.6x instead of 1.35x one call for 64 prompts."""
+    global _heap_settled
+    if not _heap_settled:
+        _heap_settled = True
+        gc.collect()
 
 
 class RLM:
@@ -97,6 +111,7 @@ class RLM:
             for name, kwargs in zip(other_backends, other_backend_kwargs, strict=True)
         ]
         self._max_concurrent_lm_calls = max_concurrent_lm_calls
+        _settle_heap()
         listeners: list[EventListener] = []
         if logger is not None:
             listeners.append(logger)

@@ -30,6 +30,8 @@ class Measurement:
     """Which plot the row belongs to (``batched``, ``context``...); empty for the summary plot."""
     x: float | None = None
     """The workload's size (batch size, context characters) for scaling plots."""
+    comparable: bool = True
+    """False when the two systems' figures mean different things: no ratio is shown."""
 
     @staticmethod
     def summary(values: list[float]) -> str:
@@ -42,10 +44,10 @@ class Measurement:
         return statistics.median(values) if values else None
 
     def ratio(self) -> float | None:
-        """ours / reference of the medians; None when either is missing or not positive (a
-        negative marginal cost has no meaningful ratio)."""
+        """ours / reference of the medians; None when either is missing or not positive, or the
+        row is not comparable."""
         ours, reference = self.median("ours"), self.median("reference")
-        if ours is None or reference is None or ours <= 0 or reference <= 0:
+        if not self.comparable or ours is None or reference is None or ours <= 0 or reference <= 0:
             return None
         return ours / reference
 

@@ -141,6 +141,7 @@ class Suite:
                 "ms / iteration",
                 provider.label,
                 note="reference: meaningless (a fixed ~0.5 s per completion dominates T(1))",
+                comparable=False,
             ),
             results,
             failures,

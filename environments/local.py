@@ -2,7 +2,9 @@
 
 Isolation here is a process boundary, not a container: the runner gets an environment built from
 an allow-list (no API keys), its own temporary working directory, rlimits on memory and file size,
-and a host-side timeout per cell. For untrusted code on a shared machine use ``docker``.
+and a host-side timeout per cell. Runners are forked from a per-tree fork server
+(:mod:`rlm.environments.forkserver`) that has already paid the interpreter's start-up. For
+untrusted code on a shared machine use ``docker``.
 """
 
 from __future__ import annotations

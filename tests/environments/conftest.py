@@ -1,7 +1,10 @@
 """Fixtures for the shared environment contract suite.
 
 Every adapter runs the same tests: add its name to ``ENVIRONMENTS`` (and a skip condition when it
-needs something this machine may lack).
+needs something this machine may lack). A cloud adapter also needs ``standin_<name>.py``: how to
+start its stand-in (``running_standin``/``standin``), how to read the stand-in's call log
+(``sandbox_creates``, ``sandbox_deletes``, ``file_uploads``, ``relay_calls``, optionally
+``inband_bytes``) and the live switch (``live_requested``, ``live_kwargs``, ``LIVE_REQUIREMENT``).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +29,10 @@ def _skip_reason() -> str | None:
 
 
 SKIP_REASON: str | None = _skip_reason()
+
+
+#: what running the live variant of the suites takes (said when it is skipped)
+LIVE_REQUIREMENT = "RLM_LIVE_DAYTONA=1 and DAYTONA_API_KEY"
 
 
 def live_requested() -> bool:
@@ -78,3 +83,33 @@ def standin() -> Iterator[dict[str, Any]]:
         return
     with running_standin() as (_server, kwargs):
         yield kwargs
+
+
+# ---- the call log, as the shared cloud suite (test_cloud_contract.py) reads it ---------------
+
+
+def _matching(server: Any, pattern: str) -> list[str]:
+    return [c for c in server.calls if re.fullmatch(pattern, c)]
+
+
+def sandbox_creates(server: Any) -> int:
+    return len(_matching(server, r"POST /api/sandbox"))
+
+
+def sandbox_deletes(server: Any) -> int:
+    return len(_matching(server, r"DELETE /api/sandbox/[^/]+"))
+
+
+def file_uploads(server: Any) -> list[str]:
+    """One entry per file written through the provider's file API."""
+    return _matching(server, r"POST /toolbox/[^/]+/files/bulk-upload")
+
+
+def relay_calls(server: Any) -> list[str]:
+    """The calls that carried the runner's stdin (session command input)."""
+    return _matching(server, r"POST /toolbox/[^/]+/process/session/[^/]+/command/[^/]+/input")
+
+
+def inband_bytes(server: Any) -> int:
+    """All bytes written to session commands' stdin (a context must never travel that way)."""
+    return server.input_bytes

@@ -16,6 +16,7 @@ the same suite runs against Modal itself: ``RLM_LIVE_MODAL=1 python -m pytest te
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import tempfile
@@ -37,6 +38,12 @@ def _skip_reason() -> str | None:
 
 
 SKIP_REASON: str | None = _skip_reason()
+
+
+#: what running the live variant of the suites takes (said when it is skipped)
+LIVE_REQUIREMENT = (
+    "RLM_LIVE_MODAL=1 and MODAL_TOKEN_ID / MODAL_TOKEN_SECRET (or a `modal token new` profile)"
+)
 
 
 def live_requested() -> bool:
@@ -107,3 +114,40 @@ def standin() -> Iterator[dict[str, Any]]:
         return
     with running_standin() as (_server, kwargs):
         yield kwargs
+
+
+# ---- the call log, as the shared cloud suite (test_cloud_contract.py) reads it ---------------
+
+FS_TOOLS = "/__modal/.bin/modal-sandbox-fs-tools"
+
+
+def sandbox_creates(server: Any) -> int:
+    return server.calls.count("SandboxCreateV2")
+
+
+def sandbox_deletes(server: Any) -> int:
+    return server.calls.count("SandboxTerminateV2")
+
+
+def file_writes(server: Any) -> list[str]:
+    """The paths written through Modal's file API (the fs-tools exec), in order."""
+    return [
+        json.loads(argv[1])["WriteFile"]["path"]
+        for _sandbox, argv, _pid in server.exec_log
+        if argv and argv[0] == FS_TOOLS and "WriteFile" in argv[1]
+    ]
+
+
+def file_uploads(server: Any) -> list[str]:
+    """One entry per file written through the provider's file API."""
+    return file_writes(server)
+
+
+def relay_calls(server: Any) -> list[str]:
+    """The calls that carried the runner's stdin."""
+    return [c for c in server.calls if c == "TaskExecStdinWrite"]
+
+
+def inband_bytes(server: Any) -> int:
+    """The longest command line any exec carried (a context must never travel that way)."""
+    return max(len("".join(argv)) for _sandbox, argv, _pid in server.exec_log)

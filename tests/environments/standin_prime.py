@@ -35,6 +35,10 @@ def _skip_reason() -> str | None:
 SKIP_REASON: str | None = _skip_reason()
 
 
+#: what running the live variant of the suites takes (said when it is skipped)
+LIVE_REQUIREMENT = "RLM_LIVE_PRIME=1 and PRIME_API_KEY"
+
+
 def live_requested() -> bool:
     """True when the suite should run against the real Prime platform."""
     return os.environ.get("RLM_LIVE_PRIME") == "1" and bool(os.environ.get("PRIME_API_KEY"))
@@ -89,3 +93,24 @@ def standin() -> Iterator[dict[str, Any]]:
         return
     with running_standin() as (_server, kwargs):
         yield kwargs
+
+
+# ---- the call log, as the shared cloud suite (test_cloud_contract.py) reads it ---------------
+
+
+def sandbox_creates(server: Any) -> int:
+    return server.calls.count("POST /api/v1/sandbox")
+
+
+def sandbox_deletes(server: Any) -> int:
+    return len([c for c in server.calls if c.startswith("DELETE /api/v1/sandbox/")])
+
+
+def file_uploads(server: Any) -> list[str]:
+    """One entry per file written through the provider's file API."""
+    return [c for c in server.calls if c == "POST gateway:/upload"]
+
+
+def relay_calls(server: Any) -> list[str]:
+    """The calls that carried the runner's stdin (the relay's frames)."""
+    return [c for c in server.calls if c.startswith("POST gateway:") and c.endswith("/SendInput")]

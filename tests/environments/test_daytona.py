@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from standin_daytona import SKIP_REASON, live_kwargs, live_requested, running_standin
-from test_e2e import depth_script
+from standin_daytona import SKIP_REASON, running_standin
 
 from rlm.broker.loop import run_sync
-from rlm.errors import ConfigurationError, LMAuthenticationError, SandboxStartError
-from rlm.testing import Reply
+from rlm.errors import ConfigurationError, SandboxStartError
 
 pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=f"daytona: {SKIP_REASON}")
 
@@ -49,24 +46,6 @@ def make_env(broker: Any, handler: Any, kwargs: dict[str, Any], **extra: Any) ->
     env = DaytonaEnvironment(broker=broker, handler=handler, label="test", **{**kwargs, **extra})
     run_sync(env.start())
     return env
-
-
-def test_depth_two_rlm_query_runs_each_level_in_its_own_sandbox(daytona, lm_server, make_rlm):
-    server, kwargs = daytona
-    lm_server.set_script(depth_script())
-    rlm = make_rlm(max_depth=3, environment="daytona", environment_kwargs=kwargs)
-    result = rlm.completion("ROOT DATA", root_prompt="go")
-    assert result.response == "root got: child got: grand got: leaf answe"
-    assert result.usage_summary.total_calls == 7 == lm_server.usage_total()["calls"]
-    # Root, child and grandchild each had a sandbox of their own, all deleted by now.
-    assert len(calls(server, r"POST /api/sandbox")) == 3
-    assert len(calls(server, r"DELETE /api/sandbox/[^/]+")) == 3
-    assert server.live_sandboxes() == [] and server.live_pids() == []
-    # The runner went in through the file API and talked through a session command.
-    assert calls(server, r"POST /toolbox/[^/]+/files/bulk-upload")
-    assert calls(server, r"POST /toolbox/[^/]+/process/session/[^/]+/exec")
-    assert calls(server, r"GET /toolbox/[^/]+/process/session/[^/]+/command/[^/]+/logs")
-    assert calls(server, r"POST /toolbox/[^/]+/process/session/[^/]+/command/[^/]+/input")
 
 
 def test_default_image_installs_the_runner_dependencies_and_start_is_event_driven(broker, handler):
@@ -104,25 +83,6 @@ def test_create_request_is_locked_down_and_snapshot_is_used_as_given(daytona, br
         make_env(broker, handler, kwargs, snapshot="a", image="python:3.12")
 
 
-def test_50mb_context_goes_through_the_file_api(daytona, lm_server, make_rlm):
-    server, kwargs = daytona
-    size = 50 * 1024 * 1024
-    context = "x" * (size - 6) + "NEEDLE"
-    lm_server.set_script(
-        [
-            '```repl\nanswer["content"] = f"{len(context)} {context[-6:]}"\nanswer["ready"] = True\n```'
-        ]
-    )
-    rlm = make_rlm(environment="daytona", environment_kwargs=kwargs)
-    started = time.perf_counter()
-    result = rlm.completion(context)
-    assert result.response == f"{size} NEEDLE"
-    assert time.perf_counter() - started < 60
-    uploads = calls(server, r"POST /toolbox/[^/]+/files/bulk-upload")
-    assert len(uploads) == 2, uploads  # the runner zipapp and the context file
-    assert server.input_bytes < 1024 * 1024, "the context must not travel over stdin"
-
-
 def test_runaway_cell_interrupted_then_a_stubborn_one_killed_by_deleting_its_session(
     daytona, broker, handler
 ):
@@ -145,16 +105,6 @@ def test_runaway_cell_interrupted_then_a_stubborn_one_killed_by_deleting_its_ses
         assert run_sync(env.execute("print('back')")).stdout == "back\n"
     finally:
         run_sync(env.aclose())
-    assert server.live_sandboxes() == [] and server.live_pids() == []
-
-
-def test_sandbox_deleted_when_the_completion_raises(daytona, lm_server, make_rlm):
-    server, kwargs = daytona
-    lm_server.set_script(['```repl\nx = 1\nprint("running")\n```', Reply("nope", status=401)])
-    rlm = make_rlm(environment="daytona", environment_kwargs=kwargs)
-    with pytest.raises(LMAuthenticationError):
-        rlm.completion("data")
-    assert len(calls(server, r"POST /api/sandbox")) == 1
     assert server.live_sandboxes() == [] and server.live_pids() == []
 
 
@@ -246,14 +196,3 @@ def test_missing_sdk_names_the_extra(monkeypatch, broker, handler):
     monkeypatch.setitem(sys.modules, "daytona", None)
     with pytest.raises(ConfigurationError, match=r"pip install 'rlm\[daytona\]'"):
         make_env(broker, handler, {"api_key": "k"})
-
-
-@pytest.mark.live
-@pytest.mark.skipif(
-    not live_requested(), reason="live Daytona test: set RLM_LIVE_DAYTONA=1 and DAYTONA_API_KEY"
-)
-def test_live_depth_one_completion_on_daytona(lm_server, make_rlm):
-    lm_server.set_script(depth_script())
-    rlm = make_rlm(max_depth=2, environment="daytona", environment_kwargs=live_kwargs())
-    result = rlm.completion("ROOT DATA", root_prompt="go")
-    assert result.response == "root got: child got: leaf answer"

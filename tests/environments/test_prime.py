@@ -15,12 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from standin_prime import SKIP_REASON, live_kwargs, live_requested, running_standin
-from test_e2e import depth_script
+from standin_prime import SKIP_REASON, running_standin
 
 from rlm.broker.loop import run_sync
-from rlm.errors import ConfigurationError, LMAuthenticationError, SandboxStartError
-from rlm.testing import Reply
+from rlm.errors import ConfigurationError, SandboxStartError
 
 pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=f"prime: {SKIP_REASON}")
 
@@ -42,36 +40,6 @@ def make_env(broker: Any, handler: Any, kwargs: dict[str, Any], **extra: Any) ->
     env = PrimeEnvironment(broker=broker, handler=handler, label="test", **{**kwargs, **extra})
     run_sync(env.start())
     return env
-
-
-def test_depth_two_rlm_query_runs_each_level_in_its_own_sandbox(prime, lm_server, make_rlm):
-    server, kwargs = prime
-    lm_server.set_script(depth_script())
-    rlm = make_rlm(max_depth=3, environment="prime", environment_kwargs=kwargs)
-    result = rlm.completion("ROOT DATA", root_prompt="go")
-    assert result.response == "root got: child got: grand got: leaf answe"
-    assert result.usage_summary.total_calls == 7 == lm_server.usage_total()["calls"]
-    # Root, child and grandchild each had a sandbox of their own, all deleted by now.
-    assert server.calls.count("POST /api/v1/sandbox") == 3
-    assert len([c for c in server.calls if c.startswith("DELETE /api/v1/sandbox/")]) == 3
-    assert server.live_sandboxes() == [] and server.live_pids() == []
-    # The runner went in through the file API and talked through Start/SendInput.
-    assert gateway_calls(server, "/upload") and gateway_calls(server, "/SendInput")
-
-
-def test_50mb_context_goes_through_the_file_api(prime, lm_server, make_rlm):
-    server, kwargs = prime
-    context = "x" * (50 * 1024 * 1024 - 6) + "NEEDLE"
-    lm_server.set_script(
-        [
-            '```repl\nanswer["content"] = f"{len(context)} {context[-6:]}"\nanswer["ready"] = True\n```'
-        ]
-    )
-    rlm = make_rlm(environment="prime", environment_kwargs=kwargs)
-    result = rlm.completion(context)
-    assert result.response == f"{50 * 1024 * 1024} NEEDLE"
-    uploads = gateway_calls(server, "/upload")
-    assert len(uploads) == 2, uploads  # the runner zipapp and the context file
 
 
 def test_runaway_cell_interrupted_then_a_stubborn_one_killed_through_send_signal(
@@ -96,16 +64,6 @@ def test_runaway_cell_interrupted_then_a_stubborn_one_killed_through_send_signal
         assert run_sync(env.execute("print('back')")).stdout == "back\n"
     finally:
         run_sync(env.aclose())
-    assert server.live_sandboxes() == [] and server.live_pids() == []
-
-
-def test_sandbox_deleted_when_the_completion_raises(prime, lm_server, make_rlm):
-    server, kwargs = prime
-    lm_server.set_script(['```repl\nx = 1\nprint("running")\n```', Reply("nope", status=401)])
-    rlm = make_rlm(environment="prime", environment_kwargs=kwargs)
-    with pytest.raises(LMAuthenticationError):
-        rlm.completion("data")
-    assert server.calls.count("POST /api/v1/sandbox") == 1
     assert server.live_sandboxes() == [] and server.live_pids() == []
 
 
@@ -187,14 +145,3 @@ def test_missing_sdk_names_the_extra(monkeypatch, broker, handler):
     monkeypatch.setitem(sys.modules, "prime_sandboxes", None)
     with pytest.raises(ConfigurationError, match=r"pip install 'rlm\[prime\]'"):
         make_env(broker, handler, {"api_key": "k"})
-
-
-@pytest.mark.live
-@pytest.mark.skipif(
-    not live_requested(), reason="live Prime test: set RLM_LIVE_PRIME=1 and PRIME_API_KEY"
-)
-def test_live_depth_one_completion_on_prime(lm_server, make_rlm):
-    lm_server.set_script(depth_script())
-    rlm = make_rlm(max_depth=2, environment="prime", environment_kwargs=live_kwargs())
-    result = rlm.completion("ROOT DATA", root_prompt="go")
-    assert result.response == "root got: child got: leaf answer"

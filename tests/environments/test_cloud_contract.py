@@ -1,0 +1,101 @@
+"""Whole completions on every cloud adapter, checked against its stand-in's call log.
+
+Each provider's fixture module (``standin_<name>.py``) says how to read its stand-in's log:
+``sandbox_creates``, ``sandbox_deletes``, ``file_uploads`` and ``relay_calls``, and, where the
+stand-in can tell, ``inband_bytes`` (what travelled over stdin or command lines). Provider-specific
+behaviour (request fields, kill mechanics, credentials) stays in ``test_<name>.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+from conftest import CLOUD_PROVIDERS, cloud_fixture
+from test_e2e import depth_script
+
+from rlm.errors import LMAuthenticationError
+from rlm.testing import Reply
+
+CONTEXT_BYTES = 50 * 1024 * 1024
+
+
+def _module(name: str) -> ModuleType:
+    module = cloud_fixture(name)
+    if module is None:
+        pytest.skip(f"{name}: no stand-in fixture")
+    if module.SKIP_REASON:
+        pytest.skip(f"{name}: {module.SKIP_REASON}")
+    return module
+
+
+@pytest.fixture(params=CLOUD_PROVIDERS)
+def cloud(request: pytest.FixtureRequest) -> Iterator[tuple[str, ModuleType, Any, dict[str, Any]]]:
+    """(provider name, its fixture module, the running stand-in, the environment_kwargs)."""
+    module = _module(request.param)
+    with module.running_standin() as (server, kwargs):
+        yield request.param, module, server, kwargs
+
+
+def assert_all_gone(server: Any) -> None:
+    assert server.live_sandboxes() == [], "sandboxes left running"
+    assert server.live_pids() == [], "sandbox processes left running"
+
+
+def test_depth_two_rlm_query_runs_each_level_in_its_own_sandbox(cloud, lm_server, make_rlm):
+    name, log, server, kwargs = cloud
+    lm_server.set_script(depth_script())
+    rlm = make_rlm(max_depth=3, environment=name, environment_kwargs=kwargs)
+    result = rlm.completion("ROOT DATA", root_prompt="go")
+    assert result.response == "root got: child got: grand got: leaf answe"
+    assert result.usage_summary.total_calls == 7 == lm_server.usage_total()["calls"]
+    # Root, child and grandchild each had a sandbox of their own, all removed by now.
+    assert log.sandbox_creates(server) == 3
+    assert log.sandbox_deletes(server) == 3
+    assert_all_gone(server)
+    # Each runner went in through the file API; the relay rode the exec's stdin.
+    assert len(log.file_uploads(server)) == 3
+    assert log.relay_calls(server)
+
+
+def test_50mb_context_goes_through_the_file_api(cloud, lm_server, make_rlm):
+    name, log, server, kwargs = cloud
+    context = "x" * (CONTEXT_BYTES - 6) + "NEEDLE"
+    lm_server.set_script(
+        [
+            '```repl\nanswer["content"] = f"{len(context)} {context[-6:]}"\nanswer["ready"] = True\n```'
+        ]
+    )
+    rlm = make_rlm(environment=name, environment_kwargs=kwargs)
+    result = rlm.completion(context)
+    assert result.response == f"{CONTEXT_BYTES} NEEDLE"
+    uploads = log.file_uploads(server)
+    assert len(uploads) == 2, uploads  # the runner zipapp and the context file
+    if hasattr(log, "inband_bytes"):
+        assert log.inband_bytes(server) < 1024 * 1024, "the context travelled in band"
+
+
+def test_sandbox_removed_when_the_completion_raises(cloud, lm_server, make_rlm):
+    name, log, server, kwargs = cloud
+    lm_server.set_script(['```repl\nx = 1\nprint("running")\n```', Reply("nope", status=401)])
+    rlm = make_rlm(environment=name, environment_kwargs=kwargs)
+    with pytest.raises(LMAuthenticationError):
+        rlm.completion("data")
+    assert log.sandbox_creates(server) == 1
+    assert log.sandbox_deletes(server) == 1
+    assert_all_gone(server)
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("name", CLOUD_PROVIDERS)
+def test_live_depth_one_completion(name, lm_server, make_rlm):
+    """Against the real provider: runs only with RLM_LIVE_<NAME>=1 and its credentials."""
+    module = _module(name)
+    if not module.live_requested():
+        pytest.skip(f"live {name} test: set {module.LIVE_REQUIREMENT}")
+    lm_server.set_script(depth_script())
+    rlm = make_rlm(max_depth=2, environment=name, environment_kwargs=module.live_kwargs())
+    result = rlm.completion("ROOT DATA", root_prompt="go")
+    assert result.response == "root got: child got: leaf answer"

@@ -3,8 +3,9 @@
 Every adapter runs the same tests: add its name to ``ENVIRONMENTS`` (and a skip condition when it
 needs something this machine may lack). A cloud adapter also needs ``standin_<name>.py``: how to
 start its stand-in (``running_standin``/``standin``), how to read the stand-in's call log
-(``sandbox_creates``, ``sandbox_deletes``, ``file_uploads``, ``relay_calls``, optionally
-``inband_bytes``) and the live switch (``live_requested``, ``live_kwargs``, ``LIVE_REQUIREMENT``).
+(``sandbox_creates``, ``sandbox_deletes``, ``file_uploads``, ``relay_calls``, ``runner_pids``,
+``kill_calls``, optionally ``inband_bytes``) and the live switch (``live_requested``,
+``live_kwargs``, ``LIVE_REQUIREMENT``).
 """
 
 from __future__ import annotations

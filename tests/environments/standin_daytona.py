@@ -113,3 +113,12 @@ def relay_calls(server: Any) -> list[str]:
 def inband_bytes(server: Any) -> int:
     """All bytes written to session commands' stdin (a context must never travel that way)."""
     return server.input_bytes
+
+
+def runner_pids(server: Any) -> list[int]:
+    return server.runner_pids()
+
+
+def kill_calls(server: Any) -> list[str]:
+    """Daytona kills a session command by deleting its session."""
+    return _matching(server, r"DELETE /toolbox/[^/]+/process/session/[^/]+")

@@ -113,3 +113,11 @@ def file_uploads(server: Any) -> list[str]:
 def relay_calls(server: Any) -> list[str]:
     """The calls that carried the runner's stdin (one StreamInput per runner)."""
     return [c for c in server.calls if c.startswith("envd ") and c.endswith("/StreamInput")]
+
+
+def runner_pids(server: Any) -> list[int]:
+    return server.live_pids()
+
+
+def kill_calls(server: Any) -> list[str]:
+    return [c for c in server.calls if c.startswith("envd ") and c.endswith("/SendSignal")]

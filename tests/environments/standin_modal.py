@@ -151,3 +151,12 @@ def relay_calls(server: Any) -> list[str]:
 def inband_bytes(server: Any) -> int:
     """The longest command line any exec carried (a context must never travel that way)."""
     return max(len("".join(argv)) for _sandbox, argv, _pid in server.exec_log)
+
+
+def runner_pids(server: Any) -> list[int]:
+    return server.live_pids()
+
+
+def kill_calls(server: Any) -> list[str]:
+    """Modal has no exec-kill call: a second exec kills the runner's process group."""
+    return [" ".join(argv) for _s, argv, _p in server.exec_log if "os.killpg" in " ".join(argv)]

@@ -114,3 +114,11 @@ def file_uploads(server: Any) -> list[str]:
 def relay_calls(server: Any) -> list[str]:
     """The calls that carried the runner's stdin (the relay's frames)."""
     return [c for c in server.calls if c.startswith("POST gateway:") and c.endswith("/SendInput")]
+
+
+def runner_pids(server: Any) -> list[int]:
+    return server.live_pids()
+
+
+def kill_calls(server: Any) -> list[str]:
+    return [c for c in server.calls if c.startswith("POST gateway:") and c.endswith("/SendSignal")]

@@ -1,7 +1,8 @@
 """Whole completions on every cloud adapter, checked against its stand-in's call log.
 
 Each provider's fixture module (``standin_<name>.py``) says how to read its stand-in's log:
-``sandbox_creates``, ``sandbox_deletes``, ``file_uploads`` and ``relay_calls``, and, where the
+``sandbox_creates``, ``sandbox_deletes``, ``file_uploads``, ``relay_calls``, ``runner_pids`` and
+``kill_calls``, and, where the
 stand-in can tell, ``inband_bytes`` (what travelled over stdin or command lines). Provider-specific
 behaviour (request fields, kill mechanics, credentials) stays in ``test_<name>.py``.
 """
@@ -16,8 +17,11 @@ import pytest
 from conftest import CLOUD_PROVIDERS, cloud_fixture
 from test_e2e import depth_script
 
+from rlm.broker.loop import run_sync
+from rlm.environments import environment_class
 from rlm.errors import LMAuthenticationError
 from rlm.testing import Reply
+from rlm.testing.leaks import alive
 
 CONTEXT_BYTES = 50 * 1024 * 1024
 
@@ -85,6 +89,30 @@ def test_sandbox_removed_when_the_completion_raises(cloud, lm_server, make_rlm):
         rlm.completion("data")
     assert log.sandbox_creates(server) == 1
     assert log.sandbox_deletes(server) == 1
+    assert_all_gone(server)
+
+
+def test_runaway_cell_interrupted_then_a_stubborn_one_killed(cloud, broker, handler):
+    name, log, server, kwargs = cloud
+    env = environment_class(name)(broker=broker, handler=handler, label="test", **kwargs)
+    run_sync(env.start())
+    try:
+        (runner,) = log.runner_pids(server)
+        run_sync(env.execute("kept = 1"))
+        result = run_sync(env.execute("while True: pass", timeout=1.0))
+        assert result.interrupted and not result.restarted
+        assert log.runner_pids(server) == [runner], "an interrupt must not restart the runner"
+        assert run_sync(env.execute("print(kept)")).stdout == "1\n"
+
+        code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass"
+        result = run_sync(env.execute(code, timeout=1.0))
+        assert result.restarted
+        assert log.kill_calls(server), "the stubborn runner is killed through the provider's API"
+        (new_runner,) = log.runner_pids(server)
+        assert new_runner != runner and not alive(runner)
+        assert run_sync(env.execute("print('back')")).stdout == "back\n"
+    finally:
+        run_sync(env.aclose())
     assert_all_gone(server)
 
 

@@ -90,31 +90,6 @@ def test_image_kwarg_replaces_the_default_image(modal_standin, broker, handler):
         run_sync(env.aclose())
 
 
-def test_runaway_cell_interrupted_then_a_stubborn_one_killed(modal_standin, broker, handler):
-    server, kwargs = modal_standin
-    env = make_env(broker, handler, kwargs)
-    try:
-        (runner,) = server.live_pids()
-        run_sync(env.execute("kept = 1"))
-        result = run_sync(env.execute("while True: pass", timeout=1.0))
-        assert result.interrupted and not result.restarted
-        assert server.live_pids() == [runner], "an interrupt must not restart the runner"
-        assert run_sync(env.execute("print(kept)")).stdout == "1\n"
-
-        code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass"
-        result = run_sync(env.execute(code, timeout=1.0))
-        assert result.restarted
-        # Modal has no exec-kill call: a second exec kills the runner's process group.
-        killers = [argv for _s, argv, _p in server.exec_log if "os.killpg" in " ".join(argv)]
-        assert killers and killers[0][-1].endswith("runner-1.pid")
-        (new_runner,) = server.live_pids()
-        assert new_runner != runner and not os.path.exists(f"/proc/{runner}/cmdline")
-        assert run_sync(env.execute("print('back')")).stdout == "back\n"
-    finally:
-        run_sync(env.aclose())
-    assert_all_gone(server)
-
-
 def test_sandbox_never_holds_the_modal_token_or_the_broker_token(
     modal_standin, broker, handler, monkeypatch
 ):

@@ -7,7 +7,6 @@ tests/environments -k prime``. The live test at the end needs ``RLM_LIVE_PRIME=1
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -30,41 +29,12 @@ def prime() -> Iterator[tuple[Any, dict[str, Any]]]:
         yield server, kwargs
 
 
-def gateway_calls(server: Any, method: str) -> list[str]:
-    return [c for c in server.calls if c.startswith("POST gateway:") and c.endswith(method)]
-
-
 def make_env(broker: Any, handler: Any, kwargs: dict[str, Any], **extra: Any) -> Any:
     from rlm.environments.prime import PrimeEnvironment
 
     env = PrimeEnvironment(broker=broker, handler=handler, label="test", **{**kwargs, **extra})
     run_sync(env.start())
     return env
-
-
-def test_runaway_cell_interrupted_then_a_stubborn_one_killed_through_send_signal(
-    prime, broker, handler
-):
-    server, kwargs = prime
-    env = make_env(broker, handler, kwargs)
-    try:
-        (runner,) = server.live_pids()
-        run_sync(env.execute("kept = 1"))
-        result = run_sync(env.execute("while True: pass", timeout=1.0))
-        assert result.interrupted and not result.restarted
-        assert server.live_pids() == [runner], "an interrupt must not restart the runner"
-        assert run_sync(env.execute("print(kept)")).stdout == "1\n"
-
-        code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass"
-        result = run_sync(env.execute(code, timeout=1.0))
-        assert result.restarted
-        assert gateway_calls(server, "/SendSignal"), "the old runner is killed via SendSignal"
-        (new_runner,) = server.live_pids()
-        assert new_runner != runner and not os.path.exists(f"/proc/{runner}/cmdline")
-        assert run_sync(env.execute("print('back')")).stdout == "back\n"
-    finally:
-        run_sync(env.aclose())
-    assert server.live_sandboxes() == [] and server.live_pids() == []
 
 
 def test_failed_setup_deletes_the_sandbox_and_says_what_to_do(prime, broker, handler):

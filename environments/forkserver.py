@@ -147,12 +147,12 @@ class ForkServer:
         stdout = self._process.stdout
         try:
             while line := await stdout.readline():
-                kind, *fields = line.split()
-                if kind == b"P" and self._pending:
+                kind, *fields = line.split() or [b""]
+                if kind == b"P" and fields and self._pending:
                     future = self._pending.popleft()
                     if not future.done():
                         future.set_result(int(fields[0]))
-                elif kind == b"X":
+                elif kind == b"X" and len(fields) == 2:
                     pid, code = int(fields[0]), int(fields[1])
                     child = self._children.pop(pid, None)
                     if child is not None:

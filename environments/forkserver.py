@@ -1,9 +1,11 @@
 """The host side of the local environment's fork server (see ``runner/forkserver.py``).
 
 A fresh interpreter that imports grpc costs about 130 ms of CPU; a fork of one that already has
-costs a few. One server per RLM tree (a broker resource, like the warm pool) and per interpreter
-and environment; a depth-2 fan-out of 16 children then starts its 16 runners at once instead of
-queueing 16 interpreter start-ups on the machine's cores.
+costs a few. One server per host process, interpreter and runner environment
+(:func:`shared_fork_server`), shared by every RLM tree of the process (a server holds no session
+state: each runner gets its session from its own bootstrap); a depth-2 fan-out of 16 children
+then starts its 16 runners at once instead of queueing 16 interpreter start-ups. The server is
+closed at interpreter exit, and dies with the host process in any case.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import socket
 import tempfile
 from collections.abc import Mapping
 
+from rlm.broker import cleanup
 from rlm.errors import SandboxStartError
 
 from .base import RunnerProcess
@@ -95,11 +98,12 @@ class ForkedRunnerProcess(RunnerProcess):
 class ForkServer:
     """One fork-server process and the runners it forked."""
 
-    close_order = 20  # after the warm pools, whose runners it may have forked
+    close_order = 150  # at exit: after the sandboxes and brokers that use it
 
     def __init__(self, python: str, env: Mapping[str, str]) -> None:
         self.python = python
         self.env = dict(env)
+        self._key = _key(python, env)
         self._process: asyncio.subprocess.Process | None = None
         self._socket: socket.socket | None = None
         self._pending: collections.deque[asyncio.Future[int]] = collections.deque()
@@ -233,9 +237,16 @@ class ForkServer:
         self._reader = None
         self._early_exits.clear()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def aclose(self) -> None:
         """Kills the server and every runner it forked."""
         self._closed = True
+        cleanup.untrack(self)
+        if _servers.get(self._key) is self:
+            del _servers[self._key]
         async with self._lock:
             for child in list(self._children.values()):
                 await child.kill()
@@ -254,3 +265,20 @@ class ForkServer:
             if self._reader is not None:
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(self._reader, 1)
+
+
+_servers: dict[tuple[object, ...], ForkServer] = {}
+
+
+def _key(python: str, env: Mapping[str, str]) -> tuple[object, ...]:
+    return (python, tuple(sorted(env.items())))
+
+
+def shared_fork_server(python: str, env: Mapping[str, str]) -> ForkServer:
+    """This process's fork server for ``python`` with the runner environment ``env`` (started on
+    its first ``spawn``)."""
+    server = _servers.get(_key(python, env))
+    if server is None or server.closed:
+        server = _servers[_key(python, env)] = ForkServer(python, env)
+        cleanup.track(server)
+    return server

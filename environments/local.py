@@ -2,7 +2,7 @@
 
 Isolation here is a process boundary, not a container: the runner gets an environment built from
 an allow-list (no API keys), its own temporary working directory, rlimits on memory and file size,
-and a host-side timeout per cell. Runners are forked from a per-tree fork server
+and a host-side timeout per cell. Runners are forked from a per-process fork server
 (:mod:`rlm.environments.forkserver`) that has already paid the interpreter's start-up. For
 untrusted code on a shared machine use ``docker``.
 """
@@ -22,7 +22,7 @@ from typing import Any
 from rlm.errors import SandboxStartError
 
 from .base import RunnerProcess, SandboxEnvironment
-from .forkserver import ForkServer
+from .forkserver import shared_fork_server
 from .runner.bundle import runner_bundle_path
 
 #: Host variables the runner may see. Everything else (API keys, tokens, cloud credentials) stays out.
@@ -79,8 +79,9 @@ class LocalEnvironment(SandboxEnvironment):
     Keyword arguments (``environment_kwargs``): ``python`` (interpreter, default this one),
     ``workdir`` (default a fresh temporary directory, removed on close), ``env`` (extra variables
     for the runner, added explicitly), ``fork_server`` (default True where ``os.fork`` exists:
-    runners are forked from a process that has already imported their dependencies, a few ms
-    each instead of a fresh interpreter's ~130 ms; False starts each runner from scratch), plus
+    runners are forked from one process per host process that has already imported their
+    dependencies, a few ms each instead of a fresh interpreter's ~130 ms; False starts each
+    runner from scratch), plus
     the shared ones: ``cell_timeout``, ``memory_mb``,
     ``max_output_chars``, ``max_file_mb``, ``startup_timeout``, ``pool_size`` (runners started
     ahead of time for the tree's sessions and children) and ``pool_idle_timeout``.
@@ -135,11 +136,7 @@ class LocalEnvironment(SandboxEnvironment):
 
     async def _spawn_runner(self) -> RunnerProcess:
         if self.fork_server:
-            server: ForkServer = self.broker.resource(
-                ("fork-server", *self.pool_key()),
-                lambda: ForkServer(self.python, self._runner_env()),
-            )
-            return await server.spawn()
+            return await shared_fork_server(self.python, self._runner_env()).spawn()
         try:
             process = await asyncio.create_subprocess_exec(
                 self.python,

@@ -1,5 +1,5 @@
 """The local environment's fork server: forked runners are as isolated as freshly started ones,
-and the server never outlives its tree or its host."""
+one server serves the whole process, and it never outlives the host."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ PROBE = (
 
 @pytest.fixture
 def tree():
-    """A broker of its own (the fork server is one of its resources) and a way to start
-    local environments on it; everything is closed after the test."""
+    """A broker of its own and a way to start local environments on it; everything is closed
+    after the test (the process's fork server stays, as it does for users)."""
     broker = BrokerServer()
     run_sync(broker.start())
     made: list[LocalEnvironment] = []
@@ -63,10 +63,10 @@ def wait_until(condition, seconds: float = 5.0) -> bool:
 def test_forked_runners_are_separate_sessions_with_their_own_limits_and_state(tree):
     _broker, start = tree
     first, second = start(memory_mb=512), start(memory_mb=768)
-    (server,) = fork_server_pids(os.getpid())
     pid1, sid1, parent1, cwd1, mem1 = probe(first)
     pid2, sid2, parent2, cwd2, mem2 = probe(second)
-    assert pid1 != pid2 and parent1 == parent2 == server
+    assert pid1 != pid2 and parent1 == parent2
+    assert parent1 in fork_server_pids(os.getpid()), "forked by this process's fork server"
     assert (sid1, sid2) == (pid1, pid2), "each runner leads a session of its own"
     assert cwd1 == first.workdir and cwd2 == second.workdir and cwd1 != cwd2
     assert (mem1, mem2) == (512 * 2**20, 768 * 2**20)
@@ -74,31 +74,39 @@ def test_forked_runners_are_separate_sessions_with_their_own_limits_and_state(tr
     assert run_sync(second.execute("print('secret' in globals())")).stdout == "False\n"
 
 
-def test_closing_the_tree_stops_the_fork_server_and_its_runners(tree):
-    broker, start = tree
-    env = start()
-    (runner,) = runner_pids(os.getpid())
-    (server,) = fork_server_pids(os.getpid())
-    run_sync(env.aclose())
+def test_one_fork_server_serves_every_tree_of_the_process(tree):
+    _broker, start = tree
+    first = start()
+    server = probe(first)[2]
+    other = BrokerServer()
+    run_sync(other.start())
+    try:
+        env = LocalEnvironment(broker=other, handler=RecordingHandler())
+        run_sync(env.start())
+        try:
+            assert probe(env)[2] == server
+        finally:
+            run_sync(env.aclose())
+    finally:
+        run_sync(other.aclose())
+    assert alive(server), "closing a tree leaves the process's server running"
+    runner = probe(first)[0]
+    run_sync(first.aclose())
     assert wait_until(lambda: not alive(runner))
-    assert alive(server), "the server serves the tree, not one environment"
-    run_sync(broker.aclose())
-    assert wait_until(lambda: not alive(server))
 
 
 def test_a_killed_fork_server_takes_its_runners_and_is_replaced(tree):
     _broker, start = tree
     env = start()
     run_sync(env.execute("kept = 1"))
-    (server,) = fork_server_pids(os.getpid())
-    (runner,) = runner_pids(os.getpid())
+    runner, _sid, server, _cwd, _mem = probe(env)
     os.kill(server, signal.SIGKILL)
     assert wait_until(lambda: not alive(runner)), "the runner must die with its server"
     result = run_sync(env.execute("print('kept' in globals())"))
     assert result.restarted, result
     assert run_sync(env.execute("print('back')")).stdout == "back\n"
-    (new_server,) = fork_server_pids(os.getpid())
-    assert new_server != server
+    new_server = probe(env)[2]
+    assert new_server != server and new_server in fork_server_pids(os.getpid())
     assert probe(start())[2] == new_server
 
 
@@ -106,7 +114,6 @@ def test_fork_server_off_starts_each_runner_from_scratch(tree):
     _broker, start = tree
     env = start(fork_server=False)
     assert probe(env)[2] == os.getpid()
-    assert fork_server_pids(os.getpid()) == []
 
 
 HOST = """
@@ -122,13 +129,17 @@ run_sync(broker.start())
 env = LocalEnvironment(broker=broker, handler=RecordingHandler())
 run_sync(env.start())
 print("ready", flush=True)
-time.sleep(120)
+sys.stdin.readline()  # the test says how this host ends
 """
 
 
-def test_a_killed_host_takes_the_fork_server_and_runners_with_it():
+@pytest.mark.parametrize("ending", ["exit", "sigkill"])
+def test_the_fork_server_and_its_runners_end_with_the_host(ending):
+    """At a normal exit the host closes what nobody closed; a SIGKILLed host runs no code at all,
+    and the kernel (PDEATHSIG) takes the server, then the server's runners."""
     host = subprocess.Popen(
         [sys.executable, "-c", HOST.format(here=os.path.dirname(__file__))],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -136,8 +147,11 @@ def test_a_killed_host_takes_the_fork_server_and_runners_with_it():
         assert host.stdout is not None and host.stdout.readline() == "ready\n"
         servers, runners = fork_server_pids(host.pid), runner_pids(host.pid)
         assert len(servers) == 1 and len(runners) == 1
-        host.kill()  # SIGKILL: no clean-up code runs in the host
-        host.wait()
+        if ending == "sigkill":
+            host.kill()
+        else:
+            host.communicate("\n", timeout=30)
+        host.wait(timeout=30)
         assert wait_until(lambda: not any(alive(pid) for pid in servers + runners))
     finally:
         if host.poll() is None:

@@ -1,11 +1,11 @@
 """Fixtures for the shared environment contract suite.
 
 Every adapter runs the same tests: add its name to ``ENVIRONMENTS`` (and a skip condition when it
-needs something this machine may lack). A cloud adapter also needs ``standin_<name>.py``: how to
-start its stand-in (``running_standin``/``standin``), how to read the stand-in's call log
-(``sandbox_creates``, ``sandbox_deletes``, ``file_uploads``, ``relay_calls``, ``runner_pids``,
-``kill_calls``, optionally ``inband_bytes``) and the live switch (``live_requested``,
-``live_kwargs``, ``LIVE_REQUIREMENT``).
+needs something this machine may lack). A cloud adapter also needs ``standin_<name>.py``:
+whether it can run here (``SKIP_REASON``), how to start its stand-in (``running_standin``), how
+to read the stand-in's call log (``sandbox_creates``, ``sandbox_deletes``, ``file_uploads``,
+``relay_calls``, ``runner_pids``, ``kill_calls``, optionally ``inband_bytes``) and the live
+switch (``live_requested``, ``live_kwargs``, ``LIVE_REQUIREMENT``).
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ ENVIRONMENTS = ["local", "docker", "stdio-relay", *CLOUD_PROVIDERS]
 
 
 def cloud_fixture(name: str):
-    """The provider's test fixture module: ``SKIP_REASON`` (None when usable here) and
-    ``standin()``, a context manager yielding the environment_kwargs to reach the stand-in."""
+    """The provider's test fixture module ``standin_<name>`` (see the module docstring), or None
+    when it has none."""
     import importlib
 
     try:
@@ -71,6 +71,16 @@ def cloud_fixture(name: str):
         if error.name == f"standin_{name}":
             return None
         raise
+
+
+def usable_cloud_fixture(name: str):
+    """The provider's fixture module; skips the test when it has none or cannot run here."""
+    module = cloud_fixture(name)
+    if module is None:
+        pytest.skip(f"{name}: no stand-in fixture yet")
+    if module.SKIP_REASON:
+        pytest.skip(f"{name}: {module.SKIP_REASON}")
+    return module
 
 
 def _test_adapter(name: str) -> type | None:
@@ -123,21 +133,22 @@ def env_name(request: pytest.FixtureRequest) -> str:
         if reason:
             pytest.skip(f"docker: {reason}")
     if request.param in CLOUD_PROVIDERS:
-        module = cloud_fixture(request.param)
-        if module is None:
-            pytest.skip(f"{request.param}: no stand-in fixture yet")
-        if module.SKIP_REASON:
-            pytest.skip(f"{request.param}: {module.SKIP_REASON}")
+        usable_cloud_fixture(request.param)
     return request.param
 
 
 @pytest.fixture
 def env_kwargs(env_name: str) -> Iterator[dict[str, Any]]:
-    """Provider-specific environment_kwargs (the stand-in's address, for cloud providers)."""
+    """Provider-specific environment_kwargs: for a cloud provider, those reaching its stand-in,
+    or the real provider when its live run is requested."""
     if env_name not in CLOUD_PROVIDERS:
         yield {}
         return
-    with cloud_fixture(env_name).standin() as kwargs:
+    module = cloud_fixture(env_name)
+    if module.live_requested():
+        yield module.live_kwargs()
+        return
+    with module.running_standin() as (_server, kwargs):
         yield kwargs
 
 

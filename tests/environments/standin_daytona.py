@@ -1,11 +1,11 @@
 """The Daytona fixture of the shared contract suite (loaded by ``cloud_fixture("daytona")``).
 
-``standin()`` starts :class:`rlm.testing.standins.daytona.DaytonaStandIn` and yields the
+``running_standin()`` starts :class:`rlm.testing.standins.daytona.DaytonaStandIn` and yields the
 environment_kwargs that point the real ``daytona`` SDK at it (its ``api_url`` and API key;
 ``python`` is this interpreter, which has grpcio and protobuf). ``daytona`` lives in the main
 virtualenv: ``python -m pytest tests/environments -k daytona``.
 
-Live run: with ``RLM_LIVE_DAYTONA=1`` and ``DAYTONA_API_KEY`` set, ``standin()`` yields kwargs
+Live run: with ``RLM_LIVE_DAYTONA=1`` and ``DAYTONA_API_KEY`` set, ``live_kwargs()`` gives kwargs
 for the real platform instead (``snapshot`` from ``RLM_DAYTONA_SNAPSHOT`` when set, else the
 adapter's default image, built by Daytona on first use), so the same suite runs against Daytona.
 """
@@ -18,6 +18,8 @@ import re
 import sys
 from collections.abc import Iterator
 from typing import Any
+
+from hermetic import hermetic_environ
 
 
 def _skip_reason() -> str | None:
@@ -47,42 +49,18 @@ def live_kwargs() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _hermetic_sdk_config() -> Iterator[None]:
-    """The SDK reads ``DAYTONA_*`` variables: hide the developer's, so that a stand-in run can
-    never reach (or bill) the real platform."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith("DAYTONA_")}
-    for name in saved:
-        del os.environ[name]
-    try:
-        yield
-    finally:
-        for name in [k for k in os.environ if k.startswith("DAYTONA_")]:
-            del os.environ[name]
-        os.environ.update(saved)
-
-
-@contextlib.contextmanager
 def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
     """A started stand-in (``options`` go to :class:`DaytonaStandIn`) and the environment_kwargs
     that reach it through the real SDK."""
     from rlm.testing.standins.daytona import DaytonaStandIn
 
-    with _hermetic_sdk_config(), DaytonaStandIn(**options) as server:
+    # The SDK reads DAYTONA_* variables: the developer's must not reach (or bill) the real platform.
+    with hermetic_environ("DAYTONA_"), DaytonaStandIn(**options) as server:
         kwargs = {"python": sys.executable, "api_url": server.api_url, "api_key": server.api_key}
         yield server, kwargs
         leftover = server.live_sandboxes()
         assert not leftover, f"Daytona sandboxes left running: {leftover}"
         assert not server.live_pids(), f"sandbox processes left running: {server.live_pids()}"
-
-
-@contextlib.contextmanager
-def standin() -> Iterator[dict[str, Any]]:
-    """The environment_kwargs for the contract suite: the stand-in, or Daytona when live."""
-    if live_requested():
-        yield live_kwargs()
-        return
-    with running_standin() as (_server, kwargs):
-        yield kwargs
 
 
 # ---- the call log, as the shared cloud suite (test_cloud_contract.py) reads it ---------------

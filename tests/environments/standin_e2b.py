@@ -1,12 +1,12 @@
 """The E2B fixture of the shared contract suite (loaded by ``cloud_fixture("e2b")``).
 
-``standin()`` starts :class:`rlm.testing.standins.e2b.E2BStandIn` and yields the environment_kwargs
+``running_standin()`` starts :class:`rlm.testing.standins.e2b.E2BStandIn` and yields the environment_kwargs
 that point the real ``e2b`` SDK at it (its control API as ``api_url``, its envd proxy as
 ``sandbox_url``, its API key; ``python`` is this interpreter, which has grpcio and protobuf).
 ``e2b`` cannot share a virtualenv with ``prime-sandboxes`` (connectrpc pins), so this runs in
 ``.venv-e2b`` (``.ci/sdk-venvs.sh``): ``.venv-e2b/bin/python -m pytest tests/environments -k e2b``.
 
-Live run: with ``RLM_LIVE_E2B=1`` and ``E2B_API_KEY`` set, ``standin()`` yields kwargs for E2B
+Live run: with ``RLM_LIVE_E2B=1`` and ``E2B_API_KEY`` set, ``live_kwargs()`` gives kwargs for E2B
 itself instead (template ``RLM_E2B_TEMPLATE``, default ``rlm-runner``: build it once with
 ``python -m rlm.environments.e2b build-template``), so the same suite runs against the real
 provider.
@@ -19,6 +19,8 @@ import os
 import sys
 from collections.abc import Iterator
 from typing import Any
+
+from hermetic import hermetic_environ
 
 
 def _skip_reason() -> str | None:
@@ -52,27 +54,13 @@ def live_kwargs() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _hermetic_sdk_config() -> Iterator[None]:
-    """The SDK reads ``E2B_*`` variables (``E2B_DEBUG`` would send it elsewhere): hide the
-    developer's for the stand-in's tests."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith("E2B_")}
-    for name in saved:
-        del os.environ[name]
-    try:
-        yield
-    finally:
-        for name in [k for k in os.environ if k.startswith("E2B_")]:
-            del os.environ[name]
-        os.environ.update(saved)
-
-
-@contextlib.contextmanager
 def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
     """A started stand-in (``options`` go to :class:`E2BStandIn`) and the environment_kwargs
     that reach it through the real SDK."""
     from rlm.testing.standins.e2b import E2BStandIn
 
-    with _hermetic_sdk_config(), E2BStandIn(**options) as server:
+    # The SDK reads E2B_* variables (E2B_DEBUG would send it elsewhere): hide the developer's.
+    with hermetic_environ("E2B_"), E2BStandIn(**options) as server:
         kwargs = {
             "python": sys.executable,
             "api_key": server.api_key,
@@ -82,16 +70,6 @@ def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
         yield server, kwargs
         leftover = server.live_sandboxes()
         assert not leftover, f"E2B sandboxes left running: {leftover}"
-
-
-@contextlib.contextmanager
-def standin() -> Iterator[dict[str, Any]]:
-    """The environment_kwargs for the contract suite: the stand-in, or E2B when live."""
-    if live_requested():
-        yield live_kwargs()
-        return
-    with running_standin() as (_server, kwargs):
-        yield kwargs
 
 
 # ---- the call log, as the shared cloud suite (test_cloud_contract.py) reads it ---------------

@@ -1,13 +1,13 @@
 """The Modal fixture of the shared contract suite (loaded by ``cloud_fixture("modal")``).
 
-``standin()`` starts :class:`rlm.testing.standins.modal.ModalStandIn`, points the real ``modal``
+``running_standin()`` starts :class:`rlm.testing.standins.modal.ModalStandIn`, points the real ``modal``
 SDK at it (``MODAL_SERVER_URL`` and a token pair the stand-in accepts, set in the environment for
 the duration, with ``HOME`` and ``MODAL_CONFIG_PATH`` pointing at an empty directory so that the
 developer's ``~/.modal.toml`` neither leaks in nor is touched) and yields the environment_kwargs:
 ``python`` is this interpreter (it has grpcio and protobuf), ``server_url`` the stand-in's.
 
 Live run: with ``RLM_LIVE_MODAL=1`` and Modal credentials (``MODAL_TOKEN_ID`` and
-``MODAL_TOKEN_SECRET``, or a profile from ``modal token new``), ``standin()`` yields kwargs for
+``MODAL_TOKEN_SECRET``, or a profile from ``modal token new``), ``live_kwargs()`` gives kwargs for
 the real Modal instead (the default image: Debian slim Python 3.12 with grpcio and protobuf), so
 the same suite runs against Modal itself: ``RLM_LIVE_MODAL=1 python -m pytest tests/environments
 -k modal``.
@@ -22,6 +22,8 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from typing import Any
+
+from hermetic import hermetic_environ
 
 #: the token pair handed to the SDK for the stand-in (any non-empty pair is accepted there)
 STANDIN_TOKEN_ID = "ak-standin"
@@ -65,30 +67,6 @@ def live_kwargs() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _hermetic_sdk_config(home: str, server_url: str) -> Iterator[None]:
-    """Only the stand-in's settings reach the SDK while it runs; the caller's come back after."""
-    names = ("HOME", "MODAL_CONFIG_PATH", "MODAL_PROFILE")
-    saved = {k: v for k, v in os.environ.items() if k in names or k.startswith("MODAL_")}
-    for name in saved:
-        del os.environ[name]
-    os.environ.update(
-        {
-            "HOME": home,
-            "MODAL_CONFIG_PATH": os.path.join(home, ".modal.toml"),
-            "MODAL_SERVER_URL": server_url,
-            "MODAL_TOKEN_ID": STANDIN_TOKEN_ID,
-            "MODAL_TOKEN_SECRET": STANDIN_TOKEN_SECRET,
-        }
-    )
-    try:
-        yield
-    finally:
-        for name in [k for k in os.environ if k in names or k.startswith("MODAL_")]:
-            del os.environ[name]
-        os.environ.update(saved)
-
-
-@contextlib.contextmanager
 def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
     """A started stand-in (``options`` go to :class:`ModalStandIn`) and the environment_kwargs
     that reach it through the real SDK; on the way out it checks that no sandbox was left
@@ -98,22 +76,23 @@ def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
     with (
         tempfile.TemporaryDirectory(prefix="modal-home-") as home,
         ModalStandIn(**options) as server,
-        _hermetic_sdk_config(home, server.server_url),
+        # Only the stand-in's settings reach the SDK while it runs.
+        hermetic_environ(
+            "MODAL_",
+            names=("HOME",),
+            values={
+                "HOME": home,
+                "MODAL_CONFIG_PATH": os.path.join(home, ".modal.toml"),
+                "MODAL_SERVER_URL": server.server_url,
+                "MODAL_TOKEN_ID": STANDIN_TOKEN_ID,
+                "MODAL_TOKEN_SECRET": STANDIN_TOKEN_SECRET,
+            },
+        ),
     ):
         kwargs = {"python": sys.executable, "server_url": server.server_url}
         yield server, kwargs
         leftover = server.live_sandboxes()
         assert not leftover, f"Modal sandboxes left running: {leftover}"
-
-
-@contextlib.contextmanager
-def standin() -> Iterator[dict[str, Any]]:
-    """The environment_kwargs for the contract suite: the stand-in, or Modal when live."""
-    if live_requested():
-        yield live_kwargs()
-        return
-    with running_standin() as (_server, kwargs):
-        yield kwargs
 
 
 # ---- the call log, as the shared cloud suite (test_cloud_contract.py) reads it ---------------

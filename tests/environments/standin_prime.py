@@ -1,12 +1,12 @@
 """The Prime fixture of the shared contract suite (loaded by ``cloud_fixture("prime")``).
 
-``standin()`` starts :class:`rlm.testing.standins.prime.PrimeStandIn` and yields the
+``running_standin()`` starts :class:`rlm.testing.standins.prime.PrimeStandIn` and yields the
 environment_kwargs that point the real ``prime-sandboxes`` SDK at it (its ``api_url`` and API key;
 ``python`` is this interpreter, which has grpcio and protobuf). ``prime-sandboxes`` cannot share
 a virtualenv with ``e2b`` (connectrpc pins), so this runs in ``.venv-prime`` (``.ci/sdk-venvs.sh``):
 ``.venv-prime/bin/python -m pytest tests/environments -k prime``.
 
-Live run: with ``RLM_LIVE_PRIME=1`` and ``PRIME_API_KEY`` set, ``standin()`` yields kwargs for the
+Live run: with ``RLM_LIVE_PRIME=1`` and ``PRIME_API_KEY`` set, ``live_kwargs()`` gives kwargs for the
 real platform instead (``docker_image`` from ``RLM_PRIME_IMAGE``, default ``python:3.12-slim``
 with grpcio/protobuf pip-installed on start), so the same suite runs against Prime itself.
 """
@@ -19,6 +19,8 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from typing import Any
+
+from hermetic import hermetic_environ
 
 
 def _skip_reason() -> str | None:
@@ -52,23 +54,6 @@ def live_kwargs() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _hermetic_sdk_config(home: str) -> Iterator[None]:
-    """The SDK reads ``~/.prime`` and ``PRIME_*`` variables and writes its gateway-token cache to
-    ``~/.prime``: point it at an empty home so that neither the developer's config leaks in nor
-    stand-in tokens leak out."""
-    saved = {k: v for k, v in os.environ.items() if k == "HOME" or k.startswith("PRIME_")}
-    for name in saved:
-        del os.environ[name]
-    os.environ["HOME"] = home
-    try:
-        yield
-    finally:
-        for name in [k for k in os.environ if k == "HOME" or k.startswith("PRIME_")]:
-            del os.environ[name]
-        os.environ.update(saved)
-
-
-@contextlib.contextmanager
 def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
     """A started stand-in (``options`` go to :class:`PrimeStandIn`) and the environment_kwargs
     that reach it through the real SDK."""
@@ -76,23 +61,15 @@ def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
 
     with (
         tempfile.TemporaryDirectory(prefix="prime-home-") as home,
-        _hermetic_sdk_config(home),
+        # The SDK reads ~/.prime and PRIME_* variables and caches gateway tokens in ~/.prime:
+        # an empty home keeps the developer's config out and the stand-in's tokens in.
+        hermetic_environ("PRIME_", names=("HOME",), values={"HOME": home}),
         PrimeStandIn(**options) as server,
     ):
         kwargs = {"python": sys.executable, "api_url": server.api_url, "api_key": server.api_key}
         yield server, kwargs
         leftover = server.live_sandboxes()
         assert not leftover, f"Prime sandboxes left running: {leftover}"
-
-
-@contextlib.contextmanager
-def standin() -> Iterator[dict[str, Any]]:
-    """The environment_kwargs for the contract suite: the stand-in, or Prime when live."""
-    if live_requested():
-        yield live_kwargs()
-        return
-    with running_standin() as (_server, kwargs):
-        yield kwargs
 
 
 # ---- the call log, as the shared cloud suite (test_cloud_contract.py) reads it ---------------

@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import CLOUD_PROVIDERS, cloud_fixture
+from conftest import CLOUD_PROVIDERS, usable_cloud_fixture
 from test_e2e import depth_script
 
 from rlm.broker.loop import run_sync
@@ -26,19 +26,10 @@ from rlm.testing.leaks import alive
 CONTEXT_BYTES = 50 * 1024 * 1024
 
 
-def _module(name: str) -> ModuleType:
-    module = cloud_fixture(name)
-    if module is None:
-        pytest.skip(f"{name}: no stand-in fixture")
-    if module.SKIP_REASON:
-        pytest.skip(f"{name}: {module.SKIP_REASON}")
-    return module
-
-
 @pytest.fixture(params=CLOUD_PROVIDERS)
 def cloud(request: pytest.FixtureRequest) -> Iterator[tuple[str, ModuleType, Any, dict[str, Any]]]:
     """(provider name, its fixture module, the running stand-in, the environment_kwargs)."""
-    module = _module(request.param)
+    module = usable_cloud_fixture(request.param)
     with module.running_standin() as (server, kwargs):
         yield request.param, module, server, kwargs
 
@@ -120,7 +111,7 @@ def test_runaway_cell_interrupted_then_a_stubborn_one_killed(cloud, broker, hand
 @pytest.mark.parametrize("name", CLOUD_PROVIDERS)
 def test_live_depth_one_completion(name, lm_server, make_rlm):
     """Against the real provider: runs only with RLM_LIVE_<NAME>=1 and its credentials."""
-    module = _module(name)
+    module = usable_cloud_fixture(name)
     if not module.live_requested():
         pytest.skip(f"live {name} test: set {module.LIVE_REQUIREMENT}")
     lm_server.set_script(depth_script())

@@ -231,7 +231,7 @@ class BrokerServer:
     async def aclose_resources(self) -> None:
         """Closes the shared resources (warm pools...) of this tree."""
         resources, self._resources = list(self._resources.values()), {}
-        for resource in sorted(resources, key=lambda r: getattr(r, "close_order", 0)):
+        for resource in resources:
             with contextlib.suppress(Exception):
                 await resource.aclose()
 

@@ -114,10 +114,6 @@ class ForkServer:
         self._stderr = b""
         self._closed = False
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
     async def _start(self) -> None:
         host_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

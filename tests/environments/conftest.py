@@ -92,6 +92,16 @@ def _test_adapter(name: str) -> type | None:
     return None
 
 
+def start_environment(
+    name: str, broker: BrokerServer, handler: Any, **kwargs: Any
+) -> SandboxEnvironment:
+    """A started environment of kind ``name`` (the caller closes it)."""
+    cls = _test_adapter(name) or environment_class(name)
+    env = cls(broker=broker, handler=handler, label="test", **kwargs)
+    run_sync(env.start())
+    return env
+
+
 class RecordingHandler:
     """A session handler that answers sub-calls from a table and records them."""
 
@@ -165,9 +175,7 @@ def make_env(
     made: list[SandboxEnvironment] = []
 
     def factory(**kwargs: Any) -> SandboxEnvironment:
-        cls = _test_adapter(env_name) or environment_class(env_name)
-        env = cls(broker=broker, handler=handler, label="test", **{**env_kwargs, **kwargs})
-        run_sync(env.start())
+        env = start_environment(env_name, broker, handler, **{**env_kwargs, **kwargs})
         made.append(env)
         return env
 

@@ -14,11 +14,10 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import CLOUD_PROVIDERS, usable_cloud_fixture
+from conftest import CLOUD_PROVIDERS, start_environment, usable_cloud_fixture
 from test_e2e import depth_script
 
 from rlm.broker.loop import run_sync
-from rlm.environments import environment_class
 from rlm.errors import LMAuthenticationError
 from rlm.testing import Reply
 from rlm.testing.leaks import alive
@@ -85,8 +84,7 @@ def test_sandbox_removed_when_the_completion_raises(cloud, lm_server, make_rlm):
 
 def test_runaway_cell_interrupted_then_a_stubborn_one_killed(cloud, broker, handler):
     name, log, server, kwargs = cloud
-    env = environment_class(name)(broker=broker, handler=handler, label="test", **kwargs)
-    run_sync(env.start())
+    env = start_environment(name, broker, handler, **kwargs)
     try:
         (runner,) = log.runner_pids(server)
         run_sync(env.execute("kept = 1"))

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import start_environment
 from standin_daytona import SKIP_REASON, running_standin
 
 from rlm.broker.loop import run_sync
@@ -32,11 +33,7 @@ def calls(server: Any, pattern: str) -> list[str]:
 
 
 def make_env(broker: Any, handler: Any, kwargs: dict[str, Any], **extra: Any) -> Any:
-    from rlm.environments.daytona import DaytonaEnvironment
-
-    env = DaytonaEnvironment(broker=broker, handler=handler, label="test", **{**kwargs, **extra})
-    run_sync(env.start())
-    return env
+    return start_environment("daytona", broker, handler, **{**kwargs, **extra})
 
 
 def test_default_image_installs_the_runner_dependencies_and_start_is_event_driven(broker, handler):

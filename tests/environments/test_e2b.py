@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import start_environment
 from standin_e2b import SKIP_REASON, running_standin
 
 from rlm.broker.loop import run_sync
@@ -36,11 +37,7 @@ def e2b() -> Iterator[tuple[Any, dict[str, Any]]]:
 
 
 def make_env(broker: Any, handler: Any, kwargs: dict[str, Any], **extra: Any) -> Any:
-    from rlm.environments.e2b import E2BEnvironment
-
-    env = E2BEnvironment(broker=broker, handler=handler, label="test", **{**kwargs, **extra})
-    run_sync(env.start())
-    return env
+    return start_environment("e2b", broker, handler, **{**kwargs, **extra})
 
 
 def deletes(server: Any) -> list[str]:

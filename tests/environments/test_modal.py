@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import start_environment
 from standin_modal import (
     SKIP_REASON,
     STANDIN_TOKEN_ID,
@@ -36,11 +37,7 @@ def modal_standin() -> Iterator[tuple[Any, dict[str, Any]]]:
 
 
 def make_env(broker: Any, handler: Any, kwargs: dict[str, Any], **extra: Any) -> Any:
-    from rlm.environments.modal import ModalEnvironment
-
-    env = ModalEnvironment(broker=broker, handler=handler, label="test", **{**kwargs, **extra})
-    run_sync(env.start())
-    return env
+    return start_environment("modal", broker, handler, **{**kwargs, **extra})
 
 
 def assert_all_gone(server: Any) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import start_environment
 from standin_prime import SKIP_REASON, running_standin
 
 from rlm.broker.loop import run_sync
@@ -30,11 +31,7 @@ def prime() -> Iterator[tuple[Any, dict[str, Any]]]:
 
 
 def make_env(broker: Any, handler: Any, kwargs: dict[str, Any], **extra: Any) -> Any:
-    from rlm.environments.prime import PrimeEnvironment
-
-    env = PrimeEnvironment(broker=broker, handler=handler, label="test", **{**kwargs, **extra})
-    run_sync(env.start())
-    return env
+    return start_environment("prime", broker, handler, **{**kwargs, **extra})
 
 
 def test_failed_setup_deletes_the_sandbox_and_says_what_to_do(prime, broker, handler):

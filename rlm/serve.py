@@ -36,6 +36,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -265,6 +266,16 @@ def parse_chat_request(body: Any, config: ServeConfig) -> ChatCall:
     )
 
 
+def _reject_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not valid JSON", name, 0)
+
+
+def _strict_json(text: str) -> Any:
+    """Standard JSON only: Python's parser would accept NaN and Infinity, and a NaN limit
+    compares false with every number (it would disable the cap it names)."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
 def _overrides(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for name, (kwarg, kind) in OVERRIDES.items():
@@ -273,6 +284,8 @@ def _overrides(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise APIError(400, f"{name} must be a number")
+        if not math.isfinite(value):
+            raise APIError(400, f"{name} must be a finite number, got {value!r}")
         value = kind(value)
         ceiling = config.rlm_kwargs.get(kwarg)
         if value <= 0 or (ceiling is not None and value > ceiling):
@@ -483,7 +496,7 @@ class RLMServer:
         from aiohttp import web
 
         try:
-            body = await request.json()
+            body = await request.json(loads=_strict_json)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise APIError(400, f"the request body is not JSON: {error}") from None
         call = parse_chat_request(body, self.config)
@@ -614,6 +627,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any)")
     parser.add_argument(
         "--api-key",
+        dest="serve_api_key",  # never the LM key (--lm-api-key): each goes to its own party
         default=None,
         help="bearer key clients must send (default: $RLM_SERVE_API_KEY; none: no auth)",
     )
@@ -634,7 +648,7 @@ def _serve_command(args: argparse.Namespace) -> int:
     from rlm.config import settings_from_args
 
     settings = settings_from_args(args)
-    api_key = args.api_key or os.environ.get("RLM_SERVE_API_KEY") or None
+    api_key = args.serve_api_key or os.environ.get("RLM_SERVE_API_KEY") or None
     # Built once now so that a missing key or extra fails at start, not at the first request.
     RLM(**settings.rlm_kwargs()).close()
     config = ServeConfig(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -12,11 +13,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import openai
 import pytest
 
-from rlm.serve import ChatCall, RLMServer, ServeConfig, parse_chat_request
+from rlm.serve import APIError, ChatCall, RLMServer, ServeConfig, parse_chat_request
 from rlm.testing import RecordedRequest, ScriptedLMServer
 
 SERVE_KEY = "serve-secret"
@@ -240,7 +243,9 @@ def test_unknown_model_is_404(server):
 
 
 def test_budget_exhausted_is_402_with_the_partial_answer_and_no_retry(server, lm_server):
-    # ~10k tokens at $1/M = $0.01 > the requested cap of $0.001
+    # $1/M tokens: the first root call fits in $0.02; the second carries the 20K characters the
+    # first printed, so its worst case (input bytes + output cap) does not, and it is refused
+    # before it is sent.
     lm_server.set_script(
         ["```repl\nanswer['content'] = 'half done'\nprint('x' * 40000)\n```", "x" * 40_000]
     )
@@ -249,12 +254,13 @@ def test_budget_exhausted_is_402_with_the_partial_answer_and_no_retry(server, lm
         client.chat.completions.create(
             model="rlm",
             messages=[{"role": "user", "content": "x"}],
-            extra_body={"max_budget": 0.001},
+            extra_body={"max_budget": 0.02},
         )
     assert caught.value.status_code == 402
     assert caught.value.body["code"] == "budget_exceeded"
     assert caught.value.body["partial_answer"] == "half done"
-    assert len(lm_server.requests) == 2  # x-should-retry: false; the client did not re-run it
+    assert "may cost up to" in caught.value.body["message"]
+    assert len(lm_server.requests) == 1  # x-should-retry: false; the client did not re-run it
 
 
 def test_streamed_request_that_fails_fast_keeps_its_status(server, lm_server):
@@ -317,3 +323,94 @@ def test_a_client_that_hangs_up_cancels_its_run(server, lm_server):
     assert not set(runner_pids()) - before, "the sandbox of the abandoned run is still alive"
     print(f"sandbox gone {time.perf_counter() - started:.2f}s after the request began")
     assert len(lm_server.requests) == 1
+
+
+# ---- secrets and limits ---------------------------------------------------------------------------
+
+
+def _start_serve(tmp_path: Path, args: list[str], env_extra: dict[str, str]) -> tuple[Any, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RLM_", "OPENAI_"))}
+    env.update(PYTHONUNBUFFERED="1", **env_extra)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rlm.serve", "--port", "0", *args],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = process.stderr.readline()
+    match = re.search(r"listening on (http://\S+)", line)
+    if not match:
+        process.kill()
+        raise AssertionError(f"rlm serve did not start: {line}{process.stderr.read()}")
+    return process, match.group(1)
+
+
+@pytest.mark.parametrize(
+    ("lm_key_args", "lm_key_env"),
+    [([], {"OPENAI_API_KEY": "the-lm-key"}), (["--lm-api-key", "the-lm-key"], {})],
+    ids=["lm-key-from-env", "lm-key-from-flag"],
+)
+def test_the_client_key_is_never_sent_to_the_lm_provider(
+    tmp_path, lm_server, lm_key_args, lm_key_env
+):
+    # The provider accepts only its own key: before the fix, --api-key went upstream (401).
+    lm_server.api_key = "the-lm-key"
+    lm_server.set_script([ANSWER])
+    process, url = _start_serve(
+        tmp_path,
+        ["--api-key", "the-client-key", "--base-url", lm_server.base_url, "--model", "m",
+         "--backend", "openai", *lm_key_args],
+        lm_key_env,
+    )  # fmt: skip
+    try:
+        client = openai.OpenAI(base_url=url, api_key="the-client-key", max_retries=0)
+        reply = client.chat.completions.create(
+            model="rlm", messages=[{"role": "user", "content": "x"}]
+        )
+        assert reply.choices[0].message.content == "the streamed answer, in chunks"
+        with pytest.raises(openai.AuthenticationError):  # the LM key does not open the server
+            openai.OpenAI(base_url=url, api_key="the-lm-key", max_retries=0).models.list()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert lm_server.requests, "the LM was never called"
+    for request in lm_server.requests:
+        assert request.headers.get("authorization") == "Bearer the-lm-key"
+        assert "the-client-key" not in json.dumps(request.headers)
+
+
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("field", ["max_budget", "max_timeout", "max_tree_tokens", "max_depth"])
+def test_non_finite_limits_are_refused_before_anything_runs(server, lm_server, field, raw):
+    lm_server.set_script([ANSWER])
+    # Python's json module writes these constants; standard JSON has no such values.
+    body = json.dumps(
+        {"model": "rlm", "messages": [{"role": "user", "content": "x"}], field: float(raw)}
+    )
+    assert raw in body
+    response = httpx.post(
+        f"{server.base_url}/chat/completions",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400, response.text
+    assert lm_server.requests == []
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_limits_are_refused_in_a_parsed_body(value):
+    with pytest.raises(APIError, match="finite"):
+        parse(messages=[{"role": "user", "content": "x"}], max_budget=value)
+
+
+@pytest.mark.parametrize("flag", ["--max-budget", "--max-timeout"])
+def test_rlm_serve_refuses_a_nan_limit_at_start(tmp_path, lm_server, flag):
+    result = subprocess.run(
+        [sys.executable, "-m", "rlm.serve", "--port", "0", "--base-url", lm_server.base_url,
+         "--model", "m", "--backend", "openai", flag, "nan"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("RLM_")},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "finite number" in result.stderr

@@ -195,6 +195,10 @@ class LMClient(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_name={self.model_name!r})"
 
+    def output_cap_param(self) -> str:
+        """The sampling argument that caps a call's output tokens at the provider."""
+        return "max_tokens"
+
     async def acomplete(self, messages: Messages, **sampling: Any) -> LMResponse:
         """Complete ``messages``, retrying transient failures; raise ``LMError`` on the last."""
         merged = {**self.sampling, **sampling}

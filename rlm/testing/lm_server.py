@@ -32,7 +32,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -353,6 +353,26 @@ class ScriptedLMServer:
             "cost": reply.cost,
         }
 
+    @staticmethod
+    def _capped(request: RecordedRequest, reply: Reply) -> Reply:
+        """The reply cut to the request's output cap, as a provider does (``max_tokens`` /
+        ``max_completion_tokens``; Gemini's ``generationConfig.maxOutputTokens``)."""
+        body = request.body
+        generation = body.get("generationConfig") or {}
+        cap = (
+            body.get("max_completion_tokens")
+            or body.get("max_tokens")
+            or (generation.get("maxOutputTokens") if isinstance(generation, dict) else None)
+        )
+        if not isinstance(cap, int) or cap <= 0 or reply.status != 200:
+            return reply
+        output = reply.output_tokens if reply.output_tokens is not None else None
+        if output is None and estimate_tokens(reply.text) <= cap:
+            return reply
+        if output is not None and output <= cap:
+            return reply
+        return replace(reply, text=reply.text[: cap * 4], output_tokens=cap)
+
     def _next_id(self) -> int:
         return next(self._ids)
 
@@ -451,7 +471,7 @@ class _Handler(BaseHTTPRequestHandler):
             if lm.api_key is not None and not _has_key(headers, lm.api_key):
                 reply = Reply("ScriptedLMServer: invalid API key", 401)
             else:
-                reply = lm._next_reply(request, arrival)
+                reply = lm._capped(request, lm._next_reply(request, arrival))
             delay = reply.delay if reply.delay is not None else lm.latency
             if delay > 0:
                 time.sleep(delay)

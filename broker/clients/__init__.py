@@ -6,7 +6,10 @@
 ``backend_kwargs`` use the reference ``rlms`` package's keys (``model_name``, ``api_key``,
 ``base_url``) plus ``timeout``, ``max_retries``, ``initial_backoff``, ``max_backoff``,
 ``extra_headers``, ``sampling`` (default sampling arguments) and ``price_per_million``
-(``(input_usd, output_usd)``). Importing this package imports no provider SDK.
+(``(input_usd, output_usd)``). Any other key that the backend's SDK client constructor accepts
+(``default_headers``, ``default_query``, ``organization``, ``http_client``, ...) is passed on to
+it, for backends whose class declares ``sdk_options()`` and takes ``client_options``. Importing
+this package imports no provider SDK.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ BACKENDS: dict[str, tuple[str, str | None]] = {
     "ollama": (f"{_OPENAI}:OllamaClient", None),
     "lmstudio": (f"{_OPENAI}:LMStudioClient", None),
     "vercel": (f"{_OPENAI}:VercelClient", None),
+    "portkey": (f"{_OPENAI}:PortkeyClient", None),
+    "azure_openai": (f"{_OPENAI}:AzureOpenAIClient", None),
     "anthropic": ("rlm.broker.clients.anthropic:AnthropicClient", "anthropic"),
     "gemini": ("rlm.broker.clients.gemini:GeminiClient", "gemini"),
     "local": ("rlm.broker.clients.local_llama:LocalLlamaClient", "local"),
@@ -78,17 +83,35 @@ def _accepted_kwargs(cls: type) -> tuple[list[str], bool]:
     return list(dict.fromkeys(accepted)), not issubclass(cls, LMClient)
 
 
+def _sdk_options(cls: type) -> frozenset[str]:
+    """Constructor keywords of the backend's SDK client that ``client_options`` may carry."""
+    declared = getattr(cls, "sdk_options", None)
+    return frozenset(declared()) if callable(declared) else frozenset()
+
+
 def create_client(backend: str, backend_kwargs: Mapping[str, Any] | None = None) -> LMClient:
-    """Build the client for ``backend`` from ``backend_kwargs``; unknown keys are an error."""
+    """Build the client for ``backend`` from ``backend_kwargs``.
+
+    Keys the client does not take but its SDK constructor does go to ``client_options``; any
+    other unknown key is a ``ConfigurationError``.
+    """
     cls = _load(backend)
     kwargs = dict(backend_kwargs or {})
     accepted, takes_any = _accepted_kwargs(cls)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown and not takes_any:
-        raise ConfigurationError(
-            f"backend {backend!r} does not accept backend_kwargs {unknown}; "
-            f"accepted: {', '.join(accepted)}"
-        )
+        sdk_options = _sdk_options(cls)
+        rejected = [key for key in unknown if key not in sdk_options]
+        if rejected:
+            sdk_note = f"; or any of its SDK client's: {', '.join(sorted(sdk_options))}"
+            raise ConfigurationError(
+                f"backend {backend!r} does not accept backend_kwargs {rejected}; "
+                f"accepted: {', '.join(accepted)}{sdk_note if sdk_options else ''}"
+            )
+        kwargs["client_options"] = {
+            **(kwargs.get("client_options") or {}),
+            **{key: kwargs.pop(key) for key in unknown},
+        }
     if "model_name" not in kwargs:
         raise ConfigurationError(f"backend {backend!r} needs backend_kwargs['model_name']")
     return cls(**kwargs)

@@ -2,11 +2,18 @@
 
 ``OpenAIClient`` holds the logic; the other backends are subclasses that only change the default
 base URL and which environment variable holds the key: ``openrouter``, ``vllm``, ``ollama``,
-``lmstudio`` and ``vercel`` (the Vercel AI Gateway).
+``lmstudio``, ``vercel`` (the Vercel AI Gateway) and ``portkey`` (the Portkey gateway), plus
+``azure_openai``, which builds ``openai.AsyncAzureOpenAI`` instead.
+
+``client_options`` are keyword arguments for the SDK client's constructor (``default_headers``,
+``default_query``, ``organization``, ``http_client``, ...); ``create_client`` moves any
+``backend_kwargs`` key that the SDK constructor accepts there.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -28,10 +35,12 @@ from rlm.broker.clients.base import (
 from rlm.errors import ConfigurationError
 
 __all__ = [
+    "AzureOpenAIClient",
     "LMStudioClient",
     "OllamaClient",
     "OpenAIClient",
     "OpenRouterClient",
+    "PortkeyClient",
     "VLLMClient",
     "VercelClient",
 ]
@@ -68,6 +77,7 @@ class OpenAIClient(LMClient):
         api_key: str | None = None,
         base_url: str | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        client_options: Mapping[str, Any] | None = None,
         **common: Any,
     ) -> None:
         super().__init__(model_name, **common)
@@ -89,11 +99,39 @@ class OpenAIClient(LMClient):
         self._client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
-            timeout=self.timeout,
-            max_retries=0,  # retries are LMClient's, so they are counted and logged once
-            default_headers=dict(extra_headers) if extra_headers else None,
-            http_client=_http_client(),
+            **self._sdk_arguments(extra_headers, client_options),
         )
+
+    @classmethod
+    def sdk_options(cls) -> frozenset[str]:
+        """Keyword arguments of the SDK client's constructor that ``client_options`` may hold."""
+        return _constructor_options(openai.AsyncOpenAI)
+
+    def _sdk_arguments(
+        self, extra_headers: Mapping[str, str] | None, client_options: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """Timeout, retries, headers and HTTP client for the SDK constructor, plus the options."""
+        options = dict(client_options or {})
+        reserved = sorted(set(options) & _RESERVED_OPTIONS)
+        if reserved:
+            raise ConfigurationError(
+                f"client_options {reserved} are set by rlm; pass them as backend_kwargs instead"
+            )
+        unknown = sorted(set(options) - self.sdk_options())
+        if unknown:
+            raise ConfigurationError(
+                f"backend {self.backend!r}: the SDK client does not accept {unknown}; "
+                f"it accepts: {', '.join(sorted(self.sdk_options()))}"
+            )
+        headers = {**(options.pop("default_headers", None) or {}), **(extra_headers or {})}
+        http_client = options.pop("http_client", None) or _http_client()
+        return {
+            "timeout": self.timeout,
+            "max_retries": 0,  # retries are LMClient's, so they are counted and logged once
+            "default_headers": headers or None,
+            "http_client": http_client,
+            **options,
+        }
 
     def _base_url_hint(self) -> str:
         return str(self._client.base_url)
@@ -131,6 +169,21 @@ class OpenAIClient(LMClient):
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+_RESERVED_OPTIONS = frozenset({"api_key", "base_url", "timeout", "max_retries"})
+"""SDK constructor arguments that rlm sets itself (from backend_kwargs of the same name)."""
+
+
+def _constructor_options(sdk_class: type) -> frozenset[str]:
+    """The keyword arguments ``sdk_class.__init__`` accepts, less those rlm sets itself."""
+    keyword = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = {
+        name
+        for name, parameter in inspect.signature(sdk_class.__init__).parameters.items()
+        if parameter.kind in keyword and name != "self" and not name.startswith("_")
+    }
+    return frozenset(names - _RESERVED_OPTIONS)
 
 
 def _http_client() -> Any:
@@ -216,3 +269,132 @@ class VercelClient(OpenAIClient):
     backend: ClassVar[str] = "vercel"
     key_env: ClassVar[str | None] = "AI_GATEWAY_API_KEY"
     default_base_url: ClassVar[str | None] = "https://ai-gateway.vercel.sh/v1"
+
+
+PORTKEY_BASE_URL = "https://api.portkey.ai/v1"
+
+
+class PortkeyClient(OpenAIClient):
+    """The Portkey AI gateway (default ``https://api.portkey.ai/v1``), OpenAI-compatible.
+
+    The Portkey key (``api_key`` or ``PORTKEY_API_KEY``) goes in the ``x-portkey-api-key`` header;
+    ``provider``, ``virtual_key`` and ``config`` become the matching ``x-portkey-*`` headers.
+    """
+
+    backend: ClassVar[str] = "portkey"
+    key_env: ClassVar[str | None] = "PORTKEY_API_KEY"
+    default_base_url: ClassVar[str | None] = PORTKEY_BASE_URL
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        provider: str | None = None,
+        virtual_key: str | None = None,
+        config: str | Mapping[str, Any] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        api_key = api_key or os.environ.get("PORTKEY_API_KEY")
+        if not api_key and not _is_local(base_url or PORTKEY_BASE_URL):
+            raise ConfigurationError(
+                "backend 'portkey' needs a Portkey API key: set the PORTKEY_API_KEY environment "
+                "variable or backend_kwargs['api_key']"
+            )
+        portkey_headers = {
+            "x-portkey-api-key": api_key,
+            "x-portkey-provider": provider,
+            "x-portkey-virtual-key": virtual_key,
+            "x-portkey-config": json.dumps(dict(config)) if isinstance(config, Mapping) else config,
+        }
+        headers = {k: v for k, v in portkey_headers.items() if v}
+        # The gateway reads the Portkey key from its own header. The bearer token is what the
+        # gateway forwards to a provider named by ``provider``, so the Portkey key stays out of it.
+        super().__init__(
+            model_name,
+            api_key="portkey",
+            base_url=base_url,
+            extra_headers={**headers, **(extra_headers or {})},
+            **kwargs,
+        )
+
+
+class AzureOpenAIClient(OpenAIClient):
+    """Azure OpenAI over ``openai.AsyncAzureOpenAI``.
+
+    ``azure_endpoint`` (or ``AZURE_OPENAI_ENDPOINT``) or a full ``base_url``; ``api_version`` (or
+    ``AZURE_OPENAI_API_VERSION``, then ``OPENAI_API_VERSION``, default ``2024-02-01``);
+    ``azure_deployment`` (or ``AZURE_OPENAI_DEPLOYMENT``; without one the deployment is
+    ``model_name``). The key comes from ``api_key``, ``AZURE_OPENAI_API_KEY``, or
+    ``azure_ad_token``/``azure_ad_token_provider`` in ``client_options``.
+    """
+
+    backend: ClassVar[str] = "azure_openai"
+    key_env: ClassVar[str | None] = "AZURE_OPENAI_API_KEY"
+    default_api_version: ClassVar[str] = "2024-02-01"
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        api_key: str | None = None,
+        azure_endpoint: str | None = None,
+        api_version: str | None = None,
+        azure_deployment: str | None = None,
+        base_url: str | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        client_options: Mapping[str, Any] | None = None,
+        **common: Any,
+    ) -> None:
+        LMClient.__init__(self, model_name, **common)
+        options = dict(client_options or {})
+        api_key = api_key or os.environ.get("AZURE_OPENAI_API_KEY")
+        if not api_key and not (
+            options.get("azure_ad_token")
+            or options.get("azure_ad_token_provider")
+            or os.environ.get("AZURE_OPENAI_AD_TOKEN")
+        ):
+            raise ConfigurationError(
+                "backend 'azure_openai' needs an API key: set the AZURE_OPENAI_API_KEY environment "
+                "variable or backend_kwargs['api_key'] (or pass 'azure_ad_token_provider')"
+            )
+        if base_url is None:
+            azure_endpoint = azure_endpoint or os.environ.get("AZURE_OPENAI_ENDPOINT")
+            if not azure_endpoint:
+                raise ConfigurationError(
+                    "backend 'azure_openai' needs backend_kwargs['azure_endpoint'] (e.g. "
+                    "'https://NAME.openai.azure.com') or the AZURE_OPENAI_ENDPOINT environment "
+                    "variable"
+                )
+        elif azure_endpoint is not None:
+            raise ConfigurationError(
+                "backend 'azure_openai' takes azure_endpoint or base_url, not both"
+            )
+        self.api_version = (
+            api_version
+            or os.environ.get("AZURE_OPENAI_API_VERSION")
+            or os.environ.get("OPENAI_API_VERSION")
+            or self.default_api_version
+        )
+        self.azure_deployment = azure_deployment or os.environ.get("AZURE_OPENAI_DEPLOYMENT")
+        self.azure_endpoint = azure_endpoint
+        self._client = openai.AsyncAzureOpenAI(
+            api_key=api_key,
+            azure_endpoint=azure_endpoint,
+            api_version=self.api_version,
+            azure_deployment=self.azure_deployment,
+            base_url=base_url,
+            **self._sdk_arguments(extra_headers, options),
+        )
+        self.base_url = str(self._client.base_url)
+
+    @classmethod
+    def sdk_options(cls) -> frozenset[str]:
+        """Keyword arguments of ``openai.AsyncAzureOpenAI`` that ``client_options`` may hold."""
+        return _constructor_options(openai.AsyncAzureOpenAI) - {
+            "azure_endpoint",
+            "api_version",
+            "azure_deployment",
+        }

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import pickle
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
@@ -27,6 +28,9 @@ from rlm.protos import rlm_sandbox_pb2 as pb
 #: characters per context message: small enough that the few in flight add little to the host's
 #: peak memory (a 40 MB context peaks 3.7 MiB lower than with 1 MiB chunks), at the same speed
 CHUNK_CHARS = 1 << 18
+#: How the runner executes cells: ``exec`` of the parsed cell, or a real IPython shell (which
+#: must be installed in the sandbox's Python).
+SHELLS = ("python", "ipython")
 
 
 @dataclass
@@ -108,6 +112,35 @@ class Environment(ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def encode_value(value: Any) -> tuple[bytes, bytes]:
+    """``value`` for the sandbox: JSON where it can carry it, else a pickle. Only the host
+    pickles and only the sandbox unpickles: nothing from a sandbox is ever unpickled here."""
+    try:
+        return json.dumps(value).encode(), b""
+    except (TypeError, ValueError):
+        pass
+    try:
+        return b"", pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as error:
+        raise ConfigurationError(
+            f"a value of type {type(value).__name__} can be neither JSON-encoded nor pickled for "
+            f"the sandbox ({type(error).__name__}: {error}); pass plain data or a callable"
+        ) from error
+
+
+def encode_values(values: dict[str, Any]) -> tuple[bytes, bytes]:
+    """Variables for the sandbox: the JSON-able ones as one JSON object, the rest pickled."""
+    plain: dict[str, Any] = {}
+    other: dict[str, Any] = {}
+    for name, value in values.items():
+        as_json, _ = encode_value(value)
+        (plain if as_json else other)[name] = value
+    return (
+        json.dumps(plain).encode() if plain else b"",
+        encode_value(other)[1] if other else b"",
+    )
 
 
 class RunnerProcess(ABC):
@@ -219,7 +252,12 @@ def _encode_context(value: Any) -> tuple[int, Any]:
 
 
 class SandboxEnvironment(Environment):
-    """Runs the runner in a provider's sandbox; subclasses implement the four provider hooks."""
+    """Runs the runner in a provider's sandbox; subclasses implement the four provider hooks.
+
+    ``shell="ipython"`` runs every cell through a real IPython shell in the runner (``%magics``,
+    ``!shell`` escapes, IPython's display of the last expression); the sandbox's Python then needs
+    the ``ipython`` package, or the runner fails to start saying so.
+    """
 
     close_order = 0
     #: how long a cell may ignore an interrupt before the runner is killed and restarted
@@ -240,9 +278,14 @@ class SandboxEnvironment(Environment):
         max_file_mb: int = 1024,
         pool_size: int = 0,
         pool_idle_timeout: float = 300.0,
+        shell: str = "python",
     ) -> None:
         if cell_timeout <= 0:
             raise ConfigurationError("cell_timeout must be positive (seconds)")
+        if shell not in SHELLS:
+            raise ConfigurationError(
+                f"shell must be one of {', '.join(map(repr, SHELLS))}, not {shell!r}"
+            )
         self.broker = broker
         self.handler = handler
         self.label = label
@@ -251,6 +294,7 @@ class SandboxEnvironment(Environment):
         self.max_output_chars = max_output_chars
         self.memory_mb = memory_mb
         self.max_file_mb = max_file_mb
+        self.shell = shell
         self._session: Session | None = None
         self._connection: RunnerConnection | None = None
         self._process: RunnerProcess | None = None
@@ -334,6 +378,7 @@ class SandboxEnvironment(Environment):
                 "memory_bytes": self.memory_mb * 1024 * 1024,
                 "file_bytes": self.max_file_mb * 1024 * 1024,
             },
+            "shell": self.shell,
             **self._bootstrap_extras(),
         }
         try:
@@ -459,14 +504,10 @@ class SandboxEnvironment(Environment):
 
     async def _send_variables(self, values: dict[str, Any], tools: list[ToolSpec]) -> None:
         connection = self._require_connection()
-        try:
-            payload = json.dumps(values).encode() if values else b""
-        except TypeError as error:
-            raise ConfigurationError(
-                f"custom tool values must be JSON-serialisable or callables: {error}"
-            ) from error
+        as_json, as_pickle = encode_values(values)
         message = pb.SetVariables(
-            values_json=payload,
+            values_json=as_json,
+            values_pickle=as_pickle,
             tools=[pb.ToolSpec(name=t.name, description=t.description) for t in tools],
         )
         await connection.send(pb.HostMessage(set_variables=message))
@@ -474,7 +515,13 @@ class SandboxEnvironment(Environment):
 
     async def set_variables(self, values: dict[str, Any], tools: list[ToolSpec]) -> None:
         await self._send_variables(values, tools)
-        self._variables = (values, tools)
+        # Kept (merged with earlier calls) so that a restarted runner gets them all again.
+        old_values, old_tools = self._variables or ({}, [])
+        names = {tool.name for tool in tools}
+        self._variables = (
+            {**old_values, **values},
+            [t for t in old_tools if t.name not in names] + list(tools),
+        )
 
     async def _wait_result(self, connection: RunnerConnection, cell_id: int) -> pb.ExecuteResult:
         while True:

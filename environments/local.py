@@ -19,11 +19,12 @@ import sys
 import tempfile
 from typing import Any
 
-from rlm.errors import SandboxStartError
+from rlm.errors import ConfigurationError, SandboxStartError
 
 from .base import RunnerProcess, SandboxEnvironment
 from .forkserver import shared_fork_server
 from .runner.bundle import runner_bundle_path
+from .runner.runner import PRELOAD_ENV
 
 #: Host variables the runner may see. Everything else (API keys, tokens, cloud credentials) stays out.
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM")
@@ -84,7 +85,8 @@ class LocalEnvironment(SandboxEnvironment):
     runner from scratch), plus
     the shared ones: ``cell_timeout``, ``memory_mb``,
     ``max_output_chars``, ``max_file_mb``, ``startup_timeout``, ``pool_size`` (runners started
-    ahead of time for the tree's sessions and children) and ``pool_idle_timeout``.
+    ahead of time for the tree's sessions and children), ``pool_idle_timeout`` and ``shell``
+    (``"python"``, or ``"ipython"`` to run cells through IPython; see :class:`IPythonEnvironment`).
     """
 
     name = "local"
@@ -117,11 +119,13 @@ class LocalEnvironment(SandboxEnvironment):
         # started before its session exists (warm pool).
         env = {name: os.environ[name] for name in ENV_ALLOWLIST if name in os.environ}
         env.update(MALLOC_ARENA_MAX="2")
+        if self.shell == "ipython":
+            env[PRELOAD_ENV] = "ipython"  # its own fork server, with IPython already imported
         env.update(self.extra_env)
         return env
 
     def pool_key(self) -> tuple[object, ...]:
-        return (self.python, tuple(sorted(self.extra_env.items())))
+        return (self.python, self.shell, tuple(sorted(self.extra_env.items())))
 
     def _broker_address(self) -> str:
         return self.broker.address
@@ -161,3 +165,34 @@ class LocalEnvironment(SandboxEnvironment):
         if self.workdir and not self._given_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir = None
+
+
+class IPythonEnvironment(LocalEnvironment):
+    """``ipython``: the local environment with every cell run by a real IPython shell, as the
+    reference package's ``environment="ipython"``: ``%magics`` (``%timeit``, ``%who``...),
+    ``!cmd`` shell escapes, ``Out[N]:`` display of the last expression, with ``context``, the
+    ``llm_query`` family, ``answer``, tools and ``SHOW_VARS`` as in ``local``.
+
+    The runner is still a separate process, with the cell timeouts and interrupts of ``local``.
+    Its Python (``python``, default this one) needs IPython: ``pip install 'rlm[ipython]'``.
+    Takes every ``LocalEnvironment`` keyword; ``shell="python"`` makes it plain ``local``. The
+    reference's ``kernel_mode`` (``"in_process"`` or ``"subprocess"``) is accepted: the shell
+    always runs out of process here. Its ``subcall_timeout`` is accepted too: sub-calls end with
+    the cell's time limit.
+    """
+
+    name = "ipython"
+
+    def __init__(
+        self,
+        *,
+        shell: str = "ipython",
+        kernel_mode: str = "subprocess",
+        subcall_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kernel_mode not in ("in_process", "subprocess"):
+            raise ConfigurationError(
+                f"kernel_mode must be 'in_process' or 'subprocess', got {kernel_mode!r}"
+            )
+        super().__init__(shell=shell, **kwargs)

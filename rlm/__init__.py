@@ -4,6 +4,7 @@ from rlm.core import RLM
 from rlm.errors import (
     BrokerError,
     BudgetExceededError,
+    CancellationError,
     CancelledError,
     CellError,
     ConfigurationError,
@@ -28,6 +29,7 @@ __all__ = [
     "RLM",
     "BrokerError",
     "BudgetExceededError",
+    "CancellationError",
     "CancelledError",
     "CellError",
     "ConfigurationError",

@@ -12,7 +12,8 @@ unix socket on its stdin. Protocol:
 Each forked runner starts its own session (the host kills its process group), dies with the
 server (``PR_SET_PDEATHSIG``), and keeps no descriptor of the server's. The server dies with the
 host the same way, and kills its runners when the host closes the socket. It never starts a
-thread, so forking it is safe.
+thread, so forking it is safe. ``RLM_RUNNER_PRELOAD=ipython`` in its environment makes it import
+IPython first, for runners that will use the ipython shell.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def _reap(children: set[int]) -> None:
 
 def serve(host_pid: int) -> int:
     runner_module.watch_parent(host_pid)
+    # What the runners will import anyway (IPython for the ipython shell), imported once here.
+    runner_module.preload(os.environ.get(runner_module.PRELOAD_ENV, ""))
     control = socket.socket(fileno=0)
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)

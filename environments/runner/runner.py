@@ -3,22 +3,27 @@
 Protocol: the host writes one JSON line to stdin (``{"address": ..., "token": ...}``); the runner
 dials ``address`` (a unix socket or a loopback port inside the sandbox), opens the ``Attach``
 stream and serves what arrives on it until the host says ``Shutdown`` or the stream breaks.
-The token never appears in the process environment.
+The token never appears in the process environment. ``"shell": "ipython"`` in the bootstrap runs
+every cell through a real IPython shell (imported only then: the runner itself needs only grpcio
+and protobuf).
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import io
 import json
 import os
+import pickle
 import queue
 import signal
 import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +40,16 @@ ORPHAN_GRACE_SECONDS = 5.0
 HELPER_NAMES = frozenset(
     {"llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched", "SHOW_VARS"}
 )
+#: How cells can be run: ``exec`` of the parsed cell, or a real IPython shell.
+SHELLS = ("python", "ipython")
+#: The fork server imports what the runners it forks will need, listed in this variable of its
+#: environment (comma-separated; only "ipython" is known), so that forking stays a few ms.
+PRELOAD_ENV = "RLM_RUNNER_PRELOAD"
+IPYTHON_MISSING = (
+    "the 'ipython' shell needs IPython in the sandbox's Python ({python}): install the "
+    "`ipython` package in the sandbox image (pip install 'ipython>=8'); for the local "
+    "environment, pip install 'rlm[ipython]' into that interpreter ({error})"
+)
 
 
 class BudgetExhausted(BaseException):
@@ -48,6 +63,14 @@ class BrokerUnavailableError(RuntimeError):
 
 class SubcallError(RuntimeError):
     """A sub-LM call, child RLM or host tool failed; the message says why."""
+
+
+class ShellUnavailableError(RuntimeError):
+    """The bootstrap asked for a shell that this sandbox's Python cannot provide."""
+
+
+class _ReportedError(Exception):
+    """A cell error whose message is already the whole report (no traceback to add)."""
 
 
 # Shown to the model as "SubcallError: ..." rather than with the runner's module path.
@@ -101,10 +124,115 @@ class _CellOutput(io.TextIOBase):
         return False
 
 
+def _import_ipython() -> Any:
+    """IPython's interactive shell module, or ShellUnavailableError saying what to install."""
+    try:
+        from IPython.core import interactiveshell
+    except ImportError as error:
+        raise ShellUnavailableError(
+            IPYTHON_MISSING.format(python=sys.executable, error=error)
+        ) from error
+    return interactiveshell
+
+
+def preload(names: str) -> None:
+    """Imports what the comma-separated ``names`` ask for ahead of any session (the fork server
+    calls it, so forked runners start with it imported); anything missing is left to the
+    runner that needs it, which then fails with a clear message."""
+    if "ipython" in {name.strip() for name in names.split(",")}:
+        with contextlib.suppress(ShellUnavailableError):
+            _import_ipython()
+
+
+class IPythonCells:
+    """Runs cells through a real IPython ``InteractiveShell`` whose user namespace is the
+    runner's: ``%magics``, ``!shell`` escapes and IPython's display of the last expression, with
+    the runner's helpers, contexts and tools in reach.
+
+    The shell shows no tracebacks: the cell's own error is re-raised for the runner to report as
+    with the plain shell (tracebacks start at the ``<cell N>`` frame); errors that a magic shows
+    without raising them (``%run``, ``%time``) go to the cell's stderr.
+    """
+
+    def __init__(self, namespace: dict[str, Any]) -> None:
+        interactiveshell = _import_ipython()
+        from IPython.core.compilerop import CachingCompiler
+        from IPython.core.error import UsageError
+        from traitlets import Type
+        from traitlets.config import Config
+
+        class CellCompiler(CachingCompiler):  # type: ignore[misc]
+            """Names each cell's code ``<cell N>``, as the plain shell does."""
+
+            cell_name = "<cell>"
+
+            def get_code_name(self, raw_code: str, transformed_code: str, number: int) -> str:
+                return self.cell_name
+
+        shown: list[tuple[BaseException | None, str]] = []
+        helpers = {name: namespace[name] for name in HELPER_NAMES}
+
+        class Shell(interactiveshell.InteractiveShell):  # type: ignore[misc]
+            """Keeps what IPython would print as tracebacks instead of printing it."""
+
+            compiler_class = Type(CellCompiler)
+
+            def init_user_ns(self) -> None:
+                # Also after %reset: the llm_query family and SHOW_VARS stay, hidden from %who.
+                super().init_user_ns()
+                self.user_ns.update(helpers)
+                self.user_ns_hidden.update(helpers)
+
+            def _showtraceback(self, etype: Any, evalue: Any, stb: Any) -> None:
+                shown.append((evalue, self.InteractiveTB.stb2text(stb)))
+
+            def show_usage_error(self, exc: BaseException) -> None:
+                shown.append((exc, f"UsageError: {exc}"))
+
+        config = Config()
+        config.HistoryAccessor.enabled = False  # no history database, no saving thread
+        config.InteractiveShell.colors = "nocolor"  # lower case: IPython 8 and 9 both take it
+        self._usage_error = UsageError
+        self._shown = shown
+        # The process's singleton, so that IPython.get_ipython() and display() find it.
+        self.shell = Shell.instance(config=config, user_ns=namespace)
+        #: what IPython and the runner put in the namespace (In, Out, get_ipython, llm_query...):
+        #: left out of %who and of the runner's variable list while not rebound
+        self.hidden: dict[str, Any] = self.shell.user_ns_hidden
+        # IPython warns after SystemExit; the runner's report says the REPL goes on.
+        warnings.filterwarnings(
+            "ignore", message="To exit: use 'exit', 'quit'", category=UserWarning
+        )
+
+    def run(self, code: str, filename: str) -> None:
+        """Runs one cell; raises the cell's error (the shell caught it) for the runner to report."""
+        self.shell.compile.cell_name = filename
+        self._shown.clear()
+        try:
+            result = self.shell.run_cell(code, store_history=True)
+        finally:
+            shown, self._shown[:] = list(self._shown), []
+        error = result.error_before_exec or result.error_in_exec
+        for value, text in shown:
+            if value is not error:
+                print(text, file=sys.stderr)
+        if error is None:
+            return
+        if isinstance(error, self._usage_error):
+            raise _ReportedError(f"UsageError: {error}")
+        raise error
+
+
 class Runner:
     """One persistent interpreter attached to one broker session."""
 
-    def __init__(self, address: str, token: str) -> None:
+    def __init__(self, address: str, token: str, shell: str = "python") -> None:
+        if shell not in SHELLS:
+            raise ValueError(f"unknown shell {shell!r}; choose one of: {', '.join(SHELLS)}")
+        self.namespace: dict[str, Any] = {}
+        self._reset_namespace()
+        # Made first: a sandbox without IPython fails here, before anything is attached.
+        self._ipython = IPythonCells(self.namespace) if shell == "ipython" else None
         self._channel = grpc.insecure_channel(
             address,
             options=[
@@ -126,8 +254,6 @@ class Runner:
         self._cell_deadline = 0.0
         self._contexts: dict[str, tuple[bytearray, int]] = {}
         self.broker_gone = threading.Event()
-        self.namespace: dict[str, Any] = {}
-        self._reset_namespace()
 
     # ---- namespace -------------------------------------------------------------------------
 
@@ -145,9 +271,14 @@ class Runner:
         )
 
     def user_variables(self) -> list[str]:
-        """Names the model defined (helpers and dunder names left out)."""
+        """Names the model defined (helpers, dunder names and the shell's own names left out)."""
+        hidden = self._ipython.hidden if self._ipython is not None else {}
         return [
-            name for name in self.namespace if not name.startswith("_") and name not in HELPER_NAMES
+            name
+            for name, value in self.namespace.items()
+            if not name.startswith("_")
+            and name not in HELPER_NAMES
+            and not (name in hidden and hidden[name] is value)
         ]
 
     def show_vars(self) -> str:
@@ -197,7 +328,8 @@ class Runner:
         return request
 
     def llm_query(self, prompt: str | list[dict], model: str | None = None) -> str:
-        """One plain LM call; returns the reply text."""
+        """One plain LM call; returns the reply text, or "Error: ..." if the call failed (a
+        spent limit or a vanished broker still raise: the run cannot go on)."""
         try:
             reply = self._stub.Complete(
                 self._complete_request(prompt, model),
@@ -205,8 +337,14 @@ class Runner:
                 timeout=self._timeout(),
             )
         except grpc.RpcError as error:
-            self._raise_for(error)
+            return self._error_text(error)
         return reply.text
+
+    def _error_text(self, error: grpc.RpcError) -> str:
+        """A failed call as the string the model gets back; raises where the run must stop."""
+        if error.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+            self._raise_for(error)
+        return f"Error: {error.details()}"
 
     def llm_query_batched(self, prompts: list[str], model: str | None = None) -> list[str]:
         """Many LM calls at once; a failed item becomes the string 'Error: ...'."""
@@ -219,7 +357,7 @@ class Runner:
         try:
             reply = self._stub.Subcall(request, metadata=self._metadata, timeout=self._timeout())
         except grpc.RpcError as error:
-            self._raise_for(error)
+            return self._error_text(error)
         return reply.text
 
     def rlm_query_batched(self, prompts: list[str], model: str | None = None) -> list[str]:
@@ -238,12 +376,7 @@ class Runner:
                 try:
                     results.append(future.result().text)
                 except grpc.RpcError as error:
-                    if error.code() in (
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        grpc.StatusCode.UNAVAILABLE,
-                    ):
-                        self._raise_for(error)
-                    results.append(f"Error: {error.details()}")
+                    results.append(self._error_text(error))
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -262,6 +395,8 @@ class Runner:
                 )
             except grpc.RpcError as error:
                 self._raise_for(error)
+            if reply.result_pickle:
+                return _load_from_host(reply.result_pickle, f"the value tool {name!r} returned")
             return json.loads(reply.result_json) if reply.result_json else None
 
         tool.__name__ = name
@@ -323,13 +458,18 @@ class Runner:
         try:
             if message.values_json:
                 self.namespace.update(json.loads(message.values_json))
+            if message.values_pickle:
+                self.namespace.update(_load_from_host(message.values_pickle, "custom tool values"))
             for spec in message.tools:
                 self.namespace[spec.name] = self.make_tool(spec.name, spec.description)
-        except ValueError as exc:
+        except (ValueError, SubcallError) as exc:
             error = f"could not set variables: {exc}"
         self._send(pb.RunnerMessage(ack=pb.Ack(what="variables", error=error)))
 
     def _run_code(self, code: str, filename: str) -> None:
+        if self._ipython is not None:
+            self._ipython.run(code, filename)
+            return
         tree = ast.parse(code, filename=filename, mode="exec")
         last_expr = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
@@ -362,6 +502,8 @@ class Runner:
             result.error = f"BudgetExhausted: {exc}"
         except SystemExit as exc:
             result.error = f"SystemExit({exc.code!r}) ignored: the REPL keeps running"
+        except _ReportedError as exc:
+            result.error = str(exc)
         except BaseException as exc:
             result.error = _format_user_traceback(exc)
         finally:
@@ -429,6 +571,17 @@ class Runner:
             except KeyboardInterrupt:
                 # An interrupt that arrived just after its cell finished: nothing to stop.
                 continue
+
+
+def _load_from_host(data: bytes, what: str) -> Any:
+    """Unpickles a value the host sent (the host is trusted; the host never unpickles ours)."""
+    try:
+        return pickle.loads(data)
+    except Exception as exc:
+        raise SubcallError(
+            f"{what} could not be loaded in the sandbox ({type(exc).__name__}: {exc}); "
+            "its type's package must be installed in the sandbox image"
+        ) from None
 
 
 def _format_user_traceback(exc: BaseException) -> str:
@@ -524,7 +677,11 @@ def main() -> int:
     os.environ.update(config.get("env") or {})
     if config.get("workdir"):
         os.chdir(config["workdir"])
-    runner = Runner(config["address"], config["token"])
+    try:
+        runner = Runner(config["address"], config["token"], shell=config.get("shell") or "python")
+    except (ShellUnavailableError, ValueError) as error:
+        print(f"rlm-runner: {error}", file=sys.stderr, flush=True)
+        return 2
     threading.Thread(target=_exit_when_orphaned, args=(runner.broker_gone,), daemon=True).start()
     try:
         return runner.serve()

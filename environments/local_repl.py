@@ -1,0 +1,6 @@
+"""``LocalREPL`` under the reference ``rlms`` module path; it runs code in rlm's ``local`` environment
+(see :mod:`rlm.environments.compat`)."""
+
+from rlm.environments.compat import LocalREPL
+
+__all__ = ["LocalREPL"]

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crlm/protos/rlm_sandbox.proto\x12\x06rlm.v1\"\xe6\x01\n\x0bHostMessage\x12\'\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x14.rlm.v1.ContextChunkH\x00\x12)\n\x07\x65xecute\x18\x02 \x01(\x0b\x32\x16.rlm.v1.ExecuteRequestH\x00\x12-\n\rset_variables\x18\x03 \x01(\x0b\x32\x14.rlm.v1.SetVariablesH\x00\x12&\n\tinterrupt\x18\x04 \x01(\x0b\x32\x11.rlm.v1.InterruptH\x00\x12$\n\x08shutdown\x18\x05 \x01(\x0b\x32\x10.rlm.v1.ShutdownH\x00\x42\x06\n\x04kind\"\x90\x01\n\x0c\x43ontextChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\"\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x10.rlm.v1.Encoding\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12\x0f\n\x07\x61liases\x18\x06 \x03(\t\x12\x0c\n\x04path\x18\x07 \x01(\t\"b\n\x0e\x45xecuteRequest\x12\x0f\n\x07\x63\x65ll_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x18\n\x10max_output_chars\x18\x03 \x01(\r\x12\x17\n\x0ftimeout_seconds\x18\x04 \x01(\x01\"D\n\x0cSetVariables\x12\x13\n\x0bvalues_json\x18\x01 \x01(\x0c\x12\x1f\n\x05tools\x18\x02 \x03(\x0b\x32\x10.rlm.v1.ToolSpec\"-\n\x08ToolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\x1c\n\tInterrupt\x12\x0f\n\x07\x63\x65ll_id\x18\x01 \x01(\x04\"\n\n\x08Shutdown\"|\n\rRunnerMessage\x12\x1e\n\x05hello\x18\x01 \x01(\x0b\x32\r.rlm.v1.HelloH\x00\x12\x1a\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0b.rlm.v1.AckH\x00\x12\'\n\x06result\x18\x03 \x01(\x0b\x32\x15.rlm.v1.ExecuteResultH\x00\x42\x06\n\x04kind\"D\n\x05Hello\x12\x16\n\x0erunner_version\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x16\n\x0epython_version\x18\x03 \x01(\t\"\"\n\x03\x41\x63k\x12\x0c\n\x04what\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\x81\x02\n\rExecuteResult\x12\x0f\n\x07\x63\x65ll_id\x18\x01 \x01(\x04\x12\x0e\n\x06stdout\x18\x02 \x01(\t\x12\x0e\n\x06stderr\x18\x03 \x01(\t\x12\x1c\n\x14stdout_dropped_chars\x18\x04 \x01(\x04\x12\x1c\n\x14stderr_dropped_chars\x18\x05 \x01(\x04\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x13\n\x0binterrupted\x18\x07 \x01(\x08\x12\x0f\n\x07seconds\x18\x08 \x01(\x01\x12\x14\n\x0c\x61nswer_ready\x18\t \x01(\x08\x12\x16\n\x0e\x61nswer_content\x18\n \x01(\t\x12\x11\n\tvariables\x18\x0b \x03(\t\x12\r\n\x05\x66\x61tal\x18\x0c \x01(\x08\"X\n\x0f\x43ompleteRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmessages_json\x18\x03 \x01(\t\x12\x0f\n\x07\x63\x65ll_id\x18\x04 \x01(\x04\"g\n\rCompleteReply\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x04\x12\x15\n\routput_tokens\x18\x04 \x01(\x04\x12\x0c\n\x04\x63ost\x18\x05 \x01(\x01\"@\n\x0eSubcallRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x65ll_id\x18\x03 \x01(\x04\"?\n\x0bToolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\x0c\x12\x0f\n\x07\x63\x65ll_id\x18\x03 \x01(\x04\" \n\tToolReply\x12\x13\n\x0bresult_json\x18\x01 \x01(\x0c*\x1e\n\x08\x45ncoding\x12\x08\n\x04TEXT\x10\x00\x12\x08\n\x04JSON\x10\x01\x32\xec\x01\n\x06\x42roker\x12\x38\n\x06\x41ttach\x12\x15.rlm.v1.RunnerMessage\x1a\x13.rlm.v1.HostMessage(\x01\x30\x01\x12:\n\x08\x43omplete\x12\x17.rlm.v1.CompleteRequest\x1a\x15.rlm.v1.CompleteReply\x12\x38\n\x07Subcall\x12\x16.rlm.v1.SubcallRequest\x1a\x15.rlm.v1.CompleteReply\x12\x32\n\x08\x43\x61llTool\x12\x13.rlm.v1.ToolRequest\x1a\x11.rlm.v1.ToolReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crlm/protos/rlm_sandbox.proto\x12\x06rlm.v1\"\xe6\x01\n\x0bHostMessage\x12\'\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x14.rlm.v1.ContextChunkH\x00\x12)\n\x07\x65xecute\x18\x02 \x01(\x0b\x32\x16.rlm.v1.ExecuteRequestH\x00\x12-\n\rset_variables\x18\x03 \x01(\x0b\x32\x14.rlm.v1.SetVariablesH\x00\x12&\n\tinterrupt\x18\x04 \x01(\x0b\x32\x11.rlm.v1.InterruptH\x00\x12$\n\x08shutdown\x18\x05 \x01(\x0b\x32\x10.rlm.v1.ShutdownH\x00\x42\x06\n\x04kind\"\x90\x01\n\x0c\x43ontextChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\"\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x10.rlm.v1.Encoding\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12\x0f\n\x07\x61liases\x18\x06 \x03(\t\x12\x0c\n\x04path\x18\x07 \x01(\t\"b\n\x0e\x45xecuteRequest\x12\x0f\n\x07\x63\x65ll_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x18\n\x10max_output_chars\x18\x03 \x01(\r\x12\x17\n\x0ftimeout_seconds\x18\x04 \x01(\x01\"[\n\x0cSetVariables\x12\x13\n\x0bvalues_json\x18\x01 \x01(\x0c\x12\x1f\n\x05tools\x18\x02 \x03(\x0b\x32\x10.rlm.v1.ToolSpec\x12\x15\n\rvalues_pickle\x18\x03 \x01(\x0c\"-\n\x08ToolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\x1c\n\tInterrupt\x12\x0f\n\x07\x63\x65ll_id\x18\x01 \x01(\x04\"\n\n\x08Shutdown\"|\n\rRunnerMessage\x12\x1e\n\x05hello\x18\x01 \x01(\x0b\x32\r.rlm.v1.HelloH\x00\x12\x1a\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0b.rlm.v1.AckH\x00\x12\'\n\x06result\x18\x03 \x01(\x0b\x32\x15.rlm.v1.ExecuteResultH\x00\x42\x06\n\x04kind\"D\n\x05Hello\x12\x16\n\x0erunner_version\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x16\n\x0epython_version\x18\x03 \x01(\t\"\"\n\x03\x41\x63k\x12\x0c\n\x04what\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\x81\x02\n\rExecuteResult\x12\x0f\n\x07\x63\x65ll_id\x18\x01 \x01(\x04\x12\x0e\n\x06stdout\x18\x02 \x01(\t\x12\x0e\n\x06stderr\x18\x03 \x01(\t\x12\x1c\n\x14stdout_dropped_chars\x18\x04 \x01(\x04\x12\x1c\n\x14stderr_dropped_chars\x18\x05 \x01(\x04\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x13\n\x0binterrupted\x18\x07 \x01(\x08\x12\x0f\n\x07seconds\x18\x08 \x01(\x01\x12\x14\n\x0c\x61nswer_ready\x18\t \x01(\x08\x12\x16\n\x0e\x61nswer_content\x18\n \x01(\t\x12\x11\n\tvariables\x18\x0b \x03(\t\x12\r\n\x05\x66\x61tal\x18\x0c \x01(\x08\"X\n\x0f\x43ompleteRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmessages_json\x18\x03 \x01(\t\x12\x0f\n\x07\x63\x65ll_id\x18\x04 \x01(\x04\"g\n\rCompleteReply\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x04\x12\x15\n\routput_tokens\x18\x04 \x01(\x04\x12\x0c\n\x04\x63ost\x18\x05 \x01(\x01\"@\n\x0eSubcallRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x65ll_id\x18\x03 \x01(\x04\"?\n\x0bToolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\x0c\x12\x0f\n\x07\x63\x65ll_id\x18\x03 \x01(\x04\"7\n\tToolReply\x12\x13\n\x0bresult_json\x18\x01 \x01(\x0c\x12\x15\n\rresult_pickle\x18\x02 \x01(\x0c*\x1e\n\x08\x45ncoding\x12\x08\n\x04TEXT\x10\x00\x12\x08\n\x04JSON\x10\x01\x32\xec\x01\n\x06\x42roker\x12\x38\n\x06\x41ttach\x12\x15.rlm.v1.RunnerMessage\x1a\x13.rlm.v1.HostMessage(\x01\x30\x01\x12:\n\x08\x43omplete\x12\x17.rlm.v1.CompleteRequest\x1a\x15.rlm.v1.CompleteReply\x12\x38\n\x07Subcall\x12\x16.rlm.v1.SubcallRequest\x1a\x15.rlm.v1.CompleteReply\x12\x32\n\x08\x43\x61llTool\x12\x13.rlm.v1.ToolRequest\x1a\x11.rlm.v1.ToolReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rlm.protos.rlm_sandbox_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENCODING']._serialized_start=1531
-  _globals['_ENCODING']._serialized_end=1561
+  _globals['_ENCODING']._serialized_start=1577
+  _globals['_ENCODING']._serialized_end=1607
   _globals['_HOSTMESSAGE']._serialized_start=41
   _globals['_HOSTMESSAGE']._serialized_end=271
   _globals['_CONTEXTCHUNK']._serialized_start=274
@@ -40,31 +40,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTEREQUEST']._serialized_start=420
   _globals['_EXECUTEREQUEST']._serialized_end=518
   _globals['_SETVARIABLES']._serialized_start=520
-  _globals['_SETVARIABLES']._serialized_end=588
-  _globals['_TOOLSPEC']._serialized_start=590
-  _globals['_TOOLSPEC']._serialized_end=635
-  _globals['_INTERRUPT']._serialized_start=637
-  _globals['_INTERRUPT']._serialized_end=665
-  _globals['_SHUTDOWN']._serialized_start=667
-  _globals['_SHUTDOWN']._serialized_end=677
-  _globals['_RUNNERMESSAGE']._serialized_start=679
-  _globals['_RUNNERMESSAGE']._serialized_end=803
-  _globals['_HELLO']._serialized_start=805
-  _globals['_HELLO']._serialized_end=873
-  _globals['_ACK']._serialized_start=875
-  _globals['_ACK']._serialized_end=909
-  _globals['_EXECUTERESULT']._serialized_start=912
-  _globals['_EXECUTERESULT']._serialized_end=1169
-  _globals['_COMPLETEREQUEST']._serialized_start=1171
-  _globals['_COMPLETEREQUEST']._serialized_end=1259
-  _globals['_COMPLETEREPLY']._serialized_start=1261
-  _globals['_COMPLETEREPLY']._serialized_end=1364
-  _globals['_SUBCALLREQUEST']._serialized_start=1366
-  _globals['_SUBCALLREQUEST']._serialized_end=1430
-  _globals['_TOOLREQUEST']._serialized_start=1432
-  _globals['_TOOLREQUEST']._serialized_end=1495
-  _globals['_TOOLREPLY']._serialized_start=1497
-  _globals['_TOOLREPLY']._serialized_end=1529
-  _globals['_BROKER']._serialized_start=1564
-  _globals['_BROKER']._serialized_end=1800
+  _globals['_SETVARIABLES']._serialized_end=611
+  _globals['_TOOLSPEC']._serialized_start=613
+  _globals['_TOOLSPEC']._serialized_end=658
+  _globals['_INTERRUPT']._serialized_start=660
+  _globals['_INTERRUPT']._serialized_end=688
+  _globals['_SHUTDOWN']._serialized_start=690
+  _globals['_SHUTDOWN']._serialized_end=700
+  _globals['_RUNNERMESSAGE']._serialized_start=702
+  _globals['_RUNNERMESSAGE']._serialized_end=826
+  _globals['_HELLO']._serialized_start=828
+  _globals['_HELLO']._serialized_end=896
+  _globals['_ACK']._serialized_start=898
+  _globals['_ACK']._serialized_end=932
+  _globals['_EXECUTERESULT']._serialized_start=935
+  _globals['_EXECUTERESULT']._serialized_end=1192
+  _globals['_COMPLETEREQUEST']._serialized_start=1194
+  _globals['_COMPLETEREQUEST']._serialized_end=1282
+  _globals['_COMPLETEREPLY']._serialized_start=1284
+  _globals['_COMPLETEREPLY']._serialized_end=1387
+  _globals['_SUBCALLREQUEST']._serialized_start=1389
+  _globals['_SUBCALLREQUEST']._serialized_end=1453
+  _globals['_TOOLREQUEST']._serialized_start=1455
+  _globals['_TOOLREQUEST']._serialized_end=1518
+  _globals['_TOOLREPLY']._serialized_start=1520
+  _globals['_TOOLREPLY']._serialized_end=1575
+  _globals['_BROKER']._serialized_start=1610
+  _globals['_BROKER']._serialized_end=1846
 # @@protoc_insertion_point(module_scope)

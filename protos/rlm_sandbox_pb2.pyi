@@ -59,12 +59,14 @@ class ExecuteRequest(_message.Message):
     def __init__(self, cell_id: _Optional[int] = ..., code: _Optional[str] = ..., max_output_chars: _Optional[int] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class SetVariables(_message.Message):
-    __slots__ = ("values_json", "tools")
+    __slots__ = ("values_json", "tools", "values_pickle")
     VALUES_JSON_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_PICKLE_FIELD_NUMBER: _ClassVar[int]
     values_json: bytes
     tools: _containers.RepeatedCompositeFieldContainer[ToolSpec]
-    def __init__(self, values_json: _Optional[bytes] = ..., tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping]]] = ...) -> None: ...
+    values_pickle: bytes
+    def __init__(self, values_json: _Optional[bytes] = ..., tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping]]] = ..., values_pickle: _Optional[bytes] = ...) -> None: ...
 
 class ToolSpec(_message.Message):
     __slots__ = ("name", "description")
@@ -187,7 +189,9 @@ class ToolRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., args_json: _Optional[bytes] = ..., cell_id: _Optional[int] = ...) -> None: ...
 
 class ToolReply(_message.Message):
-    __slots__ = ("result_json",)
+    __slots__ = ("result_json", "result_pickle")
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    RESULT_PICKLE_FIELD_NUMBER: _ClassVar[int]
     result_json: bytes
-    def __init__(self, result_json: _Optional[bytes] = ...) -> None: ...
+    result_pickle: bytes
+    def __init__(self, result_json: _Optional[bytes] = ..., result_pickle: _Optional[bytes] = ...) -> None: ...

@@ -1,56 +1,120 @@
-"""``RLMLogger``: one JSONL file per RLM instance with every event of every run."""
+"""``RLMLogger``: a run's trajectory (configuration + iterations), in memory and optionally as JSONL.
+
+The file has the reference ``rlms`` package's layout, so its visualizer opens our logs: one
+``{"type": "metadata", ...}`` line (``RLMMetadata``), then one ``{"type": "iteration", ...}`` line
+per iteration (``RLMIteration``: prompt, response, code blocks with their results and nested
+sub-calls, final answer). What we record beyond that (sub-call kinds and costs, child runs' own
+trajectories, sandbox restarts, run ids) rides along in extra keys that the reference ignores.
+``rlm view`` renders these files, ours and the reference's.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import threading
-import time
 import uuid
+from datetime import datetime
 from typing import Any
 
-from rlm.events import RLMEvent
+from rlm.types import RLMIteration, RLMMetadata
+
+__all__ = [
+    "RLMLogger",
+    "iteration_entry",
+]  # and VerbosePrinter, imported on first use (it needs rich)
 
 
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return repr(value)
+def iteration_entry(number: int, iteration: RLMIteration) -> dict[str, Any]:
+    """One iteration as a log line: ``type``, ``iteration`` (1-based), ``timestamp`` + its dict."""
+    return {
+        "type": "iteration",
+        "iteration": number,
+        "timestamp": datetime.now().isoformat(),
+        **iteration.to_dict(),
+    }
 
 
 class RLMLogger:
-    """Writes trajectories as JSON lines: ``<log_dir>/<file_name>_<time>_<id>.jsonl``.
+    """Captures the trajectory of each completion; with ``log_dir`` also appends it to
+    ``<log_dir>/<file_name>_<YYYY-mm-dd_HH-MM-SS>_<8 hex>.jsonl``.
 
-    Each line is one event (see ``rlm.events.EVENT_KINDS``); child runs carry their
-    ``parent_run_id``, so the whole tree can be rebuilt from one file.
+    Without ``log_dir`` nothing touches the disk: ``get_trajectory()`` (and the completion's
+    ``metadata``) hold the same data.
     """
 
-    def __init__(self, log_dir: str = "logs", file_name: str = "rlm") -> None:
-        os.makedirs(log_dir, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.log_file_path = os.path.join(
-            log_dir, f"{file_name}_{stamp}_{uuid.uuid4().hex[:8]}.jsonl"
-        )
+    def __init__(self, log_dir: str | None = None, file_name: str = "rlm") -> None:
+        self.log_dir = log_dir
+        self.log_file_path: str | None = None
+        if log_dir is not None:
+            os.makedirs(log_dir, exist_ok=True)
+            stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+            self.log_file_path = os.path.join(
+                log_dir, f"{file_name}_{stamp}_{uuid.uuid4().hex[:8]}.jsonl"
+            )
         self._lock = threading.Lock()
-        self._file = open(self.log_file_path, "a", encoding="utf-8")  # noqa: SIM115
+        self._file: Any = None
+        self._run_metadata: dict[str, Any] | None = None
+        self._iterations: list[dict[str, Any]] = []
 
-    def __call__(self, event: RLMEvent) -> None:
-        line = json.dumps(_jsonable(event.to_dict()), ensure_ascii=False)
+    def log_metadata(self, metadata: RLMMetadata) -> None:
+        """Records the run's configuration (once per logger, as the first line of the file)."""
         with self._lock:
-            if not self._file.closed:
-                self._file.write(line + "\n")
-                self._file.flush()
+            if self._run_metadata is not None:
+                return
+            self._run_metadata = metadata.to_dict()
+            self._write(
+                {"type": "metadata", "timestamp": datetime.now().isoformat(), **self._run_metadata}
+            )
+
+    def log(self, iteration: RLMIteration) -> dict[str, Any]:
+        """Records one iteration; returns its entry (what ``get_trajectory`` lists)."""
+        with self._lock:
+            entry = iteration_entry(len(self._iterations) + 1, iteration)
+            self._iterations.append(entry)
+            self._write(entry)
+            return entry
+
+    def clear_iterations(self) -> None:
+        """Starts the next completion's trajectory (the file keeps every completion)."""
+        with self._lock:
+            self._iterations = []
+
+    def get_trajectory(self) -> dict[str, Any] | None:
+        """``{"run_metadata", "iterations"}`` of the current completion, or None before any."""
+        with self._lock:
+            if self._run_metadata is None:
+                return None
+            return {"run_metadata": self._run_metadata, "iterations": list(self._iterations)}
+
+    @property
+    def iteration_count(self) -> int:
+        return len(self._iterations)
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        if self.log_file_path is None:
+            return
+        if self._file is None or self._file.closed:
+            self._file = open(self.log_file_path, "a", encoding="utf-8")  # noqa: SIM115
+        self._file.write(json.dumps(entry, ensure_ascii=False, default=repr) + "\n")
+        self._file.flush()
 
     def close(self) -> None:
+        """Closes the file (a later entry reopens it)."""
         with self._lock:
-            self._file.close()
+            if self._file is not None:
+                self._file.close()
 
     @staticmethod
     def read(path: str) -> list[dict[str, Any]]:
-        """All events of a log file, in order."""
+        """Every entry of a log file, in order."""
         with open(path, encoding="utf-8") as handle:
             return [json.loads(line) for line in handle if line.strip()]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "VerbosePrinter":  # rich is imported only when the trace is wanted
+        from rlm.progress import VerbosePrinter
+
+        return VerbosePrinter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as _escape_markup
 from rich.syntax import Syntax
 
 from rlm.events import RLMEvent
+from rlm.sanitize import for_terminal
+
+
+def escape(text: str) -> str:
+    """Sandbox or model text made safe for the trace: no rich markup, no terminal escapes."""
+    return _escape_markup(for_terminal(text))
+
 
 CODE_LINES = 12
 OUTPUT_LINES = 6
@@ -36,7 +44,8 @@ class ProgressPrinter:
         size = f", context {chars:,} chars" if isinstance(chars, int) else ""
         self.console.print(
             f"{self._indent(event)}[bold cyan]▶ run {event.run_id}[/] depth {event.depth} · "
-            f"model {escape(str(data.get('model')))} · env {data.get('environment')}{size}"
+            f"model {escape(str(data.get('model')))} · env {escape(str(data.get('environment')))}"
+            f"{size}"
         )
 
     def _on_lm_response(self, event: RLMEvent) -> None:
@@ -50,7 +59,7 @@ class ProgressPrinter:
 
     def _on_cell_executed(self, event: RLMEvent) -> None:
         data = event.data
-        code_lines = data["code"].rstrip().splitlines()
+        code_lines = for_terminal(data["code"]).rstrip().splitlines()
         shown = "\n".join(code_lines[:CODE_LINES])
         if len(code_lines) > CODE_LINES:
             shown += f"\n# ... {len(code_lines) - CODE_LINES} more lines"
@@ -95,3 +104,79 @@ class ProgressPrinter:
             f"{self._indent(event)}[bold green]■ run {event.run_id}[/] finished by "
             f"{data.get('finished_by')} in {data.get('seconds', 0):.2f}s{cost_text}"
         )
+
+
+class VerbosePrinter:
+    """The reference package's verbose printer, by name: ``print_*`` methods that write a short
+    trace to stderr, each a no-op when ``enabled`` is False. ``RLM(verbose=True)`` uses the live
+    event trace (``ProgressPrinter``) instead; this class serves code written against the
+    reference that drives a printer itself."""
+
+    def __init__(self, enabled: bool = True, console: Console | None = None) -> None:
+        self.enabled = enabled
+        self.console = console or Console(stderr=True, highlight=False)
+
+    def _say(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(text)
+
+    def print_header(self, *args: Any, **kwargs: Any) -> None:
+        values = ", ".join(f"{k}={escape(str(v))}" for k, v in kwargs.items())
+        self._say(f"[bold cyan]RLM[/] {values}")
+
+    def print_metadata(self, metadata: Any) -> None:
+        data = metadata.to_dict() if hasattr(metadata, "to_dict") else dict(metadata)
+        self._say(
+            f"[bold cyan]RLM[/] model {escape(str(data.get('root_model')))} · "
+            f"env {escape(str(data.get('environment_type')))} · "
+            f"max_depth {data.get('max_depth')} · max_iterations {data.get('max_iterations')}"
+        )
+
+    def print_iteration_start(self, iteration: int) -> None:
+        self._say(f"[bold]iteration {iteration}[/]")
+
+    def print_completion(self, response: Any, iteration_time: float | None = None) -> None:
+        timing = f" ({iteration_time:.2f}s)" if iteration_time is not None else ""
+        self._say(f"[dim]model{timing}:[/] {escape(str(response))[:2000]}")
+
+    def print_code_execution(self, code_block: Any) -> None:
+        self._say(escape(code_block.code))
+        result = code_block.result
+        if result.stdout:
+            self._say(f"[dim]{escape(result.stdout)[:2000]}[/]")
+        if result.stderr:
+            self._say(f"[red]{escape(result.stderr)[:2000]}[/]")
+
+    def print_subcall(
+        self, model: str, prompt_preview: str, response_preview: str, *args: Any, **kwargs: Any
+    ) -> None:
+        self._say(
+            f"  [magenta]↳ {escape(str(model))}[/] {escape(str(prompt_preview))[:120]} → "
+            f"{escape(str(response_preview))[:120]}"
+        )
+
+    def print_iteration(self, iteration: Any, iteration_num: int) -> None:
+        self.print_iteration_start(iteration_num)
+        self.print_completion(iteration.response, iteration.iteration_time)
+        for block in iteration.code_blocks:
+            self.print_code_execution(block)
+
+    def print_budget_exceeded(self, spent: float, budget: float) -> None:
+        self._say(f"[red]budget exceeded: ${spent:.4f} of ${budget:.4f}[/]")
+
+    def print_limit_exceeded(self, limit_type: str, details: str) -> None:
+        self._say(f"[red]{escape(str(limit_type))} limit reached: {escape(str(details))}[/]")
+
+    def print_compaction_status(self, current_tokens: int, threshold_tokens: int, *_: Any) -> None:
+        self._say(f"[dim]context {current_tokens:,} of {threshold_tokens:,} tokens[/]")
+
+    def print_compaction(self) -> None:
+        self._say("[yellow]compacting the conversation[/]")
+
+    def print_final_answer(self, answer: Any) -> None:
+        self._say(f"[bold green]answer:[/] {escape(str(answer))}")
+
+    def print_summary(
+        self, total_iterations: int, total_time: float, usage_summary: Any = None
+    ) -> None:
+        self._say(f"[bold green]■[/] {total_iterations} iteration(s) in {total_time:.2f}s")

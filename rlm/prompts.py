@@ -44,6 +44,33 @@ FIRST_USER_MESSAGE = """\
 
 `context` is {context_description}. Start by exploring it in a ```repl block."""
 
+PERSISTENT_TURN = """\
+{request}
+
+This is turn {turn} of a conversation in the same REPL: the new data is `context_{turn}` \
+({context_description}). `context` is still the first turn's data; `context_0` .. \
+`context_{turn}` hold every turn's data and `history_0` .. `history_{last}` the earlier turns' \
+conversations (lists of messages). Your variables from earlier turns are still there. Start \
+by exploring `context_{turn}` in a ```repl block."""
+
+ORCHESTRATOR_NOTE = """\
+Work as an orchestrator: after a first look at the data, state your plan (which steps run as \
+code, which as sub-calls), then carry it out one step at a time, printing a small sample of each \
+result to check it before you build on it. Set `answer["ready"] = True` only after you have \
+printed and checked the answer; if you are running out of iterations, give your best answer \
+rather than none."""
+
+COMPACTION_NOTE = (
+    "When the conversation grows long it is summarised; the whole conversation before each "
+    "summary stays in the REPL variable `history` (a list of trajectory segments and summaries)."
+)
+
+AFTER_COMPACTION = (
+    "The conversation has been compacted {count} time(s); continue from your summary above. "
+    "The REPL state is unchanged: SHOW_VARS() lists your variables and `history` holds the "
+    "conversation before the summary. Do not redo finished work. Your next step:"
+)
+
 DEFAULT_REQUEST = (
     "The request is part of `context` itself: read it there, then carry it out over the data."
 )
@@ -90,8 +117,11 @@ def system_prompt(
     max_depth: int,
     tools: dict[str, str],
     sub_window_chars: int = 400_000,
+    orchestrator: bool = False,
+    compaction: bool = False,
 ) -> str:
-    """The system prompt for a run at ``depth`` with the given tools."""
+    """The system prompt for a run at ``depth`` with the given tools; ``orchestrator`` adds the
+    plan-then-verify guidance, ``compaction`` says where the compacted conversation lives."""
     if depth + 1 >= max_depth:
         depth_note = "(At this depth children are plain LM calls with no REPL.)"
     else:
@@ -99,20 +129,29 @@ def system_prompt(
     tools_section = "".join(
         f"- `{name}`: {description or 'a host-side tool'}\n" for name, description in tools.items()
     )
-    return SYSTEM_PROMPT.format(
+    text = SYSTEM_PROMPT.format(
         max_output_chars=max_output_chars,
         context_kind=describe_context(context_value)[0],
         sub_window_chars=f"{sub_window_chars:,}",
         depth_note=depth_note,
         tools_section=tools_section,
     )
+    if orchestrator:
+        text += "\n" + ORCHESTRATOR_NOTE + "\n"
+    if compaction:
+        text += "\n" + COMPACTION_NOTE + "\n"
+    return text
 
 
-def first_user_message(context_value: Any, root_prompt: str | None) -> str:
+def first_user_message(context_value: Any, root_prompt: str | None, *, turn: int = 0) -> str:
+    """The request and a description of the data; ``turn`` > 0 in a persistent session."""
     request = f"The request: {root_prompt}" if root_prompt else DEFAULT_REQUEST
-    return FIRST_USER_MESSAGE.format(
-        request=request, context_description=describe_context(context_value)[1]
-    )
+    description = describe_context(context_value)[1]
+    if turn:
+        return PERSISTENT_TURN.format(
+            request=request, turn=turn, last=turn - 1, context_description=description
+        )
+    return FIRST_USER_MESSAGE.format(request=request, context_description=description)
 
 
 def format_cell(index: int, code: str, result: Any) -> str:

@@ -13,10 +13,11 @@ from typing import Any
 
 from rlm import prompts
 from rlm.broker.accounting import Ledger
+from rlm.broker.clients.base import LMResponse
 from rlm.broker.router import LMRouter
 from rlm.broker.server import BrokerServer
 from rlm.environments import environment_class
-from rlm.environments.base import CellResult, Environment, ToolSpec
+from rlm.environments.base import CellResult, Environment, ToolSpec, encode_value
 from rlm.errors import (
     ConfigurationError,
     ErrorThresholdExceededError,
@@ -24,9 +25,18 @@ from rlm.errors import (
     RLMError,
 )
 from rlm.events import EventBus, RLMEvent
+from rlm.logger import RLMLogger, iteration_entry
 from rlm.parsing import parse_reply
 from rlm.protos import rlm_sandbox_pb2 as pb
-from rlm.types import RLMChatCompletion, UsageSummary
+from rlm.types import (
+    CodeBlock,
+    ModelUsageSummary,
+    REPLResult,
+    RLMChatCompletion,
+    RLMIteration,
+    RLMMetadata,
+    UsageSummary,
+)
 
 PREVIEW_CHARS = 300
 
@@ -48,6 +58,10 @@ class Tool:
 
 
 def parse_tools(tools: dict[str, Any] | None) -> dict[str, Tool]:
+    """``custom_tools`` as ``Tool``s; a name the REPL defines itself is a ``ValueError``."""
+    from rlm.environments.compat import validate_custom_tools
+
+    validate_custom_tools(tools)
     return {name: Tool.parse(name, spec) for name, spec in (tools or {}).items()}
 
 
@@ -68,9 +82,27 @@ class TreeConfig:
     sub_tools: dict[str, Tool] = field(default_factory=dict)
     compaction: bool = False
     compaction_threshold_chars: int = 400_000
-    max_concurrent_subcalls: int = 8
+    max_concurrent_subcalls: int = 4
     tool_timeout: float = 300.0
+    orchestrator: bool = True
+    user_prologue: str | None = None
+    backend: str = "openai"
+    backend_kwargs: dict[str, Any] = field(default_factory=dict)
+    other_backends: list[str] | None = None
     _subcall_slots: dict[int, asyncio.Semaphore] = field(default_factory=dict)
+
+    def run_metadata(self, depth: int) -> dict[str, Any]:
+        """The reference's ``RLMMetadata`` of a run at ``depth`` (no secrets in it)."""
+        return RLMMetadata(
+            root_model=self.router.client_for(None, depth).model_name,
+            max_depth=self.max_depth,
+            max_iterations=self.max_iterations,
+            backend=self.backend,
+            backend_kwargs=without_secrets(self.backend_kwargs),
+            environment_type=self.environment,
+            environment_kwargs=without_secrets(self.environment_kwargs),
+            other_backends=self.other_backends,
+        ).to_dict()
 
     def subcall_slots(self, depth: int) -> asyncio.Semaphore:
         """Bounds concurrent child runs per depth (one pool per level, so children waiting for
@@ -82,6 +114,17 @@ class TreeConfig:
     @property
     def max_output_chars(self) -> int:
         return int(self.environment_kwargs.get("max_output_chars", 20_000))
+
+
+_SECRET_WORDS = ("key", "token", "secret", "password", "authorization", "credential")
+
+
+def without_secrets(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` for a log: values under names that look like secrets are replaced."""
+    return {
+        name: "<hidden>" if any(word in name.lower() for word in _SECRET_WORDS) else value
+        for name, value in kwargs.items()
+    }
 
 
 class SessionDispatch:
@@ -105,18 +148,30 @@ async def open_environment(
     config: TreeConfig, dispatch: SessionDispatch, label: str
 ) -> Environment:
     cls = environment_class(config.environment)
+    kwargs = dict(config.environment_kwargs)
+    setup_code = kwargs.pop("setup_code", None)
     try:
-        env = cls(broker=config.broker, handler=dispatch, label=label, **config.environment_kwargs)
+        env = cls(broker=config.broker, handler=dispatch, label=label, **kwargs)
     except TypeError as error:
         raise ConfigurationError(
             f"bad environment_kwargs for {config.environment!r}: {error}"
         ) from error
     await env.start()
+    if setup_code:
+        # As in the reference: code run once in the fresh REPL before the model's first cell.
+        result = await env.execute(setup_code)
+        if result.error:
+            await env.aclose()
+            raise ConfigurationError(
+                f"environment_kwargs['setup_code'] raised in the sandbox:\n{result.error}"
+            )
     return env
 
 
 class RLMRun:
-    """One completion at one depth."""
+    """One completion at one depth. Its trajectory (``RLMIteration``s with code blocks, their
+    results and every sub-call, children's trajectories nested) is built as it goes: it is the
+    completion's ``metadata``, what ``RLMLogger`` writes and what ``rlm view`` renders."""
 
     def __init__(
         self,
@@ -126,6 +181,7 @@ class RLMRun:
         ledger: Ledger,
         parent_run_id: str | None = None,
         tools: dict[str, Tool] | None = None,
+        logger: RLMLogger | None = None,
     ) -> None:
         self.config = config
         self.depth = depth
@@ -133,10 +189,18 @@ class RLMRun:
         self.parent_run_id = parent_run_id
         self.run_id = uuid.uuid4().hex[:12]
         self.tools = config.tools if tools is None else tools
+        self.logger = logger
         self.iterations: list[dict[str, Any]] = []
-        self._current_block: dict[str, Any] | None = None
+        """The log entries of this run's iterations (``RLMIteration`` dicts)."""
+        self.messages: list[dict[str, Any]] = []
+        """The conversation with the root model, as last sent."""
+        self._calls: list[RLMChatCompletion] | None = None
+        self._tool_calls: list[dict[str, Any]] | None = None
         self._call_ids = itertools.count(1)
         self._partial = ""
+        self._finished_by: str | None = None
+        self._history: list[dict[str, Any]] = []
+        """What the REPL's ``history`` holds under compaction: segments and summaries."""
 
     # ---- events ----------------------------------------------------------------------------
 
@@ -145,9 +209,9 @@ class RLMRun:
             RLMEvent(event_kind, self.run_id, self.depth, self.parent_run_id, data)
         )
 
-    def _record_subcall(self, record: dict[str, Any]) -> None:
-        if self._current_block is not None:
-            self._current_block["subcalls"].append(record)
+    def _record_call(self, call: RLMChatCompletion) -> None:
+        if self._calls is not None:
+            self._calls.append(call)
 
     # ---- call-backs from the sandbox ------------------------------------------------------
 
@@ -155,46 +219,79 @@ class RLMRun:
         self, request: Any, kind: str, messages: list[dict[str, Any]]
     ) -> pb.CompleteReply:
         call_id = f"{self.run_id}:{next(self._call_ids)}"
-        preview = (
-            request.prompt or request.messages_json if kind == "llm_query" else request.prompt
-        )[:PREVIEW_CHARS]
+        prompt: Any = messages if request_is_chat(request) else messages[-1]["content"]
+        preview = prompt_preview(prompt)
         self.emit("subcall_started", call_id=call_id, call=kind, prompt_preview=preview)
         started = time.perf_counter()
-        record: dict[str, Any] = {"kind": kind, "prompt_preview": preview}
+        client = self.config.router.client_for(request.model or None, self.depth + 1)
         try:
             response = await self.config.router.complete(
                 messages, ledger=self.ledger, depth=self.depth + 1, model=request.model or None
             )
         except BaseException as error:
-            record.update(
-                error=f"{type(error).__name__}: {error}", seconds=time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            message = f"{type(error).__name__}: {error}"
+            self._record_call(
+                RLMChatCompletion(
+                    root_model=client.model_name,
+                    prompt=capped(prompt),
+                    response="",
+                    usage_summary=UsageSummary(),
+                    execution_time=seconds,
+                    error=message,
+                    extras={
+                        "kind": kind,
+                        "call_id": call_id,
+                        "prompt_tokens": 0,
+                        "completion_tokens": 0,
+                        "cost": None,
+                    },
+                )
             )
-            self._record_subcall(record)
             self.emit(
                 "subcall_finished",
                 call_id=call_id,
                 call=kind,
-                seconds=record["seconds"],
-                error=record["error"],
+                model=client.model_name,
+                seconds=seconds,
+                error=message,
             )
             raise
         seconds = time.perf_counter() - started
         usage = response.usage
-        record.update(
-            model=response.model,
-            response_preview=response.text[:PREVIEW_CHARS],
-            seconds=seconds,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
+        cost = client.cost_of(response)
+        self._record_call(
+            RLMChatCompletion(
+                root_model=response.model,
+                prompt=capped(prompt),
+                response=capped(response.text),
+                usage_summary=UsageSummary(
+                    {
+                        response.model: ModelUsageSummary(
+                            1, usage.input_tokens, usage.output_tokens, cost
+                        )
+                    }
+                ),
+                execution_time=seconds,
+                extras={
+                    "kind": kind,
+                    "call_id": call_id,
+                    "prompt_tokens": usage.input_tokens,
+                    "completion_tokens": usage.output_tokens,
+                    "cost": cost,
+                },
+            )
         )
-        self._record_subcall(record)
         self.emit(
             "subcall_finished",
             call_id=call_id,
             call=kind,
+            model=response.model,
             seconds=seconds,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
+            cost=cost,
+            response_preview=response.text[:PREVIEW_CHARS],
         )
         return pb.CompleteReply(
             text=response.text,
@@ -223,38 +320,63 @@ class RLMRun:
             tools=self.config.sub_tools,
         )
         call_id = f"{self.run_id}:{next(self._call_ids)}"
+        model = self.config.router.client_for(None, child.depth).model_name
         self.emit(
             "subcall_started",
             call_id=call_id,
             call="rlm_query",
+            model=model,
             prompt_preview=request.prompt[:PREVIEW_CHARS],
             child_run_id=child.run_id,
         )
-        record: dict[str, Any] = {
-            "kind": "rlm_query",
-            "prompt_preview": request.prompt[:PREVIEW_CHARS],
-        }
-        self._record_subcall(record)
         started = time.perf_counter()
-        error_text = None
+        extras = {"kind": "rlm_query", "call_id": call_id, "child_run_id": child.run_id}
         try:
             async with self.config.subcall_slots(child.depth):
                 result = await child.run(request.prompt, None)
         except BaseException as error:
-            error_text = f"{type(error).__name__}: {error}"
-            record.update(error=error_text, child=child.trajectory())
-            raise
-        finally:
-            record["seconds"] = time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            message = f"{type(error).__name__}: {error}"
+            usage = UsageSummary.from_ledger(child.ledger.usage)
+            self._record_call(
+                RLMChatCompletion(
+                    root_model=model,
+                    prompt=capped(request.prompt),
+                    response="",
+                    usage_summary=usage,
+                    execution_time=seconds,
+                    metadata=child.trajectory(),
+                    error=message,
+                    extras={**extras, **usage_extras(usage)},
+                )
+            )
             self.emit(
                 "subcall_finished",
                 call_id=call_id,
                 call="rlm_query",
-                seconds=record["seconds"],
-                error=error_text,
+                model=model,
+                seconds=seconds,
+                error=message,
                 child_run_id=child.run_id,
             )
-        record.update(response_preview=result.response[:PREVIEW_CHARS], child=result.metadata)
+            raise
+        seconds = time.perf_counter() - started
+        usage = result.usage_summary
+        result.prompt = capped(result.prompt)
+        result.extras = {**extras, **usage_extras(usage)}
+        self._record_call(result)
+        self.emit(
+            "subcall_finished",
+            call_id=call_id,
+            call="rlm_query",
+            model=model,
+            seconds=seconds,
+            input_tokens=usage.total_input_tokens,
+            output_tokens=usage.total_output_tokens,
+            cost=usage.total_cost,
+            response_preview=result.response[:PREVIEW_CHARS],
+            child_run_id=child.run_id,
+        )
         return pb.CompleteReply(text=result.response)
 
     async def on_tool(self, request: pb.ToolRequest) -> pb.ToolReply:
@@ -263,7 +385,7 @@ class RLMRun:
             raise ConfigurationError(f"no host-side tool named {request.name!r}")
         payload = json.loads(request.args_json or b"{}")
         started = time.perf_counter()
-        record: dict[str, Any] = {"kind": "tool", "name": request.name}
+        record: dict[str, Any] = {"name": request.name}
         try:
             value = await asyncio.wait_for(
                 asyncio.to_thread(
@@ -271,29 +393,53 @@ class RLMRun:
                 ),
                 self.config.tool_timeout,
             )
-            encoded = json.dumps(value).encode()
+            as_json, as_pickle = encode_value(value)
         except TypeError as error:
             record["error"] = str(error)
             raise ConfigurationError(f"tool {request.name!r}: {error}") from error
         finally:
             record["seconds"] = time.perf_counter() - started
-            self._record_subcall(record)
-        return pb.ToolReply(result_json=encoded)
+            if self._tool_calls is not None:
+                self._tool_calls.append(record)
+        return pb.ToolReply(result_json=as_json, result_pickle=as_pickle)
 
-    # ---- the loop --------------------------------------------------------------------------
+    # ---- the trajectory --------------------------------------------------------------------
 
     def trajectory(self) -> dict[str, Any]:
+        """The reference's ``{"run_metadata", "iterations"}``, plus this run's id, depth and
+        how it finished."""
         return {
+            "run_metadata": self.config.run_metadata(self.depth),
+            "iterations": list(self.iterations),
             "run_id": self.run_id,
             "depth": self.depth,
-            "iterations": self.iterations,
+            "finished_by": self._finished_by,
         }
+
+    def _record_iteration(self, iteration: RLMIteration, number: int | None = None) -> None:
+        """Logs an entry; ``number`` is the loop's iteration (None for a compaction or the
+        final answer after the last iteration)."""
+        if self.logger is not None:
+            self.iterations.append(self.logger.log(iteration))
+        else:
+            self.iterations.append(iteration_entry(len(self.iterations) + 1, iteration))
+        self.emit(
+            "iteration_finished",
+            iteration=number,
+            seconds=iteration.iteration_time,
+            final_answer=iteration.final_answer,
+            kind=iteration.extras.get("kind"),
+        )
+
+    # ---- the loop --------------------------------------------------------------------------
 
     async def _setup_sandbox(
         self, env: Environment, context: Any, context_name: str, aliases: tuple[str, ...]
     ) -> None:
         await env.load_context(context, name=context_name, aliases=aliases)
         values = {n: t.value for n, t in self.tools.items() if not callable(t.value)}
+        if self.config.compaction and context_name in ("context", "context_0"):
+            values.setdefault("history", [])
         specs = [ToolSpec(n, t.description) for n, t in self.tools.items() if callable(t.value)]
         if values or specs:
             await env.set_variables(values, specs)
@@ -306,12 +452,17 @@ class RLMRun:
         environment: Environment | None = None,
         dispatch: SessionDispatch | None = None,
         context_name: str = "context",
-        aliases: tuple[str, ...] = (),
+        aliases: tuple[str, ...] = ("context_0",),
+        turn: int = 0,
     ) -> RLMChatCompletion:
-        """Runs the loop; opens (and closes) its own sandbox unless one is handed in."""
+        """Runs the loop; opens (and closes) its own sandbox unless one is handed in.
+        ``turn`` is the completion's index in a persistent session (0 otherwise)."""
         started = time.perf_counter()
         router = self.config.router
         root_model = router.client_for(None, self.depth).model_name
+        if self.logger is not None:
+            self.logger.log_metadata(RLMMetadata.from_dict(self.config.run_metadata(self.depth)))
+            self.logger.clear_iterations()
         self.emit(
             "run_started",
             model=root_model,
@@ -322,8 +473,8 @@ class RLMRun:
         )
         owned = environment is None
         env = environment
-        finished_by = "error"
         response = ""
+        error_text: str | None = None
         try:
             self.ledger.check()
             if env is None:
@@ -333,17 +484,19 @@ class RLMRun:
             elif dispatch is not None:
                 dispatch.run = self
             await self._setup_sandbox(env, context, context_name, aliases)
-            response, finished_by = await self._loop(env, context, root_prompt)
+            response, self._finished_by = await self._loop(env, context, root_prompt, turn)
             return RLMChatCompletion(
                 root_model=root_model,
                 prompt=context,
                 response=response,
                 usage_summary=UsageSummary.from_ledger(self.ledger.usage),
                 execution_time=time.perf_counter() - started,
-                metadata={**self.trajectory(), "finished_by": finished_by},
+                metadata=self.trajectory(),
             )
-        except LimitExceededError as error:
-            if error.partial_answer is None:
+        except BaseException as error:
+            self._finished_by = "error"
+            error_text = f"{type(error).__name__}: {error}"
+            if isinstance(error, LimitExceededError) and error.partial_answer is None:
                 error.partial_answer = self._partial or None
             raise
         finally:
@@ -352,66 +505,79 @@ class RLMRun:
             self.emit(
                 "run_finished",
                 response=response,
-                finished_by=finished_by,
+                finished_by=self._finished_by,
                 seconds=time.perf_counter() - started,
                 usage=UsageSummary.from_ledger(self.ledger.usage).to_dict(),
+                error=error_text,
             )
 
-    def _system_message(self, context: Any) -> str:
-        if self.config.custom_system_prompt:
-            return self.config.custom_system_prompt
-        return prompts.system_prompt(
-            context_value=context,
-            max_output_chars=self.config.max_output_chars,
-            depth=self.depth,
-            max_depth=self.config.max_depth,
-            tools={n: t.description for n, t in self.tools.items()},
-        )
+    def _first_messages(self, context: Any, root_prompt: str | None, turn: int) -> list[dict]:
+        config = self.config
+        if config.custom_system_prompt:
+            system = config.custom_system_prompt
+        else:
+            system = prompts.system_prompt(
+                context_value=context,
+                max_output_chars=config.max_output_chars,
+                depth=self.depth,
+                max_depth=config.max_depth,
+                tools={n: t.description for n, t in self.tools.items()},
+                orchestrator=config.orchestrator,
+                compaction=config.compaction,
+            )
+        messages = [
+            {"role": "system", "content": system},
+            {
+                "role": "user",
+                "content": prompts.first_user_message(context, root_prompt, turn=turn),
+            },
+        ]
+        if config.user_prologue:
+            messages.append({"role": "user", "content": config.user_prologue})
+        return messages
 
     async def _loop(
-        self, env: Environment, context: Any, root_prompt: str | None
+        self, env: Environment, context: Any, root_prompt: str | None, turn: int
     ) -> tuple[str, str]:
         config = self.config
-        messages: list[dict[str, Any]] = [
-            {"role": "system", "content": self._system_message(context)},
-            {"role": "user", "content": prompts.first_user_message(context, root_prompt)},
-        ]
+        messages = self._first_messages(context, root_prompt, turn)
+        self.messages = messages
         consecutive_errors = 0
+        last_error = ""
+        compactions = 0
         for iteration in range(1, config.max_iterations + 1):
             self.ledger.check()
             if config.compaction:
-                messages = await self._maybe_compact(messages)
+                compacted = await self._maybe_compact(env, messages, compactions + 1)
+                if compacted is not None:
+                    compactions += 1
+                    messages = self.messages = compacted
             self.emit("iteration_started", iteration=iteration)
-            lm_started = time.perf_counter()
+            iteration_started = time.perf_counter()
+            prompt_snapshot = list(messages)
             reply = await config.router.complete(messages, ledger=self.ledger, depth=self.depth)
+            lm_seconds = time.perf_counter() - iteration_started
             self.emit(
                 "lm_response",
                 iteration=iteration,
                 text=reply.text,
-                seconds=time.perf_counter() - lm_started,
+                seconds=lm_seconds,
                 input_tokens=reply.usage.input_tokens,
                 output_tokens=reply.usage.output_tokens,
             )
-            record: dict[str, Any] = {
-                "iteration": iteration,
-                "response": reply.text,
-                "code_blocks": [],
-            }
-            self.iterations.append(record)
             parsed = parse_reply(reply.text)
             outputs: list[str] = []
-            had_error = bool(parsed.problem)
+            blocks: list[CodeBlock] = []
+            had_error = False
             final: str | None = None
             for index, code in enumerate(parsed.blocks, start=1):
-                block: dict[str, Any] = {"code": code, "subcalls": []}
-                record["code_blocks"].append(block)
-                self._current_block = block
+                self._calls, self._tool_calls = [], []
                 try:
-                    timeout = self._cell_timeout()
-                    result = await env.execute(code, timeout=timeout)
+                    result = await env.execute(code, timeout=self._cell_timeout())
                 finally:
-                    self._current_block = None
-                self._note_result(block, result)
+                    calls, tools = self._calls, self._tool_calls
+                    self._calls = self._tool_calls = None
+                blocks.append(CodeBlock(code, repl_result(result, calls, tools)))
                 self.emit(
                     "cell_executed",
                     iteration=iteration,
@@ -428,71 +594,203 @@ class RLMRun:
                     self._partial = result.answer_content
                 if result.fatal:
                     self.ledger.check()
-                if result.error:
+                if result.error or result.stderr:
                     had_error = True
+                    last_error = (result.error or result.stderr).strip()
                 if result.answer_ready:
                     final = result.answer_content
+                    blocks[-1].result.final_answer = final
                     break
+            self._record_iteration(
+                RLMIteration(
+                    prompt=prompt_snapshot,
+                    response=reply.text,
+                    code_blocks=blocks,
+                    final_answer=final,
+                    iteration_time=time.perf_counter() - iteration_started,
+                    extras={
+                        "kind": "iteration",
+                        "run_id": self.run_id,
+                        "depth": self.depth,
+                        **self._lm_extras(reply, lm_seconds),
+                        **({"reply_problem": parsed.problem} if parsed.problem else {}),
+                        **({"finished_by": "answer"} if final is not None else {}),
+                    },
+                ),
+                iteration,
+            )
+            messages.append({"role": "assistant", "content": reply.text})
             if final is not None:
                 return final, "answer"
             if parsed.problem:
                 outputs.append(f"Problem with your reply: {parsed.problem}")
+            # As the reference counts: an iteration whose code wrote to stderr or raised.
             consecutive_errors = consecutive_errors + 1 if had_error else 0
             if config.max_errors is not None and consecutive_errors >= config.max_errors:
                 raise ErrorThresholdExceededError(
                     f"{consecutive_errors} consecutive iterations ended in an error "
-                    f"(max_errors={config.max_errors}); the last one: {outputs[-1][-500:]}",
+                    f"(max_errors={config.max_errors}); the last one: {last_error[-500:]}",
+                    error_count=consecutive_errors,
+                    threshold=config.max_errors,
+                    last_error=last_error,
                     partial_answer=self._partial or None,
                 )
-            messages.append({"role": "assistant", "content": reply.text})
             messages.append(
                 {
                     "role": "user",
                     "content": prompts.NEXT_USER_MESSAGE.format(
-                        outputs="\n\n".join(outputs),
+                        outputs="\n\n".join(outputs) or "(no code block in your reply)",
                         iteration=iteration + 1,
                         max_iterations=config.max_iterations,
                     ),
                 }
             )
         messages.append({"role": "user", "content": prompts.OUT_OF_ITERATIONS})
+        started = time.perf_counter()
         reply = await config.router.complete(messages, ledger=self.ledger, depth=self.depth)
-        self.iterations.append({"iteration": "final", "response": reply.text, "code_blocks": []})
-        return reply.text.strip(), "max_iterations"
+        answer = reply.text.strip()
+        messages.append({"role": "assistant", "content": reply.text})
+        self._record_iteration(
+            RLMIteration(
+                prompt=list(messages[:-1]),
+                response=reply.text,
+                code_blocks=[],
+                final_answer=answer,
+                iteration_time=time.perf_counter() - started,
+                extras={
+                    "kind": "final",
+                    "run_id": self.run_id,
+                    "depth": self.depth,
+                    **self._lm_extras(reply, time.perf_counter() - started),
+                    "finished_by": "max_iterations",
+                },
+            )
+        )
+        return answer, "max_iterations"
+
+    def _lm_extras(self, reply: LMResponse, seconds: float) -> dict[str, Any]:
+        """What the root model's call of an entry took: time, tokens and cost."""
+        client = self.config.router.client_for(None, self.depth)
+        return {
+            "lm_seconds": seconds,
+            "input_tokens": reply.usage.input_tokens,
+            "output_tokens": reply.usage.output_tokens,
+            "cost": client.cost_of(reply),
+        }
 
     def _cell_timeout(self) -> float | None:
         remaining = self.ledger.remaining_seconds()
         return None if remaining is None else max(0.5, remaining)
 
-    @staticmethod
-    def _note_result(block: dict[str, Any], result: CellResult) -> None:
-        block.update(
-            stdout=result.stdout,
-            stderr=result.stderr,
-            error=result.error,
-            seconds=result.seconds,
-            restarted=result.restarted,
-            stdout_dropped=result.stdout_dropped,
-        )
-
-    async def _maybe_compact(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _maybe_compact(
+        self, env: Environment, messages: list[dict[str, Any]], count: int
+    ) -> list[dict[str, Any]] | None:
+        """Past the threshold: the model summarises, the REPL's ``history`` gets the whole
+        conversation so far plus the summary, and the conversation restarts from the summary."""
         size = sum(len(str(m.get("content", ""))) for m in messages)
         if size <= self.config.compaction_threshold_chars or len(messages) <= 3:
-            return messages
-        summary = await self.config.router.complete(
-            [*messages, {"role": "user", "content": prompts.COMPACTION_REQUEST}],
-            ledger=self.ledger,
-            depth=self.depth,
+            return None
+        started = time.perf_counter()
+        request = [*messages, {"role": "user", "content": prompts.COMPACTION_REQUEST}]
+        summary = await self.config.router.complete(request, ledger=self.ledger, depth=self.depth)
+        self._history.extend(
+            [
+                {"type": "trajectory", "messages": messages[2:]},
+                {"type": "summary", "content": summary.text},
+            ]
         )
-        self.iterations.append(
-            {"iteration": "compaction", "response": summary.text, "code_blocks": []}
+        await env.set_variables({"history": self._history}, [])
+        self._record_iteration(
+            RLMIteration(
+                prompt=request,
+                response=summary.text,
+                code_blocks=[],
+                iteration_time=time.perf_counter() - started,
+                extras={
+                    "kind": "compaction",
+                    "run_id": self.run_id,
+                    "depth": self.depth,
+                    **self._lm_extras(summary, time.perf_counter() - started),
+                },
+            )
         )
         return [
             messages[0],
             messages[1],
             {"role": "assistant", "content": summary.text},
-            {"role": "user", "content": "Continue from your summary; the REPL state is unchanged."},
+            {"role": "user", "content": prompts.AFTER_COMPACTION.format(count=count)},
         ]
+
+
+TRAJECTORY_TEXT_CHARS = 200_000
+"""Prompts and replies of sub-calls are kept in the trajectory up to this many characters each
+(with a note of what was cut), so a wide fan-out cannot make the host hold every chunk twice."""
+
+
+def capped(value: Any) -> Any:
+    """``value`` with its text cut to ``TRAJECTORY_TEXT_CHARS`` (str, or chat messages)."""
+    if isinstance(value, str):
+        if len(value) <= TRAJECTORY_TEXT_CHARS:
+            return value
+        cut = len(value) - TRAJECTORY_TEXT_CHARS
+        return f"{value[:TRAJECTORY_TEXT_CHARS]}[... {cut:,} more characters not kept]"
+    if isinstance(value, list):
+        return [
+            {**m, "content": capped(m.get("content"))} if isinstance(m, dict) else m for m in value
+        ]
+    return value
+
+
+def usage_extras(usage: UsageSummary) -> dict[str, Any]:
+    """A sub-call's tokens and cost under the names the reference's visualizer reads."""
+    return {
+        "prompt_tokens": usage.total_input_tokens,
+        "completion_tokens": usage.total_output_tokens,
+        "cost": usage.total_cost,
+    }
+
+
+def request_is_chat(request: Any) -> bool:
+    return bool(getattr(request, "messages_json", b""))
+
+
+def prompt_preview(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt[:PREVIEW_CHARS]
+    return json.dumps(prompt, ensure_ascii=False)[:PREVIEW_CHARS]
+
+
+SANDBOX_VALUE = "<in the sandbox>"
+"""What a variable's value shows in a result's ``locals``: values are not copied out of the
+sandbox (only their names), so nothing the code made is unpickled or evaluated on the host."""
+
+
+def repl_result(
+    result: CellResult,
+    calls: list[RLMChatCompletion] | None,
+    tools: list[dict[str, Any]] | None,
+) -> REPLResult:
+    """A cell's outcome in the reference's shape; the traceback is part of ``stderr`` there."""
+    stderr = "\n".join(part for part in (result.stderr.rstrip("\n"), result.error) if part)
+    extras: dict[str, Any] = {}
+    if result.error:
+        extras["error"] = result.error
+    if result.restarted:
+        extras["restarted"] = True
+    if result.stdout_dropped:
+        extras["stdout_dropped"] = result.stdout_dropped
+    if result.stderr_dropped:
+        extras["stderr_dropped"] = result.stderr_dropped
+    if tools:
+        extras["tool_calls"] = tools
+    return REPLResult(
+        stdout=result.stdout,
+        stderr=stderr,
+        locals=dict.fromkeys(result.variables, SANDBOX_VALUE),
+        execution_time=result.seconds,
+        rlm_calls=calls or [],
+        extras=extras,
+    )
 
 
 __all__ = ["RLMError", "RLMRun", "SessionDispatch", "Tool", "TreeConfig", "parse_tools"]

@@ -91,11 +91,18 @@ def test_needle_in_a_2mb_haystack_with_concurrent_batched_subcalls(lm_server, ma
     # The trajectory and the JSONL log tell what happened.
     assert result.metadata["finished_by"] == "answer"
     first_block = result.metadata["iterations"][0]["code_blocks"][0]
-    assert len(first_block["subcalls"]) == chunks
-    events = RLMLogger.read(logger.log_file_path)
-    kinds = [e["kind"] for e in events]
-    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
-    assert kinds.count("subcall_finished") == chunks
+    calls = first_block["result"]["rlm_calls"]
+    assert len(calls) == chunks
+    assert {c["kind"] for c in calls} == {"llm_query"}
+    assert sum(c["prompt_tokens"] + c["completion_tokens"] for c in calls) == sum(
+        r.usage["input_tokens"] + r.usage["output_tokens"] for r in sub_requests
+    )
+    # The log holds what the metadata holds: a metadata line, then one line per iteration.
+    entries = RLMLogger.read(logger.log_file_path)
+    assert [e["type"] for e in entries] == ["metadata", "iteration", "iteration"]
+    assert entries[0]["root_model"] == "root-model"
+    assert entries[1:] == result.metadata["iterations"]
+    assert result.metadata["run_metadata"]["backend_kwargs"]["api_key"] == "<hidden>"
 
 
 def depth_script(leaf_reply: str = "leaf answer"):
@@ -137,11 +144,19 @@ def test_depth_two_recursion_rolls_child_usage_into_the_root(lm_server, make_rlm
     # Root 2 calls, child 2, grandchild 2 + 1 leaf call: all of them in the root's summary.
     assert result.usage_summary.total_calls == 7 == lm_server.usage_total()["calls"]
     assert result.usage_summary.total_input_tokens == lm_server.usage_total()["input_tokens"]
-    child = result.metadata["iterations"][0]["code_blocks"][0]["subcalls"][0]["child"]
-    assert child["depth"] == 1
-    grandchild = child["iterations"][0]["code_blocks"][0]["subcalls"][0]["child"]
+    # Each child's trajectory is nested in the call that started it, as in the reference.
+    child_call = result.metadata["iterations"][0]["code_blocks"][0]["result"]["rlm_calls"][0]
+    assert child_call["kind"] == "rlm_query"
+    assert child_call["response"] == "child got: grand got: leaf answe"
+    child = child_call["metadata"]
+    assert child["depth"] == 1 and child["run_metadata"]["max_depth"] == 3
+    grand_call = child["iterations"][0]["code_blocks"][0]["result"]["rlm_calls"][0]
+    grandchild = grand_call["metadata"]
     assert grandchild["depth"] == 2
-    assert grandchild["iterations"][0]["code_blocks"][0]["subcalls"][0]["kind"] == "llm_query"
+    leaf = grandchild["iterations"][0]["code_blocks"][0]["result"]["rlm_calls"][0]
+    assert (leaf["kind"], leaf["response"]) == ("llm_query", "leaf answer")
+    # The child's usage covers its own calls and the grandchild's (2 + 2 + 1).
+    assert child_call["usage_summary"]["model_usage_summaries"]["root-model"]["total_calls"] == 5
 
 
 def test_rlm_query_at_max_depth_is_a_plain_lm_call(lm_server, make_rlm):
@@ -214,15 +229,30 @@ def test_lm_errors_are_retried(lm_server, make_rlm):
 
 
 def test_persistent_sessions_keep_state_across_completions(lm_server, make_rlm):
+    """As in the reference: turn N's data is `context_N`; `context` stays the first turn's; each
+    finished turn's conversation is `history_N`, and `history` is the first one."""
     lm_server.set_script(
         [
             "```repl\nseen = [context]\nanswer.update(content=str(len(seen)), ready=True)\n```",
-            '```repl\nseen.append(context)\nanswer = {"content": "|".join(seen) + "|" + context_0, "ready": True}\n```',
+            "```repl\nseen.append(context_1)\nroles = [m['role'] for m in history_0]\n"
+            "answer = {'content': '|'.join(seen) + '|' + context + '|' + context_0 + '|' + "
+            "str(history == history_0) + '|' + roles[-1] + '|' + history[1]['content'][:40], "
+            "'ready': True}\n```",
+            "```repl\nanswer['content'] = str(sorted(k for k in globals() "
+            "if k.startswith(('context', 'history'))))\nanswer['ready'] = True\n```",
         ]
     )
     rlm = make_rlm(persistent=True)
     assert rlm.completion("first").response == "1"
-    assert rlm.completion("second").response == "first|second|first"
+    second = rlm.completion("second").response.split("|")
+    assert second[:4] == ["first", "second", "first", "first"]
+    assert second[4:6] == ["True", "assistant"]  # history_0 ends with the model's answer
+    assert second[6].startswith("The request is part of `context`")
+    assert "context_1" in lm_server.requests[1].messages[1]["content"]  # told where its data is
+    names = rlm.completion("third").response
+    assert names == str(
+        ["context", "context_0", "context_1", "context_2", "history", "history_0", "history_1"]
+    )
 
 
 def test_host_callable_tools(lm_server, make_rlm):
@@ -305,7 +335,11 @@ def test_compaction_summarises_a_long_history(lm_server, make_rlm):
         if "Summarise what you have learned" in last:
             return "SUMMARY: x holds the running total."
         if any("SUMMARY:" in str(m.get("content")) for m in request.messages):
-            return '```repl\nanswer["content"] = str(x)\nanswer["ready"] = True\n```'
+            return (
+                '```repl\nanswer["content"] = f"{x}|{[h[\'type\'] for h in history]}|'
+                "{history[-1]['content']}|{len(history[0]['messages'])}\"\n"
+                'answer["ready"] = True\n```'
+            )
         return '```repl\nx = globals().get("x", 0) + 1\nprint("y" * 3000)\n```'
 
     lm_server.set_script(script)
@@ -315,9 +349,14 @@ def test_compaction_summarises_a_long_history(lm_server, make_rlm):
         backend_kwargs={"context_window_tokens": 4000},  # compaction after ~8,000 characters
     )
     result = rlm.completion("data")
-    kinds = [it["iteration"] for it in result.metadata["iterations"]]
+    kinds = [it["kind"] for it in result.metadata["iterations"]]
     assert "compaction" in kinds
-    assert int(result.response) >= 2  # the REPL state survived the compaction
+    total, types, summary, kept = result.response.split("|")
+    assert int(total) >= 2  # the REPL state survived the compaction
+    # `history` holds the conversation before the summary, and the summary itself.
+    assert types == "['trajectory', 'summary']"
+    assert summary == "SUMMARY: x holds the running total."
+    assert int(kept) >= 2 * int(total)  # every assistant turn and its output
     after = [
         r
         for r in lm_server.requests

@@ -56,4 +56,5 @@ def test_rlm_run_works_offline_without_a_key(tmp_path):
     events = list(tmp_path.glob("*.jsonl"))
     assert events, "a trajectory was logged"
     text = events[0].read_text()
-    assert '"cell_executed"' in text and "SmolLM2-135M-Instruct" in text
+    assert '"type": "iteration"' in text and '"code_blocks"' in text
+    assert "SmolLM2-135M-Instruct" in text

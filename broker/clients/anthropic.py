@@ -147,5 +147,5 @@ class AnthropicClient(LMClient):
             usage=LMUsage(input_tokens=input_tokens, output_tokens=usage.output_tokens or 0),
         )
 
-    async def aclose(self) -> None:
+    async def _aclose(self) -> None:
         await self._client.close()

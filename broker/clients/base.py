@@ -191,6 +191,15 @@ class LMClient(ABC):
         self.max_backoff = float(max_backoff)
         self.sampling: dict[str, Any] = dict(sampling or {})
         self.price_per_million = price_per_million
+        # Held and closed at interpreter exit if nobody closed it, even when the caller dropped
+        # it: scripts that never call close() (every example of the reference package) leave
+        # no "Unclosed client session" behind.
+        from rlm.broker import cleanup
+
+        cleanup.track(self, until_closed=True)
+
+    close_order = 100
+    """Closed after the sandboxes and brokers that may still be using it."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_name={self.model_name!r})"
@@ -218,8 +227,15 @@ class LMClient(ABC):
     async def _call(self, messages: Messages, **sampling: Any) -> LMResponse:
         """Make one attempt; raise ``TransientError`` or ``PermanentError`` when it fails."""
 
-    async def aclose(self) -> None:  # noqa: B027 - a no-op default subclasses may override
+    async def aclose(self) -> None:
         """Release the client's connections."""
+        from rlm.broker import cleanup
+
+        cleanup.untrack(self)
+        await self._aclose()
+
+    async def _aclose(self) -> None:  # noqa: B027 - a no-op default subclasses may override
+        """Close what the provider's SDK holds (its HTTP session)."""
 
     async def __aenter__(self) -> LMClient:
         return self

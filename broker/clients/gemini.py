@@ -175,5 +175,5 @@ class GeminiClient(LMClient):
             )
         return LMResponse(text=text, model=response.model_version or self.model_name, usage=usage)
 
-    async def aclose(self) -> None:
+    async def _aclose(self) -> None:
         await self._client.aio.aclose()

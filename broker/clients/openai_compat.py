@@ -167,7 +167,7 @@ class OpenAIClient(LMClient):
             text=text, model=completion.model or self.model_name, usage=_usage(completion)
         )
 
-    async def aclose(self) -> None:
+    async def _aclose(self) -> None:
         await self._client.close()
 
 

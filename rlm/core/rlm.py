@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rlm.broker import cleanup
 from rlm.broker.accounting import Ledger, Limits
 from rlm.broker.clients import create_client
-from rlm.broker.loop import run_sync, submit
+from rlm.broker.loop import on_loop_thread, run_sync, submit
 from rlm.broker.router import LMRouter
 from rlm.broker.server import BrokerServer
 from rlm.environments.base import Environment
 from rlm.errors import ConfigurationError
-from rlm.events import EventBus, EventListener
+from rlm.events import EventBus, EventListener, RLMEvent
 from rlm.logger import RLMLogger
 from rlm.run import RLMRun, SessionDispatch, TreeConfig, open_environment, parse_tools
 from rlm.types import RLMChatCompletion
@@ -32,6 +33,62 @@ def _settle_heap() -> None:
     if not _heap_settled:
         _heap_settled = True
         gc.collect()
+
+
+def _check_count(name: str, value: Any, meaning: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        note = f" ({meaning})" if meaning else ""
+        raise ConfigurationError(f"{name} must be an integer of at least 1{note}, got {value!r}")
+
+
+class ReferenceCallbacks:
+    """The reference's four progress callbacks, fed from our events: a child run starting and
+    finishing (depth, model, prompt preview / duration, error) and each iteration of any run
+    (depth, iteration number / duration). A callback that raises is logged, never fatal."""
+
+    def __init__(
+        self,
+        on_subcall_start: Callable[[int, str, str], None] | None,
+        on_subcall_complete: Callable[[int, str, float, str | None], None] | None,
+        on_iteration_start: Callable[[int, int], None] | None,
+        on_iteration_complete: Callable[[int, int, float], None] | None,
+    ) -> None:
+        self.on_subcall_start = on_subcall_start
+        self.on_subcall_complete = on_subcall_complete
+        self.on_iteration_start = on_iteration_start
+        self.on_iteration_complete = on_iteration_complete
+
+    def any(self) -> bool:
+        return any(
+            (
+                self.on_subcall_start,
+                self.on_subcall_complete,
+                self.on_iteration_start,
+                self.on_iteration_complete,
+            )
+        )
+
+    def __call__(self, event: RLMEvent) -> None:
+        data = event.data
+        if data.get("call") == "rlm_query":
+            model = str(data.get("model") or "")
+            if event.kind == "subcall_started" and self.on_subcall_start:
+                self.on_subcall_start(event.depth + 1, model, str(data.get("prompt_preview")))
+            elif event.kind == "subcall_finished" and self.on_subcall_complete:
+                error = data.get("error")
+                self.on_subcall_complete(
+                    event.depth + 1, model, float(data.get("seconds") or 0.0), error
+                )
+        elif event.kind == "iteration_started" and self.on_iteration_start:
+            self.on_iteration_start(event.depth, int(data["iteration"]))
+        elif (
+            event.kind == "iteration_finished"
+            and self.on_iteration_complete
+            and data.get("iteration") is not None
+        ):
+            self.on_iteration_complete(
+                event.depth, int(data["iteration"]), float(data.get("seconds") or 0.0)
+            )
 
 
 class RLM:
@@ -66,23 +123,43 @@ class RLM:
         custom_sub_tools: dict[str, Any] | None = None,
         compaction: bool = False,
         compaction_threshold_pct: float = 0.85,
-        max_concurrent_subcalls: int = 8,
+        max_concurrent_subcalls: int = 4,
+        on_subcall_start: Callable[[int, str, str], None] | None = None,
+        on_subcall_complete: Callable[[int, str, float, str | None], None] | None = None,
+        on_iteration_start: Callable[[int, int], None] | None = None,
+        on_iteration_complete: Callable[[int, int, float], None] | None = None,
+        sampling_args: dict[str, Any] | None = None,
+        sub_sampling_args: dict[str, Any] | None = None,
+        orchestrator: bool = True,
+        user_prologue: str | None = None,
         max_concurrent_lm_calls: int = 64,
         on_event: EventListener | None = None,
         broker_transport: str = "unix",
     ) -> None:
-        if max_depth < 1:
-            raise ConfigurationError("max_depth must be at least 1 (1 = the root only)")
-        if max_iterations < 1:
-            raise ConfigurationError("max_iterations must be at least 1")
+        _check_count("max_depth", max_depth, "1 = the root only")
+        _check_count("max_iterations", max_iterations)
+        _check_count("max_concurrent_subcalls", max_concurrent_subcalls)
+        if max_errors is not None:
+            _check_count("max_errors", max_errors)
         other_backends = list(other_backends or [])
         other_backend_kwargs = list(other_backend_kwargs or [{} for _ in other_backends])
         if len(other_backends) != len(other_backend_kwargs):
             raise ConfigurationError(
                 "other_backends and other_backend_kwargs must have the same length"
             )
+        backend_kwargs = dict(backend_kwargs or {})
+        if sampling_args:
+            backend_kwargs["sampling"] = {**backend_kwargs.get("sampling", {}), **sampling_args}
+        if sub_sampling_args:
+            # Sub-calls go to the first other backend; without one, to a twin of the root's.
+            if not other_backends:
+                other_backends = [backend]
+                other_backend_kwargs = [dict(backend_kwargs)]
+            first = dict(other_backend_kwargs[0])
+            first["sampling"] = {**first.get("sampling", {}), **sub_sampling_args}
+            other_backend_kwargs[0] = first
         self.backend = backend
-        self.backend_kwargs = dict(backend_kwargs or {})
+        self.backend_kwargs = backend_kwargs
         # Ours, not the client's: the window that compaction measures against.
         self.context_window_tokens = int(self.backend_kwargs.pop("context_window_tokens", 128_000))
         self.environment = environment
@@ -103,6 +180,9 @@ class RLM:
         self.compaction = compaction
         self.compaction_threshold_pct = compaction_threshold_pct
         self.max_concurrent_subcalls = max_concurrent_subcalls
+        self.orchestrator = orchestrator
+        self.user_prologue = user_prologue
+        self.other_backends = other_backends
         self.broker_transport = broker_transport
         # Clients are built now so that a missing key or extra fails here, not mid-run.
         self._root_client = create_client(backend, self.backend_kwargs)
@@ -113,8 +193,11 @@ class RLM:
         self._max_concurrent_lm_calls = max_concurrent_lm_calls
         _settle_heap()
         listeners: list[EventListener] = []
-        if logger is not None:
-            listeners.append(logger)
+        callbacks = ReferenceCallbacks(
+            on_subcall_start, on_subcall_complete, on_iteration_start, on_iteration_complete
+        )
+        if callbacks.any():
+            listeners.append(callbacks)
         if verbose:
             from rlm.progress import ProgressPrinter
 
@@ -163,13 +246,18 @@ class RLM:
                     compaction=self.compaction,
                     compaction_threshold_chars=int(window_chars * self.compaction_threshold_pct),
                     max_concurrent_subcalls=self.max_concurrent_subcalls,
+                    orchestrator=self.orchestrator,
+                    user_prologue=self.user_prologue,
+                    backend=self.backend,
+                    backend_kwargs=self.backend_kwargs,
+                    other_backends=self.other_backends or None,
                 )
             return self._config
 
     async def _complete(self, prompt: Any, root_prompt: str | None) -> RLMChatCompletion:
         config = await self._tree()
         ledger = Ledger(limits=self.limits, label="the root run")
-        run = RLMRun(config, depth=self.depth, ledger=ledger)
+        run = RLMRun(config, depth=self.depth, ledger=ledger, logger=self.logger)
         if not self.persistent:
             return await run.run(prompt, root_prompt)
         if self._persistent_env is None:
@@ -179,14 +267,22 @@ class RLM:
             )
         index = self._completions
         self._completions += 1
-        return await run.run(
+        # As in the reference: `context` and `history` stay the first turn's; turn N adds
+        # `context_N`, and `history_N` once it is over.
+        result = await run.run(
             prompt,
             root_prompt,
             environment=self._persistent_env,
             dispatch=self._persistent_dispatch,
             context_name=f"context_{index}",
-            aliases=("context",),
+            aliases=("context",) if index == 0 else (),
+            turn=index,
         )
+        history = {f"history_{index}": run.messages}
+        if index == 0 and not self.compaction:
+            history["history"] = run.messages
+        await self._persistent_env.set_variables(history, [])
+        return result
 
     def completion(self, prompt: Any, root_prompt: str | None = None) -> RLMChatCompletion:
         """Answers over ``prompt`` (a str, a list of str or a dict), loaded as ``context``.
@@ -204,7 +300,14 @@ class RLM:
         return await asyncio.wrap_future(submit(self._complete(prompt, root_prompt)))
 
     async def aclose(self) -> None:
-        """Stops the persistent sandbox, the broker and the LM clients."""
+        """Stops the persistent sandbox, the broker and the LM clients (from any event loop:
+        they live on rlm's own loop, so the work is done there)."""
+        if on_loop_thread():
+            await self._aclose()
+        else:
+            await asyncio.wrap_future(submit(self._aclose()))
+
+    async def _aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
@@ -237,4 +340,4 @@ class RLM:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await asyncio.wrap_future(submit(self.aclose()))
+        await self.aclose()

@@ -20,13 +20,16 @@ def escape(text: str) -> str:
 
 CODE_LINES = 12
 OUTPUT_LINES = 6
+TERMINAL_LINE_CHARS = 160
+"""Output lines longer than this are cut on a terminal (marked); a redirected trace keeps them."""
 
 
 class ProgressPrinter:
     """Prints each event as it happens: iterations, code, output, sub-calls in flight, tokens."""
 
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True, highlight=False)
+        # soft_wrap: a trace redirected to a file keeps whole lines (rich would wrap at 80).
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self._lock = threading.Lock()
         self._in_flight = 0
         self._tokens = 0
@@ -63,12 +66,19 @@ class ProgressPrinter:
         shown = "\n".join(code_lines[:CODE_LINES])
         if len(code_lines) > CODE_LINES:
             shown += f"\n# ... {len(code_lines) - CODE_LINES} more lines"
-        self.console.print(
-            Syntax(shown, "python", theme="ansi_dark", padding=(0, 2 + 2 * event.depth))
-        )
+        if self.console.is_terminal:
+            self.console.print(
+                Syntax(shown, "python", theme="ansi_dark", padding=(0, 2 + 2 * event.depth))
+            )
+        else:  # a file or a pipe: whole lines, never cropped to a terminal's width
+            pad = " " * (2 + 2 * event.depth)
+            for line in shown.splitlines():
+                self.console.print(pad + line, markup=False)
         output = (data.get("stdout") or "").rstrip().splitlines()
         for line in output[:OUTPUT_LINES]:
-            self.console.print(f"{self._indent(event)}  [dim]│ {escape(line[:160])}[/]")
+            if self.console.is_terminal and len(line) > TERMINAL_LINE_CHARS:
+                line = f"{line[:TERMINAL_LINE_CHARS]}… (+{len(line) - TERMINAL_LINE_CHARS:,})"
+            self.console.print(f"{self._indent(event)}  [dim]│ {escape(line)}[/]")
         if len(output) > OUTPUT_LINES:
             self.console.print(
                 f"{self._indent(event)}  [dim]│ ... {len(output) - OUTPUT_LINES} more lines[/]"

@@ -29,7 +29,15 @@ from rlm.errors import (
 from rlm.protos import rlm_sandbox_pb2 as pb
 from rlm.protos import rlm_sandbox_pb2_grpc as pb_grpc
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MIB = 1024 * 1024
+MAX_MESSAGE_BYTES = 64 * MIB
+"""The largest message either side accepts (a sub-call prompt, a context chunk, a result)."""
+MAX_BYTES_IN_FLIGHT = 256 * MIB
+"""Call-back requests (prompts, tool arguments) the host holds at once for one tree; a call that
+would pass it is refused at once (the sandbox's ``llm_query`` gets an "Error: ..." string), so
+sandbox code cannot make the host hold an unbounded amount of memory."""
+MAX_CONCURRENT_STREAMS = 256
+"""Calls one runner connection may have open at once; more wait on the runner's side."""
 
 
 class SessionHandler(Protocol):
@@ -150,9 +158,18 @@ class _Servicer(pb_grpc.BrokerServicer):
     async def _answer(
         self,
         context: grpc.aio.ServicerContext,
+        request: Any,
         call: Callable[[SessionHandler], Awaitable[object]],
     ):
         session = await self._session(context)
+        size = request.ByteSize()
+        if not self._server.admit(size):
+            await context.abort(
+                grpc.StatusCode.ABORTED,
+                f"the host already holds {self._server.bytes_in_flight / MIB:.0f} MiB of "
+                f"sub-call requests (limit {self._server.max_bytes_in_flight / MIB:.0f} MiB); "
+                "make fewer or smaller calls at once",
+            )
         try:
             return await call(session.handler)
         except asyncio.CancelledError:
@@ -160,15 +177,17 @@ class _Servicer(pb_grpc.BrokerServicer):
         except Exception as error:
             code, details = _status_for(error)
             await context.abort(code, details)
+        finally:
+            self._server.release(size)
 
     async def Complete(self, request, context):
-        return await self._answer(context, lambda h: h.complete(request))
+        return await self._answer(context, request, lambda h: h.complete(request))
 
     async def Subcall(self, request, context):
-        return await self._answer(context, lambda h: h.subcall(request))
+        return await self._answer(context, request, lambda h: h.subcall(request))
 
     async def CallTool(self, request, context):
-        return await self._answer(context, lambda h: h.call_tool(request))
+        return await self._answer(context, request, lambda h: h.call_tool(request))
 
 
 class BrokerServer:
@@ -176,10 +195,12 @@ class BrokerServer:
 
     close_order = 100  # closed after the sandboxes that use it
 
-    def __init__(self, *, transport: str = "unix") -> None:
+    def __init__(self, *, transport: str = "unix", max_bytes_in_flight: int | None = None) -> None:
         if transport not in ("unix", "tcp"):
             raise ConfigurationError("broker transport must be 'unix' or 'tcp'")
         self.transport = transport
+        self.max_bytes_in_flight = max_bytes_in_flight or MAX_BYTES_IN_FLIGHT
+        self.bytes_in_flight = 0
         self.sessions: dict[str, Session] = {}
         self.socket_dir: str | None = None
         self.address: str = ""
@@ -193,6 +214,16 @@ class BrokerServer:
             self._resources[key] = factory()
         return self._resources[key]
 
+    def admit(self, size: int) -> bool:
+        """Counts a request of ``size`` bytes as held, unless that would pass the cap."""
+        if self.bytes_in_flight + size > self.max_bytes_in_flight:
+            return False
+        self.bytes_in_flight += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.bytes_in_flight -= size
+
     @property
     def socket_path(self) -> str | None:
         return os.path.join(self.socket_dir, "broker.sock") if self.socket_dir else None
@@ -203,6 +234,7 @@ class BrokerServer:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ]
         )

@@ -99,6 +99,9 @@ class ServeConfig:
     log_dir: str | None = None
     """Writes one JSONL trajectory per request (``rlm view`` renders it)."""
     stream_chunk_chars: int = 64
+    max_body_mb: int = 256
+    """The largest request body accepted (MiB); a larger one is answered 413 before it is read
+    whole. The context travels in the body: raise it for bigger contexts."""
 
 
 class APIError(Exception):
@@ -398,7 +401,9 @@ class RLMServer:
         async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
             return await self._errors(request, handler)
 
-        app = web.Application(middlewares=[errors], client_max_size=1024**3)
+        app = web.Application(
+            middlewares=[errors], client_max_size=self.config.max_body_mb * 1024 * 1024
+        )
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
@@ -457,12 +462,19 @@ class RLMServer:
     # ---- handlers ----
 
     async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        from aiohttp.web import HTTPException
+        from aiohttp.web import HTTPException, HTTPRequestEntityTooLarge
 
         try:
             if self.config.api_key is not None:
                 self._authenticate(request)
             return await handler(request)
+        except HTTPRequestEntityTooLarge:
+            return APIError(
+                413,
+                f"the request body is over this server's limit of {self.config.max_body_mb} MiB; "
+                "send a smaller context (the operator raises the limit with --max-body-mb)",
+                code="request_too_large",
+            ).response()
         except HTTPException as error:
             return APIError(error.status, error.reason, code=error.reason.lower()).response()
         except Exception as error:
@@ -634,6 +646,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--served-model-name", default="rlm", help="the model id (default rlm)")
     parser.add_argument("--max-concurrent", type=int, default=4, help="runs at once (default 4)")
     parser.add_argument(
+        "--max-body-mb",
+        type=int,
+        default=256,
+        help="largest request body accepted, in MiB (default 256; the context is in the body)",
+    )
+    parser.add_argument(
         "--allow-environment",
         action="append",
         default=[],
@@ -656,6 +674,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         api_key=api_key,
         model_name=args.served_model_name,
         max_concurrent=args.max_concurrent,
+        max_body_mb=args.max_body_mb,
         allowed_environments=tuple(args.allow_environment),
         log_dir=settings.log_dir,
     )

@@ -414,3 +414,27 @@ def test_rlm_serve_refuses_a_nan_limit_at_start(tmp_path, lm_server, flag):
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "finite number" in result.stderr
+
+
+def test_a_body_over_the_limit_is_413_before_anything_runs(lm_server):
+    lm_server.set_script([ANSWER])
+    config = ServeConfig(
+        rlm_kwargs={"backend_kwargs": {"model_name": "m", "base_url": lm_server.base_url,
+                                       "api_key": "k"}},
+        max_body_mb=1,
+    )  # fmt: skip
+    with RLMServer(config) as running:
+        response = httpx.post(
+            f"{running.base_url}/chat/completions",
+            json={"model": "rlm", "messages": [{"role": "user", "content": "x" * 2_000_000}]},
+            timeout=30,
+        )
+        assert response.status_code == 413
+        assert "1 MiB" in response.json()["error"]["message"]
+        small = httpx.post(
+            f"{running.base_url}/chat/completions",
+            json={"model": "rlm", "messages": [{"role": "user", "content": "x" * 500_000}]},
+            timeout=60,
+        )
+        assert small.status_code == 200, small.text
+    assert len(lm_server.requests) == 1

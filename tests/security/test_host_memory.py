@@ -1,0 +1,37 @@
+"""What sandbox code can make the host hold is capped: call-back request bytes in flight (a
+refused call comes back to the code as an "Error: ..." string, the run goes on)."""
+
+from __future__ import annotations
+
+import rlm.broker.server as broker_server
+from rlm.testing import RecordedRequest
+
+MB = 1_000_000
+
+
+def test_request_bytes_in_flight_are_capped(make_rlm, lm_server, monkeypatch):
+    monkeypatch.setattr(broker_server, "MAX_BYTES_IN_FLIGHT", 3 * 1024 * 1024)
+    lm_server.latency = 1.0
+
+    def script(request: RecordedRequest) -> str:
+        if not any(m.get("role") == "system" for m in request.messages):
+            return "sub ok"
+        if not any(m.get("role") == "assistant" for m in request.messages):
+            return (
+                "```repl\nresults = llm_query_batched([str(i) * 1_000_000 for i in range(8)])\n"
+                "refused = [r for r in results if r.startswith('Error:')]\n"
+                "print(len(refused), sum(r == 'sub ok' for r in results))\nprint(refused[0])\n```"
+            )
+        return '```repl\nanswer["content"] = "done"\nanswer["ready"] = True\n```'
+
+    lm_server.set_script(script)
+    result = make_rlm().completion("data")
+    assert result.response == "done"
+    stdout = result.metadata["iterations"][0]["code_blocks"][0]["result"]["stdout"]
+    counts, message = stdout.splitlines()[0], stdout.splitlines()[1]
+    refused, answered = map(int, counts.split())
+    assert refused + answered == 8
+    assert answered <= 3 and refused >= 5  # ~1 MB each under a 3 MiB cap
+    assert "limit 3 MiB" in message and "fewer or smaller calls" in message
+    sub_requests = [r for r in lm_server.requests if len(r.prompt) >= MB]
+    assert len(sub_requests) == answered

@@ -101,6 +101,15 @@ def format_tools_for_prompt(custom_tools: dict[str, Any] | None) -> str | None:
     return "\n".join(lines) or None
 
 
+def _is_code(value: Any) -> bool:
+    """A ``custom_tools`` string that the reference's out-of-process REPLs run as code (a
+    ``def``, ``class`` or ``lambda``, or several lines) instead of passing it as a string."""
+    if not isinstance(value, str):
+        return False
+    stripped = value.strip()
+    return stripped.startswith(("def ", "class ", "lambda")) or "\n" in value
+
+
 def validate_custom_tools(custom_tools: dict[str, Any] | None) -> None:
     """Raise ``ValueError`` when a tool name is one of :data:`RESERVED_TOOL_NAMES`."""
     clashes = sorted(set(custom_tools or {}) & RESERVED_TOOL_NAMES)
@@ -435,6 +444,9 @@ class SandboxREPL(BaseEnv):
     """
 
     environment_name: ClassVar[str] = "local"
+    runs_code_strings: ClassVar[bool] = False
+    """As the reference's out-of-process REPLs: a ``custom_tools`` string that looks like code
+    (``def``/``class``/``lambda``/several lines) is run in the REPL to define the tool."""
 
     def __init__(
         self,
@@ -530,10 +542,19 @@ class SandboxREPL(BaseEnv):
             await env.start()
             self._broker, self._env = broker, env
             tools = parse_custom_tools(self.custom_tools)
-            values = {t.name: t.value for t in tools if not t.is_callable}
+            code = {t.name: t.value for t in tools if self.runs_code_strings and _is_code(t.value)}
+            values = {t.name: t.value for t in tools if not t.is_callable and t.name not in code}
             specs = [ToolSpec(t.name, t.description or "") for t in tools if t.is_callable]
             if values or specs:
                 await env.set_variables(values, specs)
+            for name, source in code.items():
+                if source.strip().startswith("lambda"):
+                    source = f"{name} = {source.strip()}"
+                cell = await env.execute(f"{source}\n", timeout=HIDDEN_CELL_TIMEOUT)
+                if cell.error:
+                    raise ConfigurationError(
+                        f"custom tool {name!r}: its code raised:\n{cell.error}"
+                    )
             await self._install()
         except BaseException:
             await self._aclose()
@@ -818,6 +839,7 @@ class DockerREPL(SandboxREPL, NonIsolatedEnv):
     root, dropped capabilities and memory/pid limits (image: ``rlm docker build-image``)."""
 
     environment_name = "docker"
+    runs_code_strings = True
 
     @property
     def container_id(self) -> str | None:
@@ -837,6 +859,7 @@ class ModalREPL(SandboxREPL, IsolatedEnv):
     to its ``app_name``, ``image`` and ``sandbox_timeout``)."""
 
     environment_name = "modal"
+    runs_code_strings = True
 
     def __init__(
         self,
@@ -860,6 +883,7 @@ class E2BREPL(SandboxREPL, IsolatedEnv):
     """The code runs in rlm's E2B environment (``timeout`` maps to ``sandbox_timeout``)."""
 
     environment_name = "e2b"
+    runs_code_strings = True
 
     def __init__(
         self,
@@ -880,6 +904,7 @@ class DaytonaREPL(SandboxREPL, IsolatedEnv):
     ``timeout`` to ``create_timeout``; ``name`` becomes the label ``name``)."""
 
     environment_name = "daytona"
+    runs_code_strings = True
 
     def __init__(
         self,
@@ -933,6 +958,7 @@ class PrimeREPL(SandboxREPL, IsolatedEnv):
     ``network_access=False`` is refused: restrict the network with ``network_allowlist``)."""
 
     environment_name = "prime"
+    runs_code_strings = True
 
     def __init__(
         self,

@@ -645,6 +645,8 @@ class RLMRun:
                     ),
                 }
             )
+            if config.compaction:
+                await self._append_history(env, messages[-2:])
         messages.append({"role": "user", "content": prompts.OUT_OF_ITERATIONS})
         started = time.perf_counter()
         reply = await config.router.complete(messages, ledger=self.ledger, depth=self.depth)
@@ -678,6 +680,13 @@ class RLMRun:
             "cost": client.cost_of(reply),
         }
 
+    async def _append_history(self, env: Environment, entry: Any) -> None:
+        """Adds one iteration's messages to the REPL's ``history`` (as the reference does under
+        compaction) with a hidden cell that carries only the new entry."""
+        self._history.append(entry)
+        literal = json.dumps(json.dumps(entry))
+        await env.execute(f"history.append(__import__('json').loads({literal}))")
+
     def _cell_timeout(self) -> float | None:
         remaining = self.ledger.remaining_seconds()
         return None if remaining is None else max(0.5, remaining)
@@ -685,20 +694,16 @@ class RLMRun:
     async def _maybe_compact(
         self, env: Environment, messages: list[dict[str, Any]], count: int
     ) -> list[dict[str, Any]] | None:
-        """Past the threshold: the model summarises, the REPL's ``history`` gets the whole
-        conversation so far plus the summary, and the conversation restarts from the summary."""
+        """Past the threshold: the model summarises, the summary joins the REPL's ``history``
+        (which already holds every iteration's messages) and the conversation restarts from it."""
         size = sum(len(str(m.get("content", ""))) for m in messages)
         if size <= self.config.compaction_threshold_chars or len(messages) <= 3:
             return None
         started = time.perf_counter()
         request = [*messages, {"role": "user", "content": prompts.COMPACTION_REQUEST}]
         summary = await self.config.router.complete(request, ledger=self.ledger, depth=self.depth)
-        self._history.extend(
-            [
-                {"type": "trajectory", "messages": messages[2:]},
-                {"type": "summary", "content": summary.text},
-            ]
-        )
+        # The whole history again (not one more entry): it is also what a restarted runner gets.
+        self._history.append({"type": "summary", "content": summary.text})
         await env.set_variables({"history": self._history}, [])
         self._record_iteration(
             RLMIteration(

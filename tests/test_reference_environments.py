@@ -416,3 +416,30 @@ def test_ipython_repl_runs_cells_in_a_real_ipython_shell(handler: LMHandler) -> 
         shell = repl.execute_code("!echo from-the-shell\n%who")
         assert "from-the-shell" in shell.stdout and "x" in shell.stdout
         assert repl.execute_code("import os\nprint(os.getpid())").stdout.strip() != str(os.getpid())
+
+
+@pytest.mark.parametrize("environment", ["local", "docker"])
+def test_code_string_tools_as_the_reference_runs_them(handler: LMHandler, environment: str) -> None:
+    """Out-of-process REPLs of the reference (docker, the clouds) run a tool given as code; the
+    local one keeps it a string."""
+    if environment == "docker" and (reason := _docker_missing()):
+        pytest.skip(reason)
+
+    tools = {
+        "triple": "def triple(x):\n    return x * 3",
+        "double": "lambda x: x * 2",
+        "CONST": 7,
+        "NOTE": "just text",
+    }
+    repl = get_environment(
+        environment, {"lm_handler_address": handler.address, "custom_tools": tools}
+    )
+    with repl:
+        result = repl.execute_code("print(type(triple).__name__, NOTE)")
+        if environment == "docker":
+            assert result.stdout.strip() == "function just text"
+            assert (
+                repl.execute_code("print(triple(CONST), double(CONST))").stdout.strip() == "21 14"
+            )
+        else:
+            assert result.stdout.strip() == "str just text"

@@ -318,3 +318,13 @@ def test_a_script_that_never_closes_anything_exits_quietly(lm_server, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["plain", "reply", "done"]
     assert "Unclosed" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_compaction_window_defaults_to_the_models_known_context(lm_server):
+    from rlm.utils.token_utils import get_context_limit
+
+    kwargs = {"base_url": lm_server.base_url, "api_key": "k"}
+    with RLM(backend_kwargs={"model_name": "gpt-5-nano", **kwargs}) as known:
+        assert known.context_window_tokens == get_context_limit("gpt-5-nano") == 272_000
+    with RLM(backend_kwargs={"model_name": "m", "context_window_tokens": 1000, **kwargs}) as own:
+        assert own.context_window_tokens == 1000

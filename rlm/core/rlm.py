@@ -20,6 +20,7 @@ from rlm.events import EventBus, EventListener, RLMEvent
 from rlm.logger import RLMLogger
 from rlm.run import RLMRun, SessionDispatch, TreeConfig, open_environment, parse_tools
 from rlm.types import RLMChatCompletion
+from rlm.utils.token_utils import get_context_limit
 
 _heap_settled = False
 
@@ -161,7 +162,11 @@ class RLM:
         self.backend = backend
         self.backend_kwargs = backend_kwargs
         # Ours, not the client's: the window that compaction measures against.
-        self.context_window_tokens = int(self.backend_kwargs.pop("context_window_tokens", 128_000))
+        # (default: the model's known window, as the reference's get_context_limit gives it).
+        window = self.backend_kwargs.pop("context_window_tokens", None)
+        self.context_window_tokens = int(
+            window or get_context_limit(str(self.backend_kwargs.get("model_name", "")))
+        )
         self.environment = environment
         self.environment_kwargs = dict(environment_kwargs or {})
         self.depth = depth

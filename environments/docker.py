@@ -8,6 +8,9 @@ Secure by default — every relaxation is an explicit ``environment_kwargs`` val
 - non-root user (uid 10001), every capability dropped, ``no-new-privileges``, an init process.
 - ``mem_limit`` (cgroup, no swap), ``cpus``, ``pids_limit``; the runner's own rlimits on top.
 - the environment is an allow-list: no host variable, so no API key, enters the container.
+- ``runtime="runsc"`` (gVisor) is the recommended setting for untrusted input: the sandboxed code
+  then talks to gVisor's user-space kernel, not to the host kernel. It needs the runtime
+  registered with the engine (``.ci/install-docker.sh`` does it); see ``DockerEnvironment``.
 
 The runner is the container's main process (behind the init), reading its bootstrap line from the
 attached stdin. When the host dies, the runner loses the broker and exits, and ``--rm`` removes the
@@ -38,6 +41,18 @@ OWNER_HOST_LABEL = "org.rlm.owner-host"
 SESSION_LABEL = "org.rlm.session"
 BUNDLE_PATH = "/rlm-runner/runner.pyz"
 SOCKET_MOUNT = "/rlm"
+#: The OCI runtime a container was started with ("default": the engine's default runtime).
+RUNTIME_LABEL = "org.rlm.runtime"
+INSTALL_RUNSC = (
+    "install gVisor (Debian: apt-get install runsc) and register it with the engine: "
+    '/etc/docker/daemon.json {"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": '
+    '["--network=none", "--host-uds=open"]}}}, then reload dockerd (kill -HUP) or restart it; '
+    ".ci/install-docker.sh does both"
+)
+#: Under gVisor the container's pids cgroup also holds gVisor's own host threads and stub processes
+#: (about 40-70 on a 2-CPU host with the runner started, against 12 under runc): at 64 the runner
+#: never starts (gVisor panics creating its first stub thread, exit code 2).
+RUNSC_MIN_PIDS_LIMIT = 128
 
 
 @functools.cache
@@ -58,6 +73,42 @@ def docker_client() -> Any:
             f"no Docker engine is reachable ({error}); start dockerd or set DOCKER_HOST"
         ) from error
     return client
+
+
+_checked_runtimes: set[tuple[Any, ...]] = set()
+
+
+def check_runtime(client: Any, runtime: str | None, network: str, pids_limit: int) -> None:
+    """Raises ConfigurationError unless the engine has ``runtime`` registered (``docker info`` →
+    Runtimes) and it can honour ``network`` and ``pids_limit``. Successes are remembered."""
+    key = (runtime, network, pids_limit)
+    if runtime is None or key in _checked_runtimes:
+        return
+    try:
+        runtimes: dict[str, Any] = client.info().get("Runtimes") or {}
+    except Exception as error:
+        raise SandboxStartError(
+            f"could not ask the Docker engine for its runtimes: {error}"
+        ) from error
+    if runtime not in runtimes:
+        hint = f"; {INSTALL_RUNSC}" if runtime == "runsc" else ""
+        raise ConfigurationError(
+            f"the Docker engine has no runtime {runtime!r} (registered: "
+            f"{', '.join(sorted(runtimes)) or 'none'}){hint}"
+        )
+    entry = runtimes[runtime] or {}
+    if "--network=none" in (entry.get("runtimeArgs") or []) and network != "none":
+        raise ConfigurationError(
+            f"runtime {runtime!r} is registered with --network=none, so network={network!r} "
+            "cannot be honoured: use network='none' or register the runtime without it"
+        )
+    gvisor = runtime == "runsc" or os.path.basename(str(entry.get("path", ""))) == "runsc"
+    if gvisor and pids_limit < RUNSC_MIN_PIDS_LIMIT:
+        raise ConfigurationError(
+            f"pids_limit={pids_limit} is too low under gVisor ({runtime!r}): the limit also counts "
+            f"gVisor's own threads; use at least {RUNSC_MIN_PIDS_LIMIT}"
+        )
+    _checked_runtimes.add(key)
 
 
 class DockerRunnerProcess(RunnerProcess):
@@ -127,9 +178,16 @@ class DockerEnvironment(SandboxEnvironment):
     network), ``mem_limit`` (default ``"2g"``), ``cpus`` (default 1.0), ``pids_limit`` (default
     256), ``tmpfs_size`` (default ``"1g"`` for /work), ``read_only`` (default True), ``user``,
     ``volumes`` (extra docker-py volume specs, mounted as given), ``python`` (interpreter path in
-    the image), plus the shared ``pool_size`` / ``pool_idle_timeout`` (keep that many runner
+    the image), ``runtime`` (the engine's OCI runtime: default None, the engine's default, runc),
+    plus the shared ``pool_size`` / ``pool_idle_timeout`` (keep that many runner
     containers started, shared by every session and child RLM of the tree, closed with it) and
     ``cell_timeout``, ``memory_mb``, ``max_output_chars``, ``max_file_mb``, ``startup_timeout``.
+
+    For untrusted input use ``runtime="runsc"`` (gVisor): a kernel exploit must then break gVisor's
+    user-space kernel before it reaches the host's. It has to be registered with the engine
+    (``docker info`` lists the runtimes; an unknown one is a ConfigurationError that says how to
+    install it); Debian's build runs with ``network="none"`` only. Under gVisor ``pids_limit``
+    also counts gVisor's own host threads, so it must be at least ``RUNSC_MIN_PIDS_LIMIT`` (128).
     """
 
     name = "docker"
@@ -147,6 +205,7 @@ class DockerEnvironment(SandboxEnvironment):
         user: str = f"{SANDBOX_UID}:{SANDBOX_UID}",
         volumes: dict[str, dict[str, str]] | None = None,
         python: str = SANDBOX_PYTHON,
+        runtime: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("memory_mb", 1536)
@@ -166,11 +225,14 @@ class DockerEnvironment(SandboxEnvironment):
             user=user,
             volumes=dict(volumes or {}),
             python=python,
+            runtime=runtime,
             socket_dir=self.broker.socket_dir,
         )
 
     async def _create_sandbox(self) -> None:
-        await asyncio.to_thread(docker_client)  # fail early, with a clear message
+        client = await asyncio.to_thread(docker_client)  # fail early, with a clear message
+        spec = self.spec
+        await asyncio.to_thread(check_runtime, client, spec.runtime, spec.network, spec.pids_limit)
         # The container's user (uid 10001) must reach the broker's socket; the session token,
         # not the file mode, is what keeps other processes out.
         os.chmod(self.spec.socket_dir, 0o711)
@@ -207,7 +269,7 @@ class ContainerSpec:
             str(runner_bundle_path()): {"bind": BUNDLE_PATH, "mode": "ro"},
             **self.volumes,
         }
-        return {
+        kwargs: dict[str, Any] = {
             "image": self.image,
             "command": [self.python, "-I", "-u", BUNDLE_PATH],
             "stdin_open": True,
@@ -240,9 +302,13 @@ class ContainerSpec:
                 SESSION_LABEL: label[:60],
                 OWNER_PID_LABEL: str(os.getpid()),
                 OWNER_HOST_LABEL: os.uname().nodename,
+                RUNTIME_LABEL: self.runtime or "default",
             },
             "volumes": volumes,
         }
+        if self.runtime is not None:
+            kwargs["runtime"] = self.runtime
+        return kwargs
 
     def start(self, client: Any, label: str) -> DockerRunnerProcess:
         """Creates and starts the container; its runner waits for the bootstrap on stdin."""

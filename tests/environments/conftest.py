@@ -6,10 +6,15 @@ whether it can run here (``SKIP_REASON``), how to start its stand-in (``running_
 to read the stand-in's call log (``sandbox_creates``, ``sandbox_deletes``, ``file_uploads``,
 ``relay_calls``, ``runner_pids``, ``kill_calls``, optionally ``inband_bytes``) and the live
 switch (``live_requested``, ``live_kwargs``, ``LIVE_REQUIREMENT``).
+
+The docker environment runs once per OCI runtime in ``DOCKER_RUNTIMES`` (ids ``docker`` and
+``docker-runsc``); the gVisor variant skips with its reason when runsc is not usable here, unless
+``RLM_REQUIRE_GVISOR=1`` (set by .ci/run) turns that into a failure.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from collections.abc import Iterator
@@ -50,6 +55,60 @@ def _docker_missing() -> str | None:
 
     if not image_exists(DEFAULT_IMAGE):
         return f"image {DEFAULT_IMAGE} missing: run `rlm docker build-image`"
+    return None
+
+
+#: OCI runtimes the docker environment is tested under: None is the engine's default (runc), runsc
+#: is gVisor (registered by .ci/install-docker.sh).
+DOCKER_RUNTIMES: list[str | None] = [None, "runsc"]
+
+
+def docker_variant_id(runtime: str | None) -> str:
+    """The test id of the docker environment under ``runtime``: docker, docker-runsc."""
+    return "docker" if runtime is None else f"docker-{runtime}"
+
+
+def require_docker_runtime(runtime: str | None) -> str | None:
+    """Skips (or, with ``RLM_REQUIRE_GVISOR=1``, fails) the test when ``runtime`` is not usable
+    here; returns it unchanged otherwise. Docker itself must already be available."""
+    if runtime is None:
+        return None
+    reason = _runtime_missing(runtime)
+    if reason is None:
+        return runtime
+    if os.environ.get("RLM_REQUIRE_GVISOR") == "1":
+        pytest.fail(f"RLM_REQUIRE_GVISOR=1 but {runtime} is unusable: {reason}", pytrace=False)
+    pytest.skip(f"{docker_variant_id(runtime)}: {reason}")
+
+
+@functools.cache
+def _runtime_missing(runtime: str) -> str | None:
+    """None when the engine has ``runtime`` registered and it runs our image, else why not."""
+    import docker
+
+    from rlm.environments.docker import LABEL, OWNER_PID_LABEL
+    from rlm.environments.docker_image import DEFAULT_IMAGE, SANDBOX_PYTHON
+
+    client = docker.from_env(timeout=30)
+    registered = sorted(client.info().get("Runtimes") or {})
+    if runtime not in registered:
+        return (
+            f"{runtime} is not a runtime of the Docker engine (registered: "
+            f"{', '.join(registered)}); .ci/install-docker.sh installs and registers it"
+        )
+    try:
+        client.containers.run(
+            DEFAULT_IMAGE,
+            [SANDBOX_PYTHON, "-c", "pass"],
+            runtime=runtime,
+            network_mode="none",
+            remove=True,
+            labels={LABEL: "1", OWNER_PID_LABEL: str(os.getpid())},
+        )
+    except Exception as error:
+        return f"{runtime} is registered but cannot run a container here: {error}"
+    finally:
+        client.close()
     return None
 
 
@@ -136,23 +195,48 @@ def broker() -> Iterator[BrokerServer]:
     run_sync(server.aclose())
 
 
-@pytest.fixture(params=ENVIRONMENTS)
-def env_name(request: pytest.FixtureRequest) -> str:
-    if request.param == "docker":
+def _variants() -> list[Any]:
+    """(environment name, docker runtime) for every variant the contract suite runs."""
+    variants = []
+    for name in ENVIRONMENTS:
+        runtimes = DOCKER_RUNTIMES if name == "docker" else [None]
+        for runtime in runtimes:
+            ident = docker_variant_id(runtime) if name == "docker" else name
+            variants.append(pytest.param((name, runtime), id=ident))
+    return variants
+
+
+@pytest.fixture(params=_variants())
+def env_variant(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    """The environment under test and, for docker, its OCI runtime (None: the engine's default)."""
+    name, runtime = request.param
+    if name == "docker":
         reason = docker_available()
         if reason:
             pytest.skip(f"docker: {reason}")
-    if request.param in CLOUD_PROVIDERS:
-        usable_cloud_fixture(request.param)
-    return request.param
+        require_docker_runtime(runtime)
+    if name in CLOUD_PROVIDERS:
+        usable_cloud_fixture(name)
+    return name, runtime
 
 
 @pytest.fixture
-def env_kwargs(env_name: str) -> Iterator[dict[str, Any]]:
-    """Provider-specific environment_kwargs: for a cloud provider, those reaching its stand-in,
-    or the real provider when its live run is requested."""
+def env_name(env_variant: tuple[str, str | None]) -> str:
+    return env_variant[0]
+
+
+@pytest.fixture
+def docker_runtime(env_variant: tuple[str, str | None]) -> str | None:
+    """The docker variant's OCI runtime (None: the engine's default, runc)."""
+    return env_variant[1]
+
+
+@pytest.fixture
+def env_kwargs(env_name: str, docker_runtime: str | None) -> Iterator[dict[str, Any]]:
+    """Provider-specific environment_kwargs: for docker, its runtime; for a cloud provider, those
+    reaching its stand-in, or the real provider when its live run is requested."""
     if env_name not in CLOUD_PROVIDERS:
-        yield {}
+        yield {"runtime": docker_runtime} if docker_runtime else {}
         return
     module = cloud_fixture(env_name)
     if module.live_requested():

@@ -1,4 +1,7 @@
-"""Hostile code in the docker environment: each attack is contained and the session goes on."""
+"""Hostile code in the docker environment: each attack is contained and the session goes on.
+
+Every test that starts a sandbox runs under each runtime in ``DOCKER_RUNTIMES`` (runc, and gVisor
+when usable here; see conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,12 @@ import textwrap
 import time
 
 import pytest
-from conftest import docker_available
+from conftest import (
+    DOCKER_RUNTIMES,
+    docker_available,
+    docker_variant_id,
+    require_docker_runtime,
+)
 
 from rlm.broker.loop import run_sync
 
@@ -21,12 +29,22 @@ reason = docker_available()
 if reason:
     pytest.skip(f"docker: {reason}", allow_module_level=True)
 
-from rlm.environments.docker import LABEL, OWNER_PID_LABEL, gc  # noqa: E402
+from rlm.environments.docker import (  # noqa: E402
+    LABEL,
+    OWNER_PID_LABEL,
+    RUNSC_MIN_PIDS_LIMIT,
+    RUNTIME_LABEL,
+    gc,
+)
+from rlm.errors import ConfigurationError  # noqa: E402
 
 
-@pytest.fixture
-def env_name() -> str:
-    return "docker"
+@pytest.fixture(
+    params=[pytest.param(r, id=docker_variant_id(r)) for r in DOCKER_RUNTIMES],
+)
+def env_variant(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    """Only docker here, under each runtime."""
+    return "docker", require_docker_runtime(request.param)
 
 
 def run(env, code: str, timeout: float | None = None):
@@ -55,8 +73,11 @@ def no_leaked_containers():
     assert not set(our_containers(me)) - before, "containers of ours left behind"
 
 
-def test_fork_bomb_is_contained(make_env):
-    env = make_env(pids_limit=64)
+def test_fork_bomb_is_contained(make_env, docker_runtime):
+    # Under gVisor the pids limit also counts gVisor's own host threads and stub processes: at 64
+    # the runner never starts (gVisor panics, "error initializing first thread: resource
+    # temporarily unavailable", exit 2), hence gVisor's minimum.
+    env = make_env(pids_limit=RUNSC_MIN_PIDS_LIMIT if docker_runtime == "runsc" else 64)
     code = textwrap.dedent(
         """
         import os
@@ -74,8 +95,10 @@ def test_fork_bomb_is_contained(make_env):
     )
     result = run(env, code, timeout=20)
     # Three contained outcomes: the fork fails inside the cell; or the pids limit starves the
-    # runner (no thread for gRPC), which dies or stops answering and is replaced from the host.
-    # In every case the model is told what happened and the session goes on.
+    # runner (no thread for gRPC), which dies or stops answering and is replaced from the host;
+    # under gVisor, each new process needs a host stub thread: gVisor gets none, panics, and the
+    # whole container ends and is replaced. In every case the model is told what happened and the
+    # session goes on.
     if "fork refused" not in result.stdout:
         assert result.restarted, result
         assert "died" in result.error or "ignored the interrupt" in result.error
@@ -95,6 +118,10 @@ def test_root_filesystem_is_read_only_and_work_dir_is_writable(make_env):
     assert "Read-only file system" in result.error or "Permission denied" in result.error
     result = run(env, "open('/usr/lib/evil', 'w')")
     assert result.error
+    # World-writable in the image, so only the read-only root refuses it (under gVisor too, which
+    # checks the file mode first and says "Permission denied" for the two above).
+    result = run(env, "open('/var/tmp/evil', 'w')")
+    assert "Read-only file system" in result.error, result
     ok = run(
         env, "import os\nopen('notes.txt', 'w').write('x')\nprint(os.getcwd(), os.listdir('.'))"
     )
@@ -137,7 +164,7 @@ def test_host_processes_and_files_are_invisible(make_env, monkeypatch):
     assert who.stdout == "10001 10001\n"
 
 
-def test_no_capabilities_and_no_privilege_escalation(make_env):
+def test_no_capabilities_and_no_privilege_escalation(make_env, docker_runtime):
     env = make_env()
     result = run(env, "print(open('/proc/self/status').read())")
     caps = {
@@ -147,8 +174,16 @@ def test_no_capabilities_and_no_privilege_escalation(make_env):
     }
     assert caps["CapEff"] == "0000000000000000"
     assert caps["CapBnd"] == "0000000000000000"
-    nnp = [line for line in result.stdout.splitlines() if line.startswith("NoNewPrivs")]
-    assert nnp == ["NoNewPrivs:\t1"]
+    # no_new_privs as the kernel answers prctl(PR_GET_NO_NEW_PRIVS): setuid binaries (the image
+    # has su, newgrp, unix_chkpwd) cannot raise the uid. Under gVisor that kernel is gVisor's,
+    # which sets the flag on every process whatever the container asks for.
+    nnp = run(env, "import ctypes\nprint(ctypes.CDLL(None, use_errno=True).prctl(39, 0, 0, 0, 0))")
+    assert nnp.stdout == "1\n", nnp.error
+    lines = [line for line in result.stdout.splitlines() if line.startswith("NoNewPrivs")]
+    if docker_runtime == "runsc":
+        assert lines == []  # gVisor's procfs has no NoNewPrivs field: the prctl above stands in
+    else:
+        assert lines == ["NoNewPrivs:\t1"]
 
 
 def test_huge_print_and_runaway_loop(make_env):
@@ -161,18 +196,18 @@ def test_huge_print_and_runaway_loop(make_env):
     assert run(env, "print('next')").stdout == "next\n"
 
 
-def test_warm_pool_hands_out_fresh_containers(broker, handler):
+def test_warm_pool_hands_out_fresh_containers(broker, handler, env_kwargs):
     from rlm.environments.docker import DockerEnvironment
 
     envs = []
     try:
-        first = DockerEnvironment(broker=broker, handler=handler, pool_size=2)
+        first = DockerEnvironment(broker=broker, handler=handler, pool_size=2, **env_kwargs)
         run_sync(first.start())
         envs.append(first)
         pool = first.pool
         run_sync(pool.fill(first.pool_key(), first._spawn_runner))
         started = time.perf_counter()
-        second = DockerEnvironment(broker=broker, handler=handler, pool_size=2)
+        second = DockerEnvironment(broker=broker, handler=handler, pool_size=2, **env_kwargs)
         run_sync(second.start())
         envs.append(second)
         assert second.pool is pool  # one pool per tree (a broker resource)
@@ -187,7 +222,7 @@ def test_warm_pool_hands_out_fresh_containers(broker, handler):
         run_sync(broker.aclose_resources())
 
 
-def test_gc_removes_orphans_of_dead_owners():
+def test_gc_removes_orphans_of_dead_owners(env_kwargs):
     import docker
 
     client = docker.from_env()
@@ -202,25 +237,31 @@ def test_gc_removes_orphans_of_dead_owners():
             LABEL: "1",
             "org.rlm.owner-pid": "999999",
             "org.rlm.owner-host": os.uname().nodename,
+            RUNTIME_LABEL: env_kwargs.get("runtime", "default"),
         },
+        **env_kwargs,
     )
     try:
+        orphan.reload()
+        assert orphan.status == "running"
+        assert orphan.attrs["HostConfig"]["Runtime"] == env_kwargs.get("runtime", "runc")
         assert orphan.id in gc(client)
+        assert orphan.id not in {c.id for c in client.containers.list(all=True)}
     finally:
         with contextlib.suppress(Exception):
             orphan.remove(force=True)
 
 
-def _interrupt_host_mid_cell(tmp_path, stop) -> None:
-    """Starts a host process whose completion sleeps in a docker cell, stops it with ``stop``,
-    and asserts that its container is gone within 15 s."""
+def _interrupt_host_mid_cell(tmp_path, stop, env_kwargs) -> None:
+    """Starts a host process whose completion sleeps in a docker cell (with ``env_kwargs``), stops
+    it with ``stop``, and asserts that its container is gone within 15 s."""
     from rlm.testing import ScriptedLMServer
 
     with ScriptedLMServer(["```repl\nimport time\ntime.sleep(120)\n```"]) as server:
         script = tmp_path / "host.py"
         script.write_text(
             "from rlm import RLM\n"
-            f"RLM(environment='docker', backend_kwargs={{'model_name': 'm', 'base_url': {server.base_url!r}, 'api_key': 'k'}}).completion('d')\n"
+            f"RLM(environment='docker', environment_kwargs={env_kwargs!r}, backend_kwargs={{'model_name': 'm', 'base_url': {server.base_url!r}, 'api_key': 'k'}}).completion('d')\n"
         )
         host = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.DEVNULL)
         try:
@@ -240,16 +281,18 @@ def _interrupt_host_mid_cell(tmp_path, stop) -> None:
         assert not our_containers(host.pid), "the interrupted host left its container behind"
 
 
-def test_sigint_mid_completion_leaves_no_container(tmp_path):
-    _interrupt_host_mid_cell(tmp_path, lambda host: host.send_signal(signal.SIGINT))
+def test_sigint_mid_completion_leaves_no_container(tmp_path, env_kwargs):
+    _interrupt_host_mid_cell(tmp_path, lambda host: host.send_signal(signal.SIGINT), env_kwargs)
 
 
-def test_sigkill_of_the_host_leaves_no_container(tmp_path):
+def test_sigkill_of_the_host_leaves_no_container(tmp_path, env_kwargs):
     # No clean-up code runs: the runner loses its broker, exits, and --rm removes the container.
-    _interrupt_host_mid_cell(tmp_path, lambda host: host.kill())
+    _interrupt_host_mid_cell(tmp_path, lambda host: host.kill(), env_kwargs)
 
 
-def test_depth_two_completion_runs_children_in_their_own_pooled_containers(lm_server, make_rlm):
+def test_depth_two_completion_runs_children_in_their_own_pooled_containers(
+    lm_server, make_rlm, env_kwargs
+):
     from test_e2e import depth_script
 
     seen_hosts: list[str] = []
@@ -262,10 +305,36 @@ def test_depth_two_completion_runs_children_in_their_own_pooled_containers(lm_se
     rlm = make_rlm(
         max_depth=3,
         environment="docker",
-        environment_kwargs={"pool_size": 2},
+        environment_kwargs={"pool_size": 2, **env_kwargs},
         on_event=lambda e: seen_hosts.append(e.run_id) if e.kind == "run_started" else None,
     )
     result = rlm.completion("ROOT DATA", root_prompt="go")
     assert result.response == "root got: child got: grand got: leaf answe"
     assert len(set(seen_hosts)) == 3
     assert result.usage_summary.total_calls == 7
+
+
+def test_unknown_runtime_is_a_configuration_error_naming_the_registered_ones(broker, handler):
+    from rlm.environments.docker import DockerEnvironment
+
+    env = DockerEnvironment(broker=broker, handler=handler, runtime="no-such-runtime")
+    with pytest.raises(ConfigurationError) as caught:
+        run_sync(env.start())
+    run_sync(env.aclose())
+    assert "no runtime 'no-such-runtime'" in str(caught.value)
+    assert "runc" in str(caught.value)  # the registered ones are listed
+
+
+def test_runsc_limits_it_cannot_honour_are_configuration_errors(broker, handler):
+    from rlm.environments.docker import DockerEnvironment
+
+    require_docker_runtime("runsc")
+    for kwargs, words in [
+        ({"network": "bridge"}, "--network=none"),
+        ({"pids_limit": 64}, f"at least {RUNSC_MIN_PIDS_LIMIT}"),
+    ]:
+        env = DockerEnvironment(broker=broker, handler=handler, runtime="runsc", **kwargs)
+        with pytest.raises(ConfigurationError) as caught:
+            run_sync(env.start())
+        run_sync(env.aclose())
+        assert words in str(caught.value)

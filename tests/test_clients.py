@@ -460,3 +460,28 @@ def test_timeouts_are_transient_and_retried() -> None:
     assert response.text == "quick"
     assert time.perf_counter() - started < 1.0
     assert len(server.requests) == 2
+
+
+def test_unknown_names_suggest_the_closest_one() -> None:
+    from rlm.environments import environment_class
+
+    with pytest.raises(ConfigurationError, match="did you mean 'docker'"):
+        environment_class("dockr")
+    with pytest.raises(ConfigurationError, match="did you mean 'anthropic'"):
+        create_client("antropic", {"model_name": "m"})
+
+
+def test_registered_names_never_scan_installed_distributions(monkeypatch) -> None:
+    """Each sandbox of a fan-out looks its environment up: a registered name is a dict hit."""
+    import rlm.registry as registry
+
+    registry._plugins.cache_clear()
+
+    def scan(**_: object) -> list:
+        raise AssertionError("entry points were scanned for a registered name")
+
+    monkeypatch.setattr(registry, "entry_points", scan)
+    from rlm.environments import environment_class
+
+    assert environment_class("local").__name__ == "LocalEnvironment"
+    registry._plugins.cache_clear()

@@ -328,3 +328,13 @@ def test_compaction_window_defaults_to_the_models_known_context(lm_server):
         assert known.context_window_tokens == get_context_limit("gpt-5-nano") == 272_000
     with RLM(backend_kwargs={"model_name": "m", "context_window_tokens": 1000, **kwargs}) as own:
         assert own.context_window_tokens == 1000
+
+
+def test_an_unknown_environment_fails_at_construction_with_a_close_match(lm_server):
+    from rlm.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="did you mean 'docker'"):
+        RLM(
+            backend_kwargs={"model_name": "m", "base_url": lm_server.base_url, "api_key": "k"},
+            environment="dockr",
+        )

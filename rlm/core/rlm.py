@@ -14,6 +14,7 @@ from rlm.broker.clients import create_client
 from rlm.broker.loop import on_loop_thread, run_sync, submit
 from rlm.broker.router import LMRouter
 from rlm.broker.server import BrokerServer
+from rlm.environments import environment_class
 from rlm.environments.base import Environment
 from rlm.errors import ConfigurationError
 from rlm.events import EventBus, EventListener, RLMEvent
@@ -167,6 +168,8 @@ class RLM:
         self.context_window_tokens = int(
             window or get_context_limit(str(self.backend_kwargs.get("model_name", "")))
         )
+        # Fails now, with the choices and a close match, rather than when the first run starts.
+        environment_class(environment)
         self.environment = environment
         self.environment_kwargs = dict(environment_kwargs or {})
         self.depth = depth

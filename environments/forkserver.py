@@ -6,6 +6,11 @@ costs a few. One server per host process, interpreter and runner environment
 state: each runner gets its session from its own bootstrap); a depth-2 fan-out of 16 children
 then starts its 16 runners at once instead of queueing 16 interpreter start-ups. The server is
 closed at interpreter exit, and dies with the host process in any case.
+
+A runner runs as the same user as its server, so its code can signal the server: a server that
+died, or that was stopped (``SIGSTOP``, seen in ``/proc``) or stops answering fork requests, is
+killed with everything below it and replaced, and the start that found it so is retried once on
+the new server. Sessions whose runners it had forked lose their runner and restart it.
 """
 
 from __future__ import annotations
@@ -24,22 +29,74 @@ from rlm.errors import SandboxStartError
 
 from .base import RunnerProcess
 from .runner.bundle import runner_bundle_path
+from .runner.forkserver import kill_tree, process_state
 
-START_TIMEOUT = 30.0
-STOP_WAIT = 5.0
+#: How long a fork request may go unanswered before the server counts as hung (a fork takes a
+#: few ms; a stopped server is seen at once, from /proc).
+FORK_REPLY_TIMEOUT = 10.0
+#: How often a pending fork request checks that its server is not stopped.
+STALL_POLL = 0.1
 KILL_WAIT = 5.0
+#: Process states of a server that cannot answer: stopped by a signal, stopped by a tracer.
+STALLED_STATES = {"T": "was stopped (SIGSTOP)", "t": "is stopped by a tracer"}
+
+
+class StderrTail:
+    """The last lines a sandbox process wrote to its stderr, each cut to ``width`` characters:
+    bounded memory however much the process writes, in lines however long."""
+
+    def __init__(self, lines: int = 40, width: int = 2000) -> None:
+        self._lines: collections.deque[str] = collections.deque(maxlen=lines)
+        self._width = width
+        self._partial = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        *complete, rest = data.split(b"\n")
+        for piece in complete:
+            self._keep(piece)
+            self._lines.append(self._partial.decode("utf-8", "replace").rstrip())
+            self._partial.clear()
+        self._keep(rest)
+
+    def _keep(self, piece: bytes) -> None:
+        room = self._width - len(self._partial)
+        if room > 0:
+            self._partial += piece[:room]
+
+    def text(self) -> str:
+        partial = self._partial.decode("utf-8", "replace").rstrip()
+        return "\n".join([*self._lines, partial] if partial else self._lines)
+
+    async def drain(self, reader: asyncio.StreamReader) -> None:
+        """Reads ``reader`` to its end (in chunks: a line with no end cannot stop it)."""
+        while chunk := await reader.read(65536):
+            self.feed(chunk)
+
+
+async def kill_process_tree(pid: int) -> None:
+    """:func:`kill_tree` of ``pid``, in a worker thread (it reads /proc and waits for processes
+    to stop); on this thread at interpreter exit, when no worker thread can start."""
+    try:
+        await asyncio.to_thread(kill_tree, [pid])
+    except RuntimeError:
+        kill_tree([pid])
+
+
+def _gone(pid: int) -> bool:
+    """True for a process that has exited (a zombie) or no longer exists."""
+    return process_state(pid) in (None, "Z", "X", "x")
 
 
 class ForkedRunnerProcess(RunnerProcess):
     """A runner forked by the fork server; its exit code comes from the server, its parent."""
 
-    def __init__(self, server: ForkServer, pid: int, stdin_fd: int, stderr_fd: int) -> None:
+    def __init__(self, server: _Server, pid: int, stdin_fd: int, stderr_fd: int) -> None:
         self.pid = pid
         self._server = server
         self._stdin_fd: int | None = stdin_fd
         self._code: int | None = None
         self._ended = asyncio.Event()
-        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._stderr = StderrTail()
         self._drain = asyncio.ensure_future(self._drain_stderr(stderr_fd))
 
     def _exited(self, code: int) -> None:
@@ -53,8 +110,7 @@ class ForkedRunnerProcess(RunnerProcess):
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
         )
         try:
-            while line := await reader.readline():
-                self._stderr_tail.append(line[:2000].decode("utf-8", "replace").rstrip())
+            await self._stderr.drain(reader)
         finally:
             transport.close()
 
@@ -77,15 +133,13 @@ class ForkedRunnerProcess(RunnerProcess):
             os.close(fd)
 
     def diagnostics(self) -> str:
-        return "\n".join(self._stderr_tail)
+        return self._stderr.text()
 
     async def kill(self) -> None:
+        """Kills the runner and everything its cells started (see ``kill_tree``)."""
         if self._code is None:
-            for kill in (os.killpg, os.kill):  # os.kill: not yet in a session of its own
-                with contextlib.suppress(OSError):
-                    kill(self.pid, signal.SIGKILL)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ended.wait(), KILL_WAIT)
+            await kill_process_tree(self.pid)
+            await self._wait_ended()
         if self._stdin_fd is not None:
             os.close(self._stdin_fd)
             self._stdin_fd = None
@@ -94,9 +148,116 @@ class ForkedRunnerProcess(RunnerProcess):
         except TimeoutError:
             self._drain.cancel()
 
+    async def _wait_ended(self) -> None:
+        """Until the server reports the exit; a server that cannot (stopped) is not waited for
+        once /proc shows the runner dead."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + KILL_WAIT
+        dead_since: float | None = None
+        while self._code is None and loop.time() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), 0.05)
+            if self._code is None and _gone(self.pid):
+                dead_since = dead_since or loop.time()
+                if loop.time() - dead_since > 0.5:
+                    self._exited(-signal.SIGKILL)
+
+
+class _NoAnswer(SandboxStartError):
+    """The fork server did not answer a fork request (it exited, was stopped or hangs)."""
+
+
+class _Server:
+    """One fork-server process: its control socket, the fork requests waiting for their pid and
+    the runners it forked."""
+
+    def __init__(
+        self, python: str, process: asyncio.subprocess.Process, control: socket.socket
+    ) -> None:
+        self.python = python
+        self.process = process
+        self.control: socket.socket | None = control
+        self.pending: collections.deque[asyncio.Future[int]] = collections.deque()
+        self.children: dict[int, ForkedRunnerProcess] = {}
+        self.early_exits: dict[int, int] = {}
+        self.stderr = b""
+        self._failure: _NoAnswer | None = None
+        self._killed: asyncio.Task[None] | None = None
+        self.reader = asyncio.ensure_future(self._read_reports())
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def ended(self) -> bool:
+        return self.reader.done()
+
+    def stalled(self) -> str | None:
+        """Why this server cannot answer now (stopped), or None."""
+        return STALLED_STATES.get(process_state(self.pid) or "")
+
+    async def _read_reports(self) -> None:
+        stdout = self.process.stdout
+        assert stdout is not None
+        try:
+            while line := await stdout.readline():
+                kind, *fields = line.split() or [b""]
+                if kind == b"P" and fields and self.pending:
+                    future = self.pending.popleft()
+                    if not future.done():
+                        future.set_result(int(fields[0]))
+                elif kind == b"X" and len(fields) == 2:
+                    pid, code = int(fields[0]), int(fields[1])
+                    child = self.children.pop(pid, None)
+                    if child is not None:
+                        child._exited(code)
+                    else:
+                        self.early_exits[pid] = code
+        finally:
+            # The server is gone, and with it (PDEATHSIG) every runner it forked.
+            if self.process.stderr is not None:
+                with contextlib.suppress(Exception):
+                    self.stderr = await asyncio.wait_for(self.process.stderr.read(), 1)
+            for child in self.children.values():
+                child._exited(-signal.SIGKILL)
+            self.children.clear()
+            failure = self._failure or self.died()
+            while self.pending:
+                future = self.pending.popleft()
+                if not future.done():
+                    future.set_exception(failure)
+
+    def died(self) -> _NoAnswer:
+        detail = self.stderr.decode("utf-8", "replace").strip()[-2000:]
+        return _NoAnswer(
+            f"the local fork server ({self.python}) exited"
+            + (f"; its stderr: {detail}" if detail else "")
+            + "; the runner needs Python >= 3.11 with grpcio and protobuf"
+        )
+
+    async def kill(self, failure: _NoAnswer | None = None) -> None:
+        """Kills this server and everything below it: its runners and what their cells started.
+        Fork requests still waiting fail with ``failure`` (default: it exited)."""
+        if self._killed is None:
+            self._failure = failure
+            self._killed = asyncio.ensure_future(self._kill())
+        await asyncio.shield(self._killed)
+
+    async def _kill(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.process.returncode is None:  # not reaped yet: the pid is still this server's
+            await kill_process_tree(self.pid)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.process.wait(), KILL_WAIT)
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(self.reader), 2)
+
 
 class ForkServer:
-    """One fork-server process and the runners it forked."""
+    """The fork server of one interpreter and runner environment, replaced when it fails."""
 
     close_order = 150  # at exit: after the sandboxes and brokers that use it
 
@@ -104,20 +265,14 @@ class ForkServer:
         self.python = python
         self.env = dict(env)
         self._key = _key(python, env)
-        self._process: asyncio.subprocess.Process | None = None
-        self._socket: socket.socket | None = None
-        self._pending: collections.deque[asyncio.Future[int]] = collections.deque()
-        self._children: dict[int, ForkedRunnerProcess] = {}
-        self._early_exits: dict[int, int] = {}
-        self._reader: asyncio.Task[None] | None = None
+        self._server: _Server | None = None
         self._lock = asyncio.Lock()
-        self._stderr = b""
         self._closed = False
 
-    async def _start(self) -> None:
+    async def _start(self) -> _Server:
         host_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._process = await asyncio.create_subprocess_exec(
+            process = await asyncio.create_subprocess_exec(
                 self.python,
                 "-I",
                 "-u",
@@ -139,74 +294,61 @@ class ForkServer:
             ) from error
         finally:
             server_end.close()
-        self._socket = host_end
-        self._reader = asyncio.ensure_future(self._read_reports())
+        return _Server(self.python, process, host_end)
 
-    async def _read_reports(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        stdout = self._process.stdout
-        try:
-            while line := await stdout.readline():
-                kind, *fields = line.split() or [b""]
-                if kind == b"P" and fields and self._pending:
-                    future = self._pending.popleft()
-                    if not future.done():
-                        future.set_result(int(fields[0]))
-                elif kind == b"X" and len(fields) == 2:
-                    pid, code = int(fields[0]), int(fields[1])
-                    child = self._children.pop(pid, None)
-                    if child is not None:
-                        child._exited(code)
-                    else:
-                        self._early_exits[pid] = code
-        finally:
-            # The server is gone, and with it (PDEATHSIG) every runner it forked.
-            if self._process.stderr is not None:
-                with contextlib.suppress(Exception):
-                    self._stderr = await asyncio.wait_for(self._process.stderr.read(), 1)
-            for child in self._children.values():
-                child._exited(-signal.SIGKILL)
-            self._children.clear()
-            while self._pending:
-                future = self._pending.popleft()
-                if not future.done():
-                    future.set_exception(self._died())
-
-    def _died(self) -> SandboxStartError:
-        detail = self._stderr.decode("utf-8", "replace").strip()[-2000:]
-        return SandboxStartError(
-            f"the local fork server ({self.python}) exited"
-            + (f"; its stderr: {detail}" if detail else "")
-            + "; the runner needs Python >= 3.11 with grpcio and protobuf"
-        )
+    async def _usable_server(self) -> _Server:
+        """The running server (called under the lock): one that exited or was stopped is killed
+        with everything below it, and a new one started."""
+        server = self._server
+        if server is not None:
+            stalled = server.stalled()
+            if server.ended or stalled:
+                self._server = None
+                reason = f"the local fork server (pid {server.pid}) {stalled}" if stalled else None
+                await server.kill(_NoAnswer(reason) if reason else None)
+        if self._server is None:
+            self._server = await self._start()
+        return self._server
 
     async def spawn(self) -> ForkedRunnerProcess:
-        """A new runner, waiting for its bootstrap line."""
+        """A new runner, waiting for its bootstrap line. A server that does not answer is
+        replaced and the request retried once; a second failure raises SandboxStartError."""
+        try:
+            return await self._spawn_once()
+        except _NoAnswer as first:
+            try:
+                return await self._spawn_once()
+            except _NoAnswer as second:
+                message = str(second)
+                if str(first) != message:
+                    message += f" (before that: {first}; it was replaced)"
+                raise SandboxStartError(message) from second
+
+    async def _spawn_once(self) -> ForkedRunnerProcess:
         async with self._lock:
             if self._closed:
                 raise SandboxStartError("the local fork server is closed")
-            if self._reader is not None and self._reader.done():
-                await self._reset()  # it died (killed from outside): start a new one
-            if self._process is None:
-                await self._start()
-            assert self._socket is not None
+            server = await self._usable_server()
+            assert server.control is not None
             stdin_read, stdin_write = os.pipe()
             stderr_read, stderr_write = os.pipe()
             future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-            self._pending.append(future)
+            server.pending.append(future)
             try:
-                socket.send_fds(self._socket, [b"F"], [stdin_read, stderr_write])
+                socket.send_fds(server.control, [b"F"], [stdin_read, stderr_write])
             except OSError:
-                self._pending.remove(future)
+                server.pending.remove(future)
                 for fd in (stdin_write, stderr_read):
                     os.close(fd)
-                raise self._died() from None
+                await server.kill()
+                raise server.died() from None
             finally:
                 os.close(stdin_read)
                 os.close(stderr_write)
         try:
-            pid = await asyncio.wait_for(future, START_TIMEOUT)
+            pid = await self._fork_reply(server, future)
         except BaseException:
+            future.cancel()
             os.close(stdin_write)
             os.close(stderr_read)
             raise
@@ -214,53 +356,51 @@ class ForkServer:
             os.close(stdin_write)
             os.close(stderr_read)
             raise SandboxStartError("the local fork server could not fork a runner")
-        child = ForkedRunnerProcess(self, pid, stdin_write, stderr_read)
-        if pid in self._early_exits:
-            child._exited(self._early_exits.pop(pid))
+        child = ForkedRunnerProcess(server, pid, stdin_write, stderr_read)
+        if pid in server.early_exits:
+            child._exited(server.early_exits.pop(pid))
         else:
-            self._children[pid] = child
+            server.children[pid] = child
         return child
 
-    async def _reset(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-        if self._process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, signal.SIGKILL)
-            await self._process.wait()
-        self._process = None
-        self._reader = None
-        self._early_exits.clear()
+    async def _fork_reply(self, server: _Server, future: asyncio.Future[int]) -> int:
+        """The forked runner's pid; a server that is stopped, or silent for
+        ``FORK_REPLY_TIMEOUT``, is killed and replaced (raises _NoAnswer: retry)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FORK_REPLY_TIMEOUT
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=STALL_POLL)
+            if done:
+                return future.result()
+            why = server.stalled()
+            if why is None and loop.time() >= deadline:
+                why = f"did not answer a fork request within {FORK_REPLY_TIMEOUT:g}s"
+            if why is not None:
+                failure = _NoAnswer(f"the local fork server (pid {server.pid}) {why}")
+                async with self._lock:
+                    if self._server is server:
+                        self._server = None
+                await server.kill(failure)
+                if not future.done():
+                    future.cancel()
+                elif not future.cancelled():
+                    future.exception()  # failed by the kill, or a runner the kill took
+                raise failure
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     async def aclose(self) -> None:
-        """Kills the server and every runner it forked."""
+        """Kills the server and everything below it."""
         self._closed = True
         cleanup.untrack(self)
         if _servers.get(self._key) is self:
             del _servers[self._key]
         async with self._lock:
-            for child in list(self._children.values()):
-                await child.kill()
-            if self._socket is not None:
-                self._socket.close()  # the server sees EOF, kills what is left and exits
-                self._socket = None
-            process = self._process
-            if process is None:
-                return
-            try:
-                await asyncio.wait_for(process.wait(), STOP_WAIT)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                await process.wait()
-            if self._reader is not None:
-                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(self._reader, 1)
+            server, self._server = self._server, None
+            if server is not None:
+                await server.kill()
 
 
 _servers: dict[tuple[object, ...], ForkServer] = {}

@@ -3,18 +3,20 @@
 Isolation here is a process boundary, not a container: the runner gets an environment built from
 an allow-list (no API keys), its own temporary working directory, rlimits on memory and file size,
 and a host-side timeout per cell. Runners are forked from a per-process fork server
-(:mod:`rlm.environments.forkserver`) that has already paid the interpreter's start-up. For
-untrusted code on a shared machine use ``docker``.
+(:mod:`rlm.environments.forkserver`) that has already paid the interpreter's start-up.
+
+On Linux the runner is also a child subreaper, so that what its cells start and detach (double
+fork, ``setsid``, ``nohup``, a new process group) stays below it, and the host kills the runner's
+whole process tree when the session ends; it is non-dumpable (other processes of the user cannot
+read its memory, where its session token is) and, when run as root, gives up CAP_SYS_PTRACE.
+It still runs as the host's user: for untrusted code on a shared machine use ``docker``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from typing import Any
@@ -22,18 +24,20 @@ from typing import Any
 from rlm.errors import ConfigurationError, SandboxStartError
 
 from .base import RunnerProcess, SandboxEnvironment
-from .forkserver import shared_fork_server
+from .forkserver import KILL_WAIT, StderrTail, kill_process_tree, shared_fork_server
 from .runner.bundle import runner_bundle_path
-from .runner.runner import PRELOAD_ENV
+from .runner.runner import PRELOAD_ENV, SHARED_HOST_ENV
 
 #: Host variables the runner may see. Everything else (API keys, tokens, cloud credentials) stays out.
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM")
 
 
 class LocalRunnerProcess(RunnerProcess):
+    """A runner started from scratch as a child of the host (``fork_server=False``)."""
+
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self._process = process
-        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._stderr = StderrTail()
         self._drain = asyncio.ensure_future(self._drain_stderr())
 
     @property
@@ -41,14 +45,8 @@ class LocalRunnerProcess(RunnerProcess):
         return self._process.pid
 
     async def _drain_stderr(self) -> None:
-        stream = self._process.stderr
-        if stream is None:
-            return
-        while True:
-            line = await stream.readline()
-            if not line:
-                return
-            self._stderr_tail.append(line[:2000].decode("utf-8", "replace").rstrip())
+        if self._process.stderr is not None:
+            await self._stderr.drain(self._process.stderr)
 
     def exit_code(self) -> int | None:
         return self._process.returncode
@@ -61,13 +59,20 @@ class LocalRunnerProcess(RunnerProcess):
         stdin.close()
 
     def diagnostics(self) -> str:
-        return "\n".join(self._stderr_tail)
+        return self._stderr.text()
 
     async def kill(self) -> None:
-        if self._process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, signal.SIGKILL)
-        await self._process.wait()
+        """Kills the runner and everything its cells started (see ``kill_tree``)."""
+        if self._process.returncode is None:  # not reaped yet: the pid is still the runner's
+            await kill_process_tree(self._process.pid)
+        try:
+            # Returns once the runner is reaped and its pipes are closed: a process that got
+            # away with a copy of them (not below the runner) must not hold up the close.
+            await asyncio.wait_for(self._process.wait(), KILL_WAIT)
+        except TimeoutError:
+            transport = getattr(self._process, "_transport", None)
+            if transport is not None:
+                transport.close()
         try:
             await asyncio.wait_for(self._drain, 1)
         except TimeoutError:
@@ -119,6 +124,7 @@ class LocalEnvironment(SandboxEnvironment):
         # started before its session exists (warm pool).
         env = {name: os.environ[name] for name in ENV_ALLOWLIST if name in os.environ}
         env.update(MALLOC_ARENA_MAX="2")
+        env[SHARED_HOST_ENV] = "1"  # see runner.contain_process
         if self.shell == "ipython":
             env[PRELOAD_ENV] = "ipython"  # its own fork server, with IPython already imported
         env.update(self.extra_env)

@@ -9,11 +9,14 @@ unix socket on its stdin. Protocol:
 - server -> host, on stdout, one line each: ``P <pid>`` answers each ``F`` in order;
   ``X <pid> <code>`` reports a runner's exit (the server is its parent and reaps it).
 
-Each forked runner starts its own session (the host kills its process group), dies with the
-server (``PR_SET_PDEATHSIG``), and keeps no descriptor of the server's. The server dies with the
-host the same way, and kills its runners when the host closes the socket. It never starts a
-thread, so forking it is safe. ``RLM_RUNNER_PRELOAD=ipython`` in its environment makes it import
-IPython first, for runners that will use the ipython shell.
+Each forked runner starts its own session (the host kills its process tree), dies with the
+server (``PR_SET_PDEATHSIG``), and keeps no descriptor of the server's. The server gets SIGTERM
+when the host dies (``PR_SET_PDEATHSIG`` too) and then, as when the host closes the socket, kills
+everything below it. It is a child subreaper (Linux): what a dead runner leaves behind is
+re-parented to it, and killed. It never starts a thread, so forking it is safe. ``RLM_RUNNER_PRELOAD=ipython`` in its environment makes
+it import IPython first, for runners that will use the ipython shell.
+
+This module also holds the process-tree helpers the host uses (:func:`kill_tree`): stdlib only.
 """
 
 from __future__ import annotations
@@ -24,10 +27,140 @@ import selectors
 import signal
 import socket
 import sys
+import time
+from collections.abc import Iterable
 
 from rlm.environments.runner import runner as runner_module
 
 MAX_FD = 65536
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+#: The fork server's process name (``/proc/<pid>/comm``); its runners rename themselves.
+SERVER_NAME = b"rlm-forkserver"
+RUNNER_NAME = b"rlm-runner"
+#: How long :func:`kill_tree` waits for the processes it stopped to be seen stopped.
+STOP_SETTLE_SECONDS = 1.0
+#: Rounds of stopping newly found descendants before the tree is killed as it stands.
+MAX_FREEZE_ROUNDS = 100
+
+
+# ---- process trees (Linux /proc) -----------------------------------------------------------
+
+
+def _stat(pid: int | str) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time) of a process from /proc, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), int(fields[1]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of a process (``R``, ``S``, ``T`` stopped, ``t`` traced, ``Z`` zombie...),
+    or None when it is gone or there is no /proc."""
+    stat = _stat(pid)
+    return None if stat is None else stat[0]
+
+
+#: States of a process that has ended (zombie, dead) or cannot run on its own (stopped, traced).
+ENDED_STATES = frozenset("ZXx")
+HELD_STATES = frozenset("TtZXx")
+
+
+def _live_processes() -> dict[int, tuple[str, int, int]]:
+    """Every process that has not ended, by pid: (state, parent pid, start time)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _stat(entry)
+            if stat is not None and stat[0] not in ENDED_STATES:
+                table[int(entry)] = stat
+    return table
+
+
+def process_tree(roots: Iterable[int]) -> dict[int, int]:
+    """The live (not zombie) processes among ``roots`` and all their descendants, each with its
+    start time (to tell it from a later process given the same pid)."""
+    table = _live_processes()
+    children: dict[int, list[int]] = {}
+    for pid, (_state, parent, _started) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found: dict[int, int] = {}
+    pending = [pid for pid in roots if pid in table]
+    while pending:
+        pid = pending.pop()
+        if pid not in found:
+            found[pid] = table[pid][2]
+            pending.extend(children.get(pid, ()))
+    return found
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signum)
+
+
+def _wait_stopped(pids: Iterable[int], deadline: float) -> None:
+    """Until each of ``pids`` is stopped, dead or gone (or the deadline passes): a process that
+    was sent SIGSTOP may still be running, and forking, for a moment."""
+    waiting = set(pids)
+    while waiting and time.monotonic() < deadline:
+        waiting = {pid for pid in waiting if (process_state(pid) or "X") not in HELD_STATES}
+        if waiting:
+            time.sleep(0.001)
+
+
+def kill_tree(roots: Iterable[int], *, spare: Iterable[int] = ()) -> list[int]:
+    """SIGKILLs ``roots`` and every process below them, wherever they moved (new sessions and
+    process groups are still children), except ``spare``; returns the pids killed.
+
+    The tree is frozen first: every member is sent SIGSTOP, the tree is read again until no new
+    member appears (a stopped process cannot fork), and only then is each member killed, so a
+    process forking as fast as it can does not slip out between two reads. A process is killed
+    only if it is still the one that was stopped (same start time). Without /proc (not Linux)
+    only the roots and their process groups are killed.
+    """
+    roots, spared = list(roots), set(spare)
+    if not os.path.isdir("/proc/self"):
+        for pid in roots:
+            if pid not in spared:
+                for kill in (os.killpg, os.kill):
+                    with contextlib.suppress(OSError):
+                        kill(pid, signal.SIGKILL)
+        return [pid for pid in roots if pid not in spared]
+    frozen: dict[int, int] = {}
+    deadline = time.monotonic() + STOP_SETTLE_SECONDS
+    for _ in range(MAX_FREEZE_ROUNDS):
+        tree = process_tree(roots)
+        fresh = [pid for pid in tree if pid not in frozen and pid not in spared]
+        if not fresh:
+            break
+        for pid in fresh:
+            _signal(pid, signal.SIGSTOP)
+            frozen[pid] = tree[pid]
+        _wait_stopped(fresh, deadline)
+    killed = []
+    for pid, started in frozen.items():
+        stat = _stat(pid)
+        if stat is not None and stat[2] == started:
+            _signal(pid, signal.SIGKILL)
+            killed.append(pid)
+    return killed
+
+
+# ---- the server ----------------------------------------------------------------------------
+
+
+def _set_name(name: bytes) -> None:
+    """Names this process in ``/proc/<pid>/comm`` (and ``ps``), where the platform allows."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _report(line: str) -> None:
@@ -42,6 +175,8 @@ def _become_runner(stdin_fd: int, stderr_fd: int) -> None:
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _set_name(RUNNER_NAME)
         os.setsid()
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(stdin_fd, 0)
@@ -62,19 +197,51 @@ def _become_runner(stdin_fd: int, stderr_fd: int) -> None:
 
 
 def _reap(children: set[int]) -> None:
-    while children:
+    """Reaps every ended child; reports the runners' exits (others were adopted: see _sweep)."""
+    while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
-        children.discard(pid)
-        _report(f"X {pid} {os.waitstatus_to_exitcode(status)}")
+        if pid in children:
+            children.discard(pid)
+            _report(f"X {pid} {os.waitstatus_to_exitcode(status)}")
+
+
+def _sweep(children: set[int]) -> None:
+    """Kills what was re-parented to this server (a subreaper): processes that a runner's cells
+    started and whose runner has died. Runners are this server's only own children."""
+    me = os.getpid()
+    strangers = [
+        pid
+        for pid, (_state, parent, _started) in _live_processes().items()
+        if parent == me and pid not in children
+    ]
+    if strangers:
+        kill_tree(strangers)
+
+
+_terminated = False
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM: noted, and acted on by the serving loop (an exception raised here could cut the
+    final clean-up short)."""
+    global _terminated
+    _terminated = True
 
 
 def serve(host_pid: int) -> int:
-    runner_module.watch_parent(host_pid)
+    """Serves fork requests until the host closes the socket or dies; then kills everything
+    below this process (SIGTERM, the signal it gets when the host dies, does the same)."""
+    signal.signal(signal.SIGTERM, _terminate)
+    runner_module.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != host_pid:
+        return 3  # the host is already gone
+    _set_name(SERVER_NAME)
+    subreaper = runner_module.prctl(runner_module.PR_SET_CHILD_SUBREAPER, 1)
     # What the runners will import anyway (IPython for the ipython shell), imported once here.
     runner_module.preload(os.environ.get(runner_module.PRELOAD_ENV, ""))
     control = socket.socket(fileno=0)
@@ -92,7 +259,11 @@ def serve(host_pid: int) -> int:
             for key, _ in selector.select():
                 if key.fileobj is not control:
                     os.read(wake_read, 4096)
+                    if _terminated:
+                        return 0  # the host died (or asked): finally kills what is left
                     _reap(children)
+                    if subreaper:
+                        _sweep(children)
                     continue
                 message, fds, _flags, _address = socket.recv_fds(control, 1, 2)
                 if not message:
@@ -110,7 +281,8 @@ def serve(host_pid: int) -> int:
                 children.add(pid)
                 _report(f"P {pid}")
     finally:
-        for pid in children:
-            for kill in (os.killpg, os.kill):  # os.kill: a child that has no session of its own yet
-                with contextlib.suppress(OSError):
-                    kill(pid, signal.SIGKILL)
+        # Everything below this server: runners, what their cells started, what was adopted.
+        if os.path.isdir("/proc/self"):
+            kill_tree([os.getpid()], spare=[os.getpid()])
+        else:
+            kill_tree(children)

@@ -3,15 +3,17 @@
 Protocol: the host writes one JSON line to stdin (``{"address": ..., "token": ...}``); the runner
 dials ``address`` (a unix socket or a loopback port inside the sandbox), opens the ``Attach``
 stream and serves what arrives on it until the host says ``Shutdown`` or the stream breaks.
-The token never appears in the process environment. ``"shell": "ipython"`` in the bootstrap runs
-every cell through a real IPython shell (imported only then: the runner itself needs only grpcio
-and protobuf).
+The token never appears in the process environment, and once the channel is built it is kept
+only by the interceptor that adds it to each call (not on the :class:`Runner`). ``"shell":
+"ipython"`` in the bootstrap runs every cell through a real IPython shell (imported only then:
+the runner itself needs only grpcio and protobuf).
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
+import collections
 import contextlib
 import io
 import json
@@ -45,6 +47,10 @@ SHELLS = ("python", "ipython")
 #: The fork server imports what the runners it forks will need, listed in this variable of its
 #: environment (comma-separated; only "ipython" is known), so that forking stays a few ms.
 PRELOAD_ENV = "RLM_RUNNER_PRELOAD"
+#: Set to "1" by the local environment, whose runners share the machine and the user with the host
+#: and with each other: the runner then makes itself non-dumpable before it reads its token, drops
+#: CAP_SYS_PTRACE and becomes a child subreaper (see :func:`contain_process`).
+SHARED_HOST_ENV = "RLM_RUNNER_SHARED_HOST"
 IPYTHON_MISSING = (
     "the 'ipython' shell needs IPython in the sandbox's Python ({python}): install the "
     "`ipython` package in the sandbox image (pip install 'ipython>=8'); for the local "
@@ -223,6 +229,39 @@ class IPythonCells:
         raise error
 
 
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    """A call's details with the session's authorization added."""
+
+
+class _SessionAuth(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds the session's bearer token to every call: the one place the token is kept."""
+
+    def __init__(self, token: str) -> None:
+        self.__metadata = (("authorization", f"Bearer {token}"),)
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> _CallDetails:
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            (*(details.metadata or ()), *self.__metadata),
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
 class Runner:
     """One persistent interpreter attached to one broker session."""
 
@@ -233,7 +272,7 @@ class Runner:
         self._reset_namespace()
         # Made first: a sandbox without IPython fails here, before anything is attached.
         self._ipython = IPythonCells(self.namespace) if shell == "ipython" else None
-        self._channel = grpc.insecure_channel(
+        channel = grpc.insecure_channel(
             address,
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -243,8 +282,8 @@ class Runner:
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
+        self._channel = grpc.intercept_channel(channel, _SessionAuth(token))
         self._stub = pb_grpc.BrokerStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {token}"),)
         self._outbox: queue.SimpleQueue[pb.RunnerMessage | None] = queue.SimpleQueue()
         self._work: queue.SimpleQueue[pb.HostMessage | None] = queue.SimpleQueue()
         self._stdout = _CellOutput()
@@ -333,7 +372,6 @@ class Runner:
         try:
             reply = self._stub.Complete(
                 self._complete_request(prompt, model),
-                metadata=self._metadata,
                 timeout=self._timeout(),
             )
         except grpc.RpcError as error:
@@ -355,7 +393,7 @@ class Runner:
         """A child RLM whose context is ``prompt``; a plain LM call at max_depth."""
         request = pb.SubcallRequest(prompt=prompt, model=model or "", cell_id=self._cell_id)
         try:
-            reply = self._stub.Subcall(request, metadata=self._metadata, timeout=self._timeout())
+            reply = self._stub.Subcall(request, timeout=self._timeout())
         except grpc.RpcError as error:
             return self._error_text(error)
         return reply.text
@@ -369,7 +407,7 @@ class Runner:
 
     def _gather(self, method: Any, requests: list[Any]) -> list[str]:
         timeout = self._timeout()
-        futures = [method.future(r, metadata=self._metadata, timeout=timeout) for r in requests]
+        futures = [method.future(r, timeout=timeout) for r in requests]
         results: list[str] = []
         try:
             for future in futures:
@@ -390,9 +428,7 @@ class Runner:
             payload = json.dumps({"args": args, "kwargs": kwargs}).encode()
             request = pb.ToolRequest(name=name, args_json=payload, cell_id=self._cell_id)
             try:
-                reply = self._stub.CallTool(
-                    request, metadata=self._metadata, timeout=self._timeout()
-                )
+                reply = self._stub.CallTool(request, timeout=self._timeout())
             except grpc.RpcError as error:
                 self._raise_for(error)
             if reply.result_pickle:
@@ -540,7 +576,7 @@ class Runner:
 
     def serve(self) -> int:
         """Attaches to the broker and serves until Shutdown or until the broker is gone."""
-        responses = self._stub.Attach(iter(self._outbox.get, None), metadata=self._metadata)
+        responses = self._stub.Attach(iter(self._outbox.get, None))
         self._send(
             pb.RunnerMessage(
                 hello=pb.Hello(
@@ -627,6 +663,61 @@ def _apply_limits(limits: dict[str, int]) -> None:
             resource.setrlimit(names[key], (int(value), int(value)))
 
 
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
+CAP_SYS_PTRACE = 19
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def prctl(option: int, arg: int) -> bool:
+    """Linux ``prctl(option, arg)``; False where it failed or there is no such call."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def drop_ptrace_capability() -> None:
+    """Removes CAP_SYS_PTRACE from this thread's capabilities and from its bounding set (what any
+    program it starts can get), where it has it: for a runner running as root, the capability
+    would override the non-dumpable flag and let it read any other process's memory. A no-op
+    for other users (who do not hold it) and off Linux."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0)  # needs CAP_SETPCAP: root only
+        header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
+        data = (ctypes.c_uint32 * 6)()  # (effective, permitted, inheritable) x 2 words
+        if libc.capget(header, data) != 0:
+            return
+        for word in range(3):  # the first word holds capabilities 0-31
+            data[word] &= ~(1 << CAP_SYS_PTRACE) & 0xFFFFFFFF
+        libc.capset(header, data)
+    except (OSError, AttributeError):
+        pass
+
+
+def contain_process(*, before_bootstrap: bool) -> None:
+    """The local environment's runner (``RLM_RUNNER_SHARED_HOST=1``) shares the user with the
+    host and with the other sessions' runners. Before the bootstrap (the token) is read: it
+    becomes non-dumpable, so that no other process of the user can ptrace it or open its
+    ``/proc/<pid>/mem``. After it, before any cell: it drops CAP_SYS_PTRACE (which would
+    override that for root) and becomes a child subreaper, so that whatever its cells start
+    and orphan (double fork, ``nohup``, ``setsid``) is re-parented to it rather than to init,
+    and stays in the tree the host kills at close. Linux only; elsewhere a no-op."""
+    if os.environ.get(SHARED_HOST_ENV) != "1":
+        return
+    if before_bootstrap:
+        prctl(PR_SET_DUMPABLE, 0)
+        return
+    drop_ptrace_capability()
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
 _parent_watched = False
 
 
@@ -659,11 +750,14 @@ def _read_bootstrap_line() -> str:
 
 def main() -> int:
     """Reads the bootstrap line from stdin and serves the session."""
+    contain_process(before_bootstrap=True)
     line = _read_bootstrap_line()
     if not line.strip():
         print("rlm-runner: expected a bootstrap JSON line on stdin", file=sys.stderr)
         return 2
     config = json.loads(line)
+    del line  # the token stays in the channel's interceptor only
+    contain_process(before_bootstrap=False)
     if config.get("relay") == "stdio":
         from rlm.environments.runner.relay import StdioRelay
 
@@ -678,7 +772,9 @@ def main() -> int:
     if config.get("workdir"):
         os.chdir(config["workdir"])
     try:
-        runner = Runner(config["address"], config["token"], shell=config.get("shell") or "python")
+        runner = Runner(
+            config["address"], config.pop("token"), shell=config.get("shell") or "python"
+        )
     except (ShellUnavailableError, ValueError) as error:
         print(f"rlm-runner: {error}", file=sys.stderr, flush=True)
         return 2

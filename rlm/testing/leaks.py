@@ -13,14 +13,25 @@ def _cmdline(pid: int | str) -> bytes:
         return b""
 
 
+def _comm(pid: int | str) -> bytes:
+    """The process's name (``/proc/<pid>/comm``): a fork server names itself ``rlm-forkserver``,
+    its runners (and what their cells fork without exec) ``rlm-runner``."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as handle:
+            return handle.read().strip()
+    except OSError:
+        return b""
+
+
 def _is_bundle(cmdline: bytes) -> bool:
     return b"runner.pyz" in cmdline or (b"rlm-runner-" in cmdline and b".pyz" in cmdline)
 
 
 def _is_fork_server(pid: int | str, cmdline: bytes) -> bool:
     """The fork server's runners keep its command line; the server is the one whose parent
-    is not a fork server."""
-    if b"--fork-server" not in cmdline:
+    is not a fork server, and that is not a runner (or a copy of one a cell forked and that
+    outlived its runner: its parent is then no fork server either)."""
+    if b"--fork-server" not in cmdline or _comm(pid) == b"rlm-runner":
         return False
     parent = _parent_of(str(pid))
     return parent is None or b"--fork-server" not in _cmdline(parent)

@@ -4,6 +4,7 @@ one server serves the whole process, and it never outlives the host."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from conftest import RecordingHandler
 from rlm.broker.loop import run_sync
 from rlm.broker.server import BrokerServer
 from rlm.environments.local import LocalEnvironment
+from rlm.environments.runner.forkserver import kill_tree
 from rlm.testing.leaks import alive, fork_server_pids, runner_pids
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="fork server needs os.fork")
@@ -157,3 +159,93 @@ def test_the_fork_server_and_its_runners_end_with_the_host(ending):
         if host.poll() is None:
             host.kill()
             host.wait()
+
+
+def test_a_stopped_fork_server_does_not_hold_up_closing_its_sessions(tree):
+    """The server reports its runners' exits; a stopped one cannot, and closing does not wait
+    for it: /proc shows the runner dead."""
+    _broker, start = tree
+    env = start()
+    runner, _sid, server, _cwd, _mem = probe(env)
+    os.kill(server, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        run_sync(env.aclose())
+        assert time.monotonic() - started < 3
+        assert wait_until(lambda: not alive(runner))
+    finally:
+        os.kill(server, signal.SIGCONT)
+
+
+def test_a_copy_a_cell_forked_from_its_runner_is_no_fork_server(tree):
+    """A forked copy of a runner keeps the server's command line; it is still a runner (its
+    name says so), and it goes with its session."""
+    _broker, start = tree
+    env = start()
+    server = probe(env)[2]
+    copy = int(
+        run_sync(
+            env.execute(
+                "import os, time\npid = os.fork()\nif pid == 0:\n    time.sleep(300)\n"
+                "    os._exit(0)\nprint(pid)"
+            )
+        ).stdout
+    )
+    try:
+        servers = fork_server_pids(os.getpid())
+        assert server in servers and copy not in servers
+        assert copy in runner_pids(os.getpid())
+        run_sync(env.aclose())
+        assert wait_until(lambda: not alive(copy))
+    finally:
+        if alive(copy):
+            os.kill(copy, signal.SIGKILL)
+
+
+FORKING_TREE = """
+import os, sys, time
+marker = sys.argv[1]
+for _ in range(3):  # three generations of 6 children each (258 processes at most)
+    for _ in range(6):
+        time.sleep(0.005)
+        if os.fork() == 0:
+            break
+    else:
+        break
+time.sleep(300)
+"""
+
+
+def test_kill_tree_takes_a_tree_that_is_still_forking():
+    """The tree is stopped before it is killed: no child forked while it is being read gets
+    away (each generation re-parented to init the moment its parent died would)."""
+    marker = f"rlm-forking-tree-{os.getpid()}-{time.monotonic_ns()}"
+    root = subprocess.Popen([sys.executable, "-c", FORKING_TREE, marker], start_new_session=True)
+
+    def members() -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if marker.encode() in handle.read() and alive(int(entry)):
+                        found.append(int(entry))
+            except (OSError, ValueError):
+                continue
+        return found
+
+    try:
+        assert wait_until(lambda: len(members()) >= 4, 10), "the tree did not start growing"
+        killed = kill_tree([root.pid])  # mid-growth: it takes 100 ms or so to reach 258
+        assert root.pid in killed and len(killed) >= 4
+        root.wait(timeout=10)
+        assert wait_until(lambda: not members()), members()
+    finally:
+        for _ in range(50):  # whatever is left, stopped then killed, until none is
+            left = members()
+            if not left:
+                break
+            for signum in (signal.SIGSTOP, signal.SIGKILL):
+                for pid in left:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signum)
+            time.sleep(0.1)

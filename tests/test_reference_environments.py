@@ -4,11 +4,11 @@ flow of the reference's ``examples/lm_in_repl.py``), ``DockerREPL``, tools and p
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from docker_check import docker_available
 
 from rlm.broker.clients import create_client
 from rlm.broker.loop import run_sync
@@ -254,27 +254,11 @@ def test_handler_accepts_rlm_clients_baselm(lm_server: ScriptedLMServer) -> None
         client.close()
 
 
-def _docker_missing() -> str | None:
-    if shutil.which("docker") is None:
-        return "no docker client on PATH"
-    try:
-        import docker
-
-        docker.from_env(timeout=5).ping()
-    except Exception as error:
-        return f"no Docker engine reachable ({type(error).__name__})"
-    from rlm.environments.docker_image import DEFAULT_IMAGE, image_exists
-
-    if not image_exists(DEFAULT_IMAGE):
-        return f"image {DEFAULT_IMAGE} missing: run `rlm docker build-image`"
-    return None
-
-
 @pytest.mark.docker
 def test_lm_in_docker_repl(
     lm_server: ScriptedLMServer, handler: LMHandler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reason = _docker_missing()
+    reason = docker_available()
     if reason:
         pytest.skip(reason)
     monkeypatch.setenv("RLM_TEST_HOST_SECRET", "do-not-leak")
@@ -422,7 +406,7 @@ def test_ipython_repl_runs_cells_in_a_real_ipython_shell(handler: LMHandler) -> 
 def test_code_string_tools_as_the_reference_runs_them(handler: LMHandler, environment: str) -> None:
     """Out-of-process REPLs of the reference (docker, the clouds) run a tool given as code; the
     local one keeps it a string."""
-    if environment == "docker" and (reason := _docker_missing()):
+    if environment == "docker" and (reason := docker_available()):
         pytest.skip(reason)
 
     tools = {

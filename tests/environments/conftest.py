@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from docker_check import docker_available
 
 from rlm.broker.loop import run_sync
 from rlm.broker.server import BrokerServer
@@ -28,35 +28,6 @@ from rlm.environments import environment_class
 from rlm.environments.base import SandboxEnvironment
 from rlm.errors import ConfigurationError
 from rlm.protos import rlm_sandbox_pb2 as pb
-
-
-def docker_available() -> str | None:
-    """None when a Docker engine and our image are usable, else the reason to skip.
-
-    With ``RLM_REQUIRE_DOCKER=1`` (set by .ci/run) a missing engine fails the run instead.
-    """
-    reason = _docker_missing()
-    if reason and os.environ.get("RLM_REQUIRE_DOCKER") == "1":
-        pytest.fail(f"RLM_REQUIRE_DOCKER=1 but docker is unusable: {reason}", pytrace=False)
-    return reason
-
-
-def _docker_missing() -> str | None:
-    if shutil.which("docker") is None:
-        return "no docker client on PATH"
-    try:
-        import docker
-
-        client = docker.from_env(timeout=5)
-        client.ping()
-    except Exception as error:
-        return f"no Docker engine reachable ({type(error).__name__}); run .ci/install-docker.sh"
-    from rlm.environments.docker_image import DEFAULT_IMAGE, image_exists
-
-    if not image_exists(DEFAULT_IMAGE):
-        return f"image {DEFAULT_IMAGE} missing: run `rlm docker build-image`"
-    return None
-
 
 #: OCI runtimes the docker environment is tested under: None is the engine's default (runc), runsc
 #: is gVisor (registered by .ci/install-docker.sh).

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -525,25 +524,11 @@ def test_cell_stderr_is_capped_like_stdout(sessions, fork_server):
     assert len(env._process.diagnostics()) <= 40 * 2001
 
 
-def _docker_unusable() -> str | None:
-    if shutil.which("docker") is None:
-        return "no docker client on PATH"
-    try:
-        import docker
-
-        docker.from_env(timeout=5).ping()
-    except Exception as error:
-        return f"no Docker engine reachable ({type(error).__name__})"
-    from rlm.environments.docker_image import DEFAULT_IMAGE, image_exists
-
-    if not image_exists(DEFAULT_IMAGE):
-        return f"image {DEFAULT_IMAGE} missing: run `rlm docker build-image`"
-    return None
-
-
 @pytest.mark.docker
 def test_the_token_is_not_in_the_docker_runners_configuration():
-    reason = _docker_unusable()
+    from docker_check import docker_available  # here: HOST imports this module alone
+
+    reason = docker_available()
     if reason:
         if os.environ.get("RLM_REQUIRE_DOCKER") == "1":
             pytest.fail(f"RLM_REQUIRE_DOCKER=1 but docker is unusable: {reason}", pytrace=False)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from importlib import import_module
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from rlm.clients.base_lm import DEFAULT_TIMEOUT, BaseLM, BrokerLM
 from rlm.errors import ConfigurationError
+from rlm.types import ClientBackend
 
 if TYPE_CHECKING:
     from rlm.clients.anthropic import AnthropicClient
@@ -38,17 +39,7 @@ __all__ = [
     "get_client",
 ]
 
-ClientBackend = Literal[
-    "openai",
-    "portkey",
-    "openrouter",
-    "vercel",
-    "vllm",
-    "anthropic",
-    "azure_openai",
-    "gemini",
-]
-"""The backend names of the reference package; ``get_client`` also takes every broker backend."""
+# ClientBackend: the reference's backend names (get_client also takes every broker backend).
 
 _CLASSES: dict[str, str] = {
     "OpenAIClient": "rlm.clients.openai",

@@ -132,6 +132,22 @@ def test_a_call_cancelled_after_it_was_sent_keeps_counting(lm_server):
     assert len(lm_server.requests) == 1
 
 
+def budgeted_rlm(make_rlm: Any, server: ScriptedLMServer, script: Any, **kwargs: Any) -> Any:
+    """An RLM whose root calls are free and whose sub-calls (sub-model) cost $0.01 each, under
+    max_budget=0.05, answering from ``script``."""
+    server.set_script(script)
+    return make_rlm(
+        backend_kwargs={"price_per_million": (0.0, 0.0)},
+        other_backends=["openai"],
+        other_backend_kwargs=[
+            {"model_name": "sub-model", "base_url": server.base_url, "api_key": "k",
+             "price_per_million": SUB_PRICE}
+        ],
+        max_budget=0.05,
+        **kwargs,
+    )  # fmt: skip
+
+
 def test_budget_with_concurrent_llm_query_batched_through_the_sandbox(make_rlm, lm_server):
     """The issue's scenario end to end: the root's code fans out 100 sub-calls of $0.01 each
     under max_budget=0.05 (before the fix 87 reached the provider)."""
@@ -144,17 +160,7 @@ def test_budget_with_concurrent_llm_query_batched_through_the_sandbox(make_rlm, 
             "print(sum(r == 'ok' for r in results))\n```"
         )
 
-    lm_server.set_script(script)
-    rlm = make_rlm(
-        backend_kwargs={"price_per_million": (0.0, 0.0)},
-        other_backends=["openai"],
-        other_backend_kwargs=[
-            {"model_name": "sub-model", "base_url": lm_server.base_url, "api_key": "k",
-             "price_per_million": SUB_PRICE}
-        ],
-        max_budget=0.05,
-        max_iterations=3,
-    )  # fmt: skip
+    rlm = budgeted_rlm(make_rlm, lm_server, script, max_iterations=3)
     with pytest.raises(BudgetExceededError) as caught:
         rlm.completion("context")
     sub_calls = [r for r in lm_server.requests if r.model == "sub-model"]
@@ -171,17 +177,7 @@ def test_catching_the_budget_error_in_the_cell_does_not_buy_more_calls(make_rlm,
             "        n += 1\n    except BaseException:\n        pass\nprint(n)\n```"
         )
 
-    lm_server.set_script(script)
-    rlm = make_rlm(
-        backend_kwargs={"price_per_million": (0.0, 0.0)},
-        other_backends=["openai"],
-        other_backend_kwargs=[
-            {"model_name": "sub-model", "base_url": lm_server.base_url, "api_key": "k",
-             "price_per_million": SUB_PRICE}
-        ],
-        max_budget=0.05,
-        max_iterations=2,
-    )  # fmt: skip
+    rlm = budgeted_rlm(make_rlm, lm_server, script, max_iterations=2)
     with pytest.raises(BudgetExceededError):
         rlm.completion("context")
     assert len([r for r in lm_server.requests if r.model == "sub-model"]) == 5

@@ -36,6 +36,9 @@ from rlm.protos import rlm_sandbox_pb2_grpc as pb_grpc
 
 RUNNER_VERSION = "1"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: The largest ``answer["content"]`` a cell can hand back (UTF-8 bytes): well under one gRPC
+#: message, so a huge answer is refused with a message to the model instead of ending the runner.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 DEFAULT_CALL_TIMEOUT = 3600.0
 # How long a runner whose broker vanished lets a running cell go on before it exits anyway.
 ORPHAN_GRACE_SECONDS = 5.0
@@ -545,15 +548,31 @@ class Runner:
         finally:
             self._in_cell.clear()
         result.seconds = time.perf_counter() - started
-        result.stdout, result.stdout_dropped_chars = self._stdout.end()
-        result.stderr, result.stderr_dropped_chars = self._stderr.end()
-        answer = self.namespace.get("answer")
-        if isinstance(answer, Mapping):
-            content = answer.get("content", "")
-            result.answer_ready = bool(answer.get("ready"))
-            result.answer_content = content if isinstance(content, str) else str(content)
+        stdout, result.stdout_dropped_chars = self._stdout.end()
+        stderr, result.stderr_dropped_chars = self._stderr.end()
+        result.stdout, result.stderr = wire_text(stdout), wire_text(stderr)
+        result.error = wire_text(result.error)
+        self._report_answer(result)
         result.variables.extend(self.user_variables()[:200])
         return result
+
+    def _report_answer(self, result: pb.ExecuteResult) -> None:
+        answer = self.namespace.get("answer")
+        if not isinstance(answer, Mapping):
+            return
+        content = answer.get("content", "")
+        text = wire_text(content if isinstance(content, str) else str(content))
+        size = len(text.encode("utf-8"))
+        if size > MAX_ANSWER_BYTES:
+            refusal = (
+                f"AnswerTooLarge: answer['content'] is {size:,} bytes; the limit is "
+                f"{MAX_ANSWER_BYTES:,} (16 MiB). Put a shorter answer in answer['content'] "
+                "(a summary, or where the rest can be found)."
+            )
+            result.error = f"{result.error}\n{refusal}" if result.error else refusal
+            return
+        result.answer_ready = bool(answer.get("ready"))
+        result.answer_content = text
 
     # ---- plumbing --------------------------------------------------------------------------
 
@@ -607,6 +626,16 @@ class Runner:
             except KeyboardInterrupt:
                 # An interrupt that arrived just after its cell finished: nothing to stop.
                 continue
+
+
+def wire_text(text: str) -> str:
+    """``text`` as gRPC can carry it: lone surrogates (which UTF-8 cannot encode, and which a
+    cell can print or put in its answer) are written as ``\\udXXX`` escapes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _load_from_host(data: bytes, what: str) -> Any:

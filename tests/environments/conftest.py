@@ -14,13 +14,16 @@ The docker environment runs once per OCI runtime in ``DOCKER_RUNTIMES`` (ids ``d
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from docker_check import docker_available
+from docker_check import (
+    DOCKER_RUNTIMES,
+    docker_available,
+    docker_variant_id,
+    require_docker_runtime,
+)
 
 from rlm.broker.loop import run_sync
 from rlm.broker.server import BrokerServer
@@ -28,60 +31,6 @@ from rlm.environments import environment_class
 from rlm.environments.base import SandboxEnvironment
 from rlm.errors import ConfigurationError
 from rlm.protos import rlm_sandbox_pb2 as pb
-
-#: OCI runtimes the docker environment is tested under: None is the engine's default (runc), runsc
-#: is gVisor (registered by .ci/install-docker.sh).
-DOCKER_RUNTIMES: list[str | None] = [None, "runsc"]
-
-
-def docker_variant_id(runtime: str | None) -> str:
-    """The test id of the docker environment under ``runtime``: docker, docker-runsc."""
-    return "docker" if runtime is None else f"docker-{runtime}"
-
-
-def require_docker_runtime(runtime: str | None) -> str | None:
-    """Skips (or, with ``RLM_REQUIRE_GVISOR=1``, fails) the test when ``runtime`` is not usable
-    here; returns it unchanged otherwise. Docker itself must already be available."""
-    if runtime is None:
-        return None
-    reason = _runtime_missing(runtime)
-    if reason is None:
-        return runtime
-    if os.environ.get("RLM_REQUIRE_GVISOR") == "1":
-        pytest.fail(f"RLM_REQUIRE_GVISOR=1 but {runtime} is unusable: {reason}", pytrace=False)
-    pytest.skip(f"{docker_variant_id(runtime)}: {reason}")
-
-
-@functools.cache
-def _runtime_missing(runtime: str) -> str | None:
-    """None when the engine has ``runtime`` registered and it runs our image, else why not."""
-    import docker
-
-    from rlm.environments.docker import LABEL, OWNER_PID_LABEL
-    from rlm.environments.docker_image import DEFAULT_IMAGE, SANDBOX_PYTHON
-
-    client = docker.from_env(timeout=30)
-    registered = sorted(client.info().get("Runtimes") or {})
-    if runtime not in registered:
-        return (
-            f"{runtime} is not a runtime of the Docker engine (registered: "
-            f"{', '.join(registered)}); .ci/install-docker.sh installs and registers it"
-        )
-    try:
-        client.containers.run(
-            DEFAULT_IMAGE,
-            [SANDBOX_PYTHON, "-c", "pass"],
-            runtime=runtime,
-            network_mode="none",
-            remove=True,
-            labels={LABEL: "1", OWNER_PID_LABEL: str(os.getpid())},
-        )
-    except Exception as error:
-        return f"{runtime} is registered but cannot run a container here: {error}"
-    finally:
-        client.close()
-    return None
-
 
 #: Cloud providers: each has a stand-in (``standin_<name>.py`` beside this file) speaking its
 #: wire protocol, used through the real SDK; ``RLM_LIVE_<NAME>=1`` plus credentials runs the same

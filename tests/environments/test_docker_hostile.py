@@ -14,7 +14,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import (
+from docker_check import (
     DOCKER_RUNTIMES,
     docker_available,
     docker_variant_id,

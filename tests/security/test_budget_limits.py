@@ -148,7 +148,7 @@ def budgeted_rlm(make_rlm: Any, server: ScriptedLMServer, script: Any, **kwargs:
     )  # fmt: skip
 
 
-def test_budget_with_concurrent_llm_query_batched_through_the_sandbox(make_rlm, lm_server):
+def test_budget_with_concurrent_llm_query_batched_through_the_sandbox(make_rlm, lm_server, sandbox):
     """The issue's scenario end to end: the root's code fans out 100 sub-calls of $0.01 each
     under max_budget=0.05 (before the fix 87 reached the provider)."""
 
@@ -160,7 +160,7 @@ def test_budget_with_concurrent_llm_query_batched_through_the_sandbox(make_rlm, 
             "print(sum(r == 'ok' for r in results))\n```"
         )
 
-    rlm = budgeted_rlm(make_rlm, lm_server, script, max_iterations=3)
+    rlm = budgeted_rlm(make_rlm, lm_server, script, max_iterations=3, **sandbox)
     with pytest.raises(BudgetExceededError) as caught:
         rlm.completion("context")
     sub_calls = [r for r in lm_server.requests if r.model == "sub-model"]
@@ -168,7 +168,9 @@ def test_budget_with_concurrent_llm_query_batched_through_the_sandbox(make_rlm, 
     assert caught.value.spent == pytest.approx(5 * CALL_COST)
 
 
-def test_catching_the_budget_error_in_the_cell_does_not_buy_more_calls(make_rlm, lm_server):
+def test_catching_the_budget_error_in_the_cell_does_not_buy_more_calls(
+    make_rlm, lm_server, sandbox
+):
     def script(request: RecordedRequest) -> Reply | str:
         if request.model == "sub-model":
             return sub_model_reply(request)
@@ -177,7 +179,7 @@ def test_catching_the_budget_error_in_the_cell_does_not_buy_more_calls(make_rlm,
             "        n += 1\n    except BaseException:\n        pass\nprint(n)\n```"
         )
 
-    rlm = budgeted_rlm(make_rlm, lm_server, script, max_iterations=2)
+    rlm = budgeted_rlm(make_rlm, lm_server, script, max_iterations=2, **sandbox)
     with pytest.raises(BudgetExceededError):
         rlm.completion("context")
     assert len([r for r in lm_server.requests if r.model == "sub-model"]) == 5

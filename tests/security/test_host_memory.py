@@ -9,7 +9,7 @@ from rlm.testing import RecordedRequest
 MB = 1_000_000
 
 
-def test_request_bytes_in_flight_are_capped(make_rlm, lm_server, monkeypatch):
+def test_request_bytes_in_flight_are_capped(make_rlm, lm_server, monkeypatch, sandbox):
     monkeypatch.setattr(broker_server, "MAX_BYTES_IN_FLIGHT", 3 * 1024 * 1024)
     lm_server.latency = 1.0
 
@@ -25,7 +25,7 @@ def test_request_bytes_in_flight_are_capped(make_rlm, lm_server, monkeypatch):
         return '```repl\nanswer["content"] = "done"\nanswer["ready"] = True\n```'
 
     lm_server.set_script(script)
-    result = make_rlm().completion("data")
+    result = make_rlm(**sandbox).completion("data")
     assert result.response == "done"
     stdout = result.metadata["iterations"][0]["code_blocks"][0]["result"]["stdout"]
     counts, message = stdout.splitlines()[0], stdout.splitlines()[1]

@@ -11,6 +11,7 @@ trajectories, sandbox restarts, run ids) rides along in extra keys that the refe
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import uuid
@@ -25,6 +26,14 @@ __all__ = [
 ]  # and VerbosePrinter, imported on first use (it needs rich)
 
 
+MAX_LOG_BYTES = 1024 * 1024 * 1024
+"""What one log file may grow to (1 GiB). The entry that would pass it is replaced by a single
+``{"type": "log_truncated", ...}`` line and nothing more is written; the trajectory in memory
+(``get_trajectory()``, the completion's ``metadata``) is kept whole."""
+
+_log = logging.getLogger(__name__)
+
+
 def iteration_entry(number: int, iteration: RLMIteration) -> dict[str, Any]:
     """One iteration as a log line: ``type``, ``iteration`` (1-based), ``timestamp`` + its dict."""
     return {
@@ -35,6 +44,15 @@ def iteration_entry(number: int, iteration: RLMIteration) -> dict[str, Any]:
     }
 
 
+def _json_line(entry: dict[str, Any]) -> bytes:
+    """``entry`` as one UTF-8 JSON line. Text from a model or a sandbox can hold lone surrogates
+    (which UTF-8 cannot encode): such a line is written with ASCII escapes instead."""
+    try:
+        return (json.dumps(entry, ensure_ascii=False, default=repr) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(entry, default=repr) + "\n").encode("ascii")
+
+
 class RLMLogger:
     """Captures the trajectory of each completion; with ``log_dir`` also appends it to
     ``<log_dir>/<file_name>_<YYYY-mm-dd_HH-MM-SS>_<8 hex>.jsonl``.
@@ -43,8 +61,11 @@ class RLMLogger:
     ``metadata``) hold the same data.
     """
 
-    def __init__(self, log_dir: str | None = None, file_name: str = "rlm") -> None:
+    def __init__(
+        self, log_dir: str | None = None, file_name: str = "rlm", max_bytes: int = MAX_LOG_BYTES
+    ) -> None:
         self.log_dir = log_dir
+        self.max_bytes = max_bytes
         self.log_file_path: str | None = None
         if log_dir is not None:
             os.makedirs(log_dir, exist_ok=True)
@@ -54,6 +75,8 @@ class RLMLogger:
             )
         self._lock = threading.Lock()
         self._file: Any = None
+        self._written = 0
+        self._truncated = False
         self._run_metadata: dict[str, Any] | None = None
         self._iterations: list[dict[str, Any]] = []
 
@@ -92,12 +115,30 @@ class RLMLogger:
         return len(self._iterations)
 
     def _write(self, entry: dict[str, Any]) -> None:
-        if self.log_file_path is None:
+        if self.log_file_path is None or self._truncated:
             return
+        line = _json_line(entry)
+        if self._written + len(line) > self.max_bytes:
+            self._truncated = True
+            _log.warning(
+                "log %s reached its size limit of %d bytes; later entries are not written "
+                "(RLMLogger(max_bytes=...) raises it)",
+                self.log_file_path,
+                self.max_bytes,
+            )
+            line = _json_line(
+                {
+                    "type": "log_truncated",
+                    "timestamp": datetime.now().isoformat(),
+                    "max_bytes": self.max_bytes,
+                    "reason": f"the next entry ({len(line):,} bytes) would pass the log's limit",
+                }
+            )
         if self._file is None or self._file.closed:
-            self._file = open(self.log_file_path, "a", encoding="utf-8")  # noqa: SIM115
-        self._file.write(json.dumps(entry, ensure_ascii=False, default=repr) + "\n")
+            self._file = open(self.log_file_path, "ab")  # noqa: SIM115
+        self._file.write(line)
         self._file.flush()
+        self._written += len(line)
 
     def close(self) -> None:
         """Closes the file (a later entry reopens it)."""

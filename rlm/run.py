@@ -182,10 +182,13 @@ class RLMRun:
         parent_run_id: str | None = None,
         tools: dict[str, Tool] | None = None,
         logger: RLMLogger | None = None,
+        kept_text: KeptText | None = None,
     ) -> None:
         self.config = config
         self.depth = depth
         self.ledger = ledger
+        #: The sub-call text this run's tree keeps (shared with its children, like the ledger).
+        self.kept_text = kept_text if kept_text is not None else KeptText()
         self.parent_run_id = parent_run_id
         self.run_id = uuid.uuid4().hex[:12]
         self.tools = config.tools if tools is None else tools
@@ -234,7 +237,7 @@ class RLMRun:
             self._record_call(
                 RLMChatCompletion(
                     root_model=client.model_name,
-                    prompt=capped(prompt),
+                    prompt=self.kept_text.keep(prompt),
                     response="",
                     usage_summary=UsageSummary(),
                     execution_time=seconds,
@@ -263,8 +266,8 @@ class RLMRun:
         self._record_call(
             RLMChatCompletion(
                 root_model=response.model,
-                prompt=capped(prompt),
-                response=capped(response.text),
+                prompt=self.kept_text.keep(prompt),
+                response=self.kept_text.keep(response.text),
                 usage_summary=UsageSummary(
                     {
                         response.model: ModelUsageSummary(
@@ -318,6 +321,7 @@ class RLMRun:
             ledger=self.ledger.child(f"depth {self.depth + 1}"),
             parent_run_id=self.run_id,
             tools=self.config.sub_tools,
+            kept_text=self.kept_text,
         )
         call_id = f"{self.run_id}:{next(self._call_ids)}"
         model = self.config.router.client_for(None, child.depth).model_name
@@ -341,7 +345,7 @@ class RLMRun:
             self._record_call(
                 RLMChatCompletion(
                     root_model=model,
-                    prompt=capped(request.prompt),
+                    prompt=self.kept_text.keep(request.prompt),
                     response="",
                     usage_summary=usage,
                     execution_time=seconds,
@@ -362,7 +366,7 @@ class RLMRun:
             raise
         seconds = time.perf_counter() - started
         usage = result.usage_summary
-        result.prompt = capped(result.prompt)
+        result.prompt = self.kept_text.keep(result.prompt)
         result.extras = {**extras, **usage_extras(usage)}
         self._record_call(result)
         self.emit(
@@ -731,19 +735,34 @@ TRAJECTORY_TEXT_CHARS = 200_000
 """Prompts and replies of sub-calls are kept in the trajectory up to this many characters each
 (with a note of what was cut), so a wide fan-out cannot make the host hold every chunk twice."""
 
+TRAJECTORY_TREE_CHARS = 64 * 1024 * 1024
+"""Sub-call text one tree keeps in its trajectory in all (memory, ``metadata``, the log); past
+it each prompt and reply is kept as a ``PREVIEW_CHARS`` preview with a note."""
 
-def capped(value: Any) -> Any:
-    """``value`` with its text cut to ``TRAJECTORY_TEXT_CHARS`` (str, or chat messages)."""
-    if isinstance(value, str):
-        if len(value) <= TRAJECTORY_TEXT_CHARS:
+
+class KeptText:
+    """The sub-call text a tree keeps: each text cut to ``TRAJECTORY_TEXT_CHARS``, all of them
+    together to ``budget`` characters. (One tree runs on one event loop: no lock needed.)"""
+
+    def __init__(self, budget: int | None = None) -> None:
+        self.left = TRAJECTORY_TREE_CHARS if budget is None else budget
+
+    def keep(self, value: Any) -> Any:
+        """``value`` (a str, or chat messages) as the trajectory keeps it."""
+        if isinstance(value, list):
+            return [
+                {**m, "content": self.keep(m.get("content"))} if isinstance(m, dict) else m
+                for m in value
+            ]
+        if not isinstance(value, str):
             return value
-        cut = len(value) - TRAJECTORY_TEXT_CHARS
-        return f"{value[:TRAJECTORY_TEXT_CHARS]}[... {cut:,} more characters not kept]"
-    if isinstance(value, list):
-        return [
-            {**m, "content": capped(m.get("content"))} if isinstance(m, dict) else m for m in value
-        ]
-    return value
+        room = min(TRAJECTORY_TEXT_CHARS, max(self.left, PREVIEW_CHARS))
+        kept = value[:room]
+        self.left -= len(kept)
+        if len(kept) == len(value):
+            return value
+        why = "" if room == TRAJECTORY_TEXT_CHARS else "; the tree's trajectory text cap is spent"
+        return f"{kept}[... {len(value) - len(kept):,} more characters not kept{why}]"
 
 
 def usage_extras(usage: UsageSummary) -> dict[str, Any]:

@@ -187,6 +187,8 @@ class LogFile:
     runs: list[Run]
     skipped_lines: int = 0
     """Lines that were not JSON objects of a known type (a line being written, damage)."""
+    truncated_at: int | None = None
+    """The size limit (bytes) at which the logger stopped writing, when it did."""
 
 
 def parse_log(lines: Iterable[str], path: str = "<log>") -> LogFile:
@@ -196,6 +198,7 @@ def parse_log(lines: Iterable[str], path: str = "<log>") -> LogFile:
     runs: list[Run] = []
     current: Run | None = None
     skipped = 0
+    truncated_at: int | None = None
     first_problem: str | None = None
     for number, text in enumerate(lines, start=1):
         if not text.strip():
@@ -207,6 +210,9 @@ def parse_log(lines: Iterable[str], path: str = "<log>") -> LogFile:
         if not isinstance(line, dict):
             skipped += 1
             first_problem = first_problem or f"line {number} is not a JSON object"
+            continue
+        if line.get("type") == "log_truncated":
+            truncated_at = _int(line.get("max_bytes"))
             continue
         if line.get("type") == "metadata":
             config = _metadata(line)
@@ -236,7 +242,9 @@ def parse_log(lines: Iterable[str], path: str = "<log>") -> LogFile:
         )
     for run in runs:
         run._settle()
-    return LogFile(path=path, config=config, runs=runs, skipped_lines=skipped)
+    return LogFile(
+        path=path, config=config, runs=runs, skipped_lines=skipped, truncated_at=truncated_at
+    )
 
 
 def read_log(path: str) -> LogFile:
@@ -597,6 +605,11 @@ class _Renderer:
             "</div></summary>",
             f'<div class="log-path">{_e(log.path)}</div>',
         ]
+        if log.truncated_at is not None:
+            parts.append(
+                f'<div class="notice">the log reached its size limit ({log.truncated_at:,} bytes): '
+                "later entries were not written</div>"
+            )
         if log.skipped_lines:
             parts.append(
                 f'<div class="notice">{log.skipped_lines:,} line(s) that are not log entries '

@@ -4,6 +4,7 @@ refused call comes back to the code as an "Error: ..." string, the run goes on).
 from __future__ import annotations
 
 import rlm.broker.server as broker_server
+import rlm.run as run_module
 from rlm.testing import RecordedRequest
 
 MB = 1_000_000
@@ -35,3 +36,29 @@ def test_request_bytes_in_flight_are_capped(make_rlm, lm_server, monkeypatch, sa
     assert "limit 3 MiB" in message and "fewer or smaller calls" in message
     sub_requests = [r for r in lm_server.requests if len(r.prompt) >= MB]
     assert len(sub_requests) == answered
+
+
+def test_the_sub_call_text_a_tree_keeps_is_capped(make_rlm, lm_server, monkeypatch):
+    """Sub-call prompts stay in the trajectory (memory, metadata, log) up to a tree-wide cap;
+    past it only previews are kept, and the run is unaffected."""
+    monkeypatch.setattr(run_module, "TRAJECTORY_TREE_CHARS", 250_000)
+    lm_server.set_script(
+        lambda r: (
+            "sub ok"
+            if not any(m.get("role") == "system" for m in r.messages)
+            else "```repl\nr = llm_query_batched([str(i) * 100_000 for i in range(6)])\n"
+            "answer['content'] = str(r.count('sub ok'))\nanswer['ready'] = True\n```"
+        )
+    )
+    result = make_rlm().completion("data")
+    assert result.response == "6"
+    calls = result.metadata["iterations"][0]["code_blocks"][0]["result"]["rlm_calls"]
+    kept = sorted(len(call["prompt"]) for call in calls)
+    assert len(calls) == 6
+    assert sum(min(k, 100_000) for k in kept) <= 250_000 + 6 * run_module.PREVIEW_CHARS
+    assert kept[0] < 1_000  # the last ones are previews...
+    assert (
+        "the tree's trajectory text cap is spent"
+        in min(calls, key=lambda c: len(c["prompt"]))["prompt"]
+    )
+    assert kept[-1] == 100_000  # ...the first ones whole

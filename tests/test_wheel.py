@@ -37,6 +37,7 @@ def test_built_wheel_runs_a_completion(tmp_path, lm_server):
     (wheel,) = (tmp_path / "dist").glob("rlm-*.whl")
     target = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
+        assert "rlm/py.typed" in archive.namelist()  # type checkers read our annotations
         archive.extractall(target)
     code = textwrap.dedent(
         f"""

@@ -15,7 +15,9 @@ def iteration(text: str) -> RLMIteration:
     return RLMIteration(
         prompt=[{"role": "user", "content": "q"}],
         response=text,
-        code_blocks=[CodeBlock(code="print(1)", result=REPLResult(stdout=text, stderr="", locals={}))],
+        code_blocks=[
+            CodeBlock(code="print(1)", result=REPLResult(stdout=text, stderr="", locals={}))
+        ],
     )
 
 

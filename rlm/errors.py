@@ -10,7 +10,6 @@
     │   ├── TimeoutExceededError      max_timeout (wall clock, whole tree)
     │   ├── ErrorThresholdExceededError  max_errors consecutive failing cells
     │   └── CancellationError         the caller cancelled (reference name)
-    │       └── CancelledError            the caller cancelled (Ctrl-C)
     ├── SandboxError              the sandbox is broken (terminal for the session)
     │   ├── SandboxStartError         it could not be started
     │   └── SandboxDiedError          the runner died or stopped answering
@@ -18,7 +17,8 @@
     └── BrokerError               the host-side broker refused or failed a call
 
 ``SandboxError`` and ``CellError`` are never mixed: a cell that raises is reported to the model and
-the session goes on; a sandbox that breaks ends the session (after one restart attempt for timeouts).
+the session goes on; a runner that dies or ignores an interrupt is restarted (up to
+``max_restarts`` times, with a note to the model) before the session ends with ``SandboxDiedError``.
 """
 
 from __future__ import annotations
@@ -212,14 +212,6 @@ class CancellationError(LimitExceededError):
         return "Execution cancelled by the caller; run it again to get a full answer"
 
 
-class CancelledError(CancellationError):
-    """The caller cancelled the run (for example with Ctrl-C); rlm's name for
-    :class:`CancellationError`, built as ``CancelledError("message", partial_answer=...)``."""
-
-    def __init__(self, message: str | None = None, *, partial_answer: str | None = None) -> None:
-        super().__init__(partial_answer=partial_answer, message=message)
-
-
 class SandboxError(RLMError):
     """The sandbox is unusable: the session cannot go on."""
 
@@ -244,7 +236,6 @@ __all__ = [
     "BrokerError",
     "BudgetExceededError",
     "CancellationError",
-    "CancelledError",
     "CellError",
     "ConfigurationError",
     "ErrorThresholdExceededError",

@@ -7,7 +7,6 @@ against either path catch the same exceptions.
 from rlm.errors import (
     BudgetExceededError,
     CancellationError,
-    CancelledError,
     ErrorThresholdExceededError,
     LimitExceededError,
     RLMError,
@@ -18,7 +17,6 @@ from rlm.errors import (
 __all__ = [
     "BudgetExceededError",
     "CancellationError",
-    "CancelledError",
     "ErrorThresholdExceededError",
     "LimitExceededError",
     "RLMError",

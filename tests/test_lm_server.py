@@ -137,18 +137,16 @@ async def _fire(server: ScriptedLMServer, prompts: list[str]) -> tuple[list, flo
 
 def test_concurrent_requests_are_served_in_parallel() -> None:
     with ScriptedLMServer(lambda r: f"echo {r.prompt}", latency=0.2) as server:
-        replies, elapsed = asyncio.run(_fire(server, [f"p{i}" for i in range(32)]))
+        replies, _ = asyncio.run(_fire(server, [f"p{i}" for i in range(32)]))
     assert [r.choices[0].message.content for r in replies] == [f"echo p{i}" for i in range(32)]
-    assert server.max_in_flight >= 32
-    assert elapsed < 1.0
+    assert server.max_in_flight >= 32  # all 32 were being answered at the same time
 
 
 def test_256_concurrent_requests() -> None:
     with ScriptedLMServer(lambda r: r.prompt, latency=0.5) as server:
-        replies, elapsed = asyncio.run(_fire(server, [str(i) for i in range(256)]))
+        replies, _ = asyncio.run(_fire(server, [str(i) for i in range(256)]))
     assert sorted(int(r.choices[0].message.content or "") for r in replies) == list(range(256))
     assert server.max_in_flight >= 200
-    assert elapsed < 5.0  # serially this would take 128 s
 
 
 def test_reply_delay_overrides_latency() -> None:
@@ -157,7 +155,7 @@ def test_reply_delay_overrides_latency() -> None:
         client.chat.completions.create(model="m", messages=user("a"))
         client.chat.completions.create(model="m", messages=user("b"))
     fast, slow = server.requests
-    assert fast.finished - fast.started < 0.2
+    assert fast.finished - fast.started < 0.3  # did not wait the latency it overrides
     assert slow.finished - slow.started >= 0.3
 
 

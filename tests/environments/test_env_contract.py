@@ -9,7 +9,8 @@ import grpc
 import pytest
 
 from rlm.broker.loop import run_sync
-from rlm.environments.base import ToolSpec
+from rlm.environments.base import CHUNK_CHARS, ToolSpec
+from rlm.environments.relay import RelayedSandboxEnvironment
 from rlm.protos import rlm_sandbox_pb2 as pb
 from rlm.protos import rlm_sandbox_pb2_grpc as pb_grpc
 
@@ -78,15 +79,32 @@ def test_context_kinds_load(make_env):
 
 
 def test_big_context_streams_in_chunks(make_env):
+    """A 100 MB context reaches the sandbox whole: as messages of CHUNK_CHARS each over the
+    runner's connection, or (relayed sandboxes) by the provider's file upload, the connection
+    carrying only a reference to it."""
     env = make_env()
     size = 100 * 1024 * 1024
     text = "a" * (size - 6) + "NEEDLE"
-    started = time.perf_counter()
-    run_sync(env.load_context(text))
-    elapsed = time.perf_counter() - started
+    connection = env._require_connection()
+    send, chunks = connection.send, []
+
+    async def counting_send(message):
+        if message.WhichOneof("kind") == "context":
+            chunks.append(len(message.context.data))
+        await send(message)
+
+    connection.send = counting_send
+    try:
+        run_sync(env.load_context(text))
+    finally:
+        connection.send = send
     result = run(env, "print(len(context), context[-6:])")
     assert result.stdout == f"{size} NEEDLE\n", result.error
-    assert elapsed < 60
+    if isinstance(env, RelayedSandboxEnvironment):
+        assert chunks == [0]
+    else:
+        assert len(chunks) == -(-size // CHUNK_CHARS) and max(chunks) == CHUNK_CHARS
+        assert sum(chunks) == size
 
 
 def test_callbacks_reach_the_host(make_env, handler):

@@ -11,9 +11,13 @@ imported on first use.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rlm.errors import ConfigurationError
 from rlm.registry import load
+
+if TYPE_CHECKING:
+    from rlm.environments.base import Environment
 
 #: name -> (dotted class path, pip extra or None)
 ENVIRONMENTS: dict[str, tuple[str, str | None]] = {
@@ -27,9 +31,27 @@ ENVIRONMENTS: dict[str, tuple[str, str | None]] = {
 }
 
 
-def environment_class(name: str) -> type:
-    """The environment class registered under ``name``; imported on first use."""
-    return load("environment", name, ENVIRONMENTS, "rlm.environments")
+def environment_class(environment: str | type[Environment]) -> type[Environment]:
+    """The environment class registered under ``environment`` (imported on first use), or
+    ``environment`` itself when it is already an :class:`Environment` subclass (the seam for an
+    adapter of your own, or an in-process fake in tests: ``rlm.testing.ScriptedEnvironment``)."""
+    if isinstance(environment, type):
+        from rlm.environments.base import Environment
+
+        if issubclass(environment, Environment):
+            return environment
+        raise ConfigurationError(
+            f"environment={environment.__name__} is a class but not an Environment: subclass "
+            "rlm.environments.base.Environment (or SandboxEnvironment), or pass a registered name"
+        )
+    return load("environment", environment, ENVIRONMENTS, "rlm.environments")
+
+
+def environment_name(environment: str | type[Environment]) -> str:
+    """How logs and traces name ``environment``: the registered name, or the class's ``name``."""
+    if isinstance(environment, str):
+        return environment
+    return getattr(environment, "name", None) or environment.__name__
 
 
 _COMPAT_NAMES = frozenset(

@@ -16,7 +16,7 @@ from rlm.broker.accounting import Ledger
 from rlm.broker.clients.base import LMResponse
 from rlm.broker.router import LMRouter
 from rlm.broker.server import BrokerServer
-from rlm.environments import environment_class
+from rlm.environments import environment_class, environment_name
 from rlm.environments.base import CellResult, Environment, ToolSpec, encode_value
 from rlm.errors import (
     ConfigurationError,
@@ -71,7 +71,7 @@ class TreeConfig:
 
     router: LMRouter
     broker: BrokerServer
-    environment: str
+    environment: str | type[Environment]
     environment_kwargs: dict[str, Any]
     events: EventBus
     max_depth: int = 1
@@ -99,7 +99,7 @@ class TreeConfig:
             max_iterations=self.max_iterations,
             backend=self.backend,
             backend_kwargs=without_secrets(self.backend_kwargs),
-            environment_type=self.environment,
+            environment_type=environment_name(self.environment),
             environment_kwargs=without_secrets(self.environment_kwargs),
             other_backends=self.other_backends,
         ).to_dict()
@@ -470,7 +470,7 @@ class RLMRun:
         self.emit(
             "run_started",
             model=root_model,
-            environment=self.config.environment,
+            environment=environment_name(self.config.environment),
             context_chars=len(context) if isinstance(context, (str, list, dict)) else None,
             root_prompt=root_prompt,
             max_iterations=self.config.max_iterations,

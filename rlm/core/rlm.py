@@ -106,7 +106,7 @@ class RLM:
         self,
         backend: str = "openai",
         backend_kwargs: dict[str, Any] | None = None,
-        environment: str = "local",
+        environment: str | type[Environment] = "local",
         environment_kwargs: dict[str, Any] | None = None,
         depth: int = 0,
         max_depth: int = 1,

@@ -1,5 +1,15 @@
-"""Test helpers shipped with rlm: a scripted OpenAI/Anthropic/Gemini-compatible LM server."""
+"""Test helpers shipped with rlm: a scripted OpenAI/Anthropic/Gemini-compatible LM server, and an
+in-process scripted environment for fast tests of code built on the RLM loop."""
 
 from rlm.testing.lm_server import RecordedRequest, Reply, Script, ScriptedLMServer, estimate_tokens
+from rlm.testing.scripted_environment import Cell, ScriptedEnvironment
 
-__all__ = ["RecordedRequest", "Reply", "Script", "ScriptedLMServer", "estimate_tokens"]
+__all__ = [
+    "Cell",
+    "RecordedRequest",
+    "Reply",
+    "Script",
+    "ScriptedEnvironment",
+    "ScriptedLMServer",
+    "estimate_tokens",
+]

@@ -168,6 +168,16 @@ async def open_environment(
     return env
 
 
+@dataclass
+class _Cells:
+    """What the code blocks of one reply did."""
+
+    blocks: list[CodeBlock] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)  # as the model reads them next
+    last_error: str = ""  # the last failing cell's error or stderr; "" when none failed
+    final: str | None = None  # the ready answer, when a cell set one
+
+
 class RLMRun:
     """One completion at one depth. Its trajectory (``RLMIteration``s with code blocks, their
     results and every sub-call, children's trajectories nested) is built as it goes: it is the
@@ -543,11 +553,11 @@ class RLMRun:
     async def _loop(
         self, env: Environment, context: Any, root_prompt: str | None, turn: int
     ) -> tuple[str, str]:
+        """Iterates (ask the model, run its cells, record, feed the output back) until a cell
+        sets a ready answer or the iterations run out; returns (answer, how it finished)."""
         config = self.config
-        messages = self._first_messages(context, root_prompt, turn)
-        self.messages = messages
+        messages = self.messages = self._first_messages(context, root_prompt, turn)
         consecutive_errors = 0
-        last_error = ""
         compactions = 0
         for iteration in range(1, config.max_iterations + 1):
             self.ledger.check()
@@ -557,103 +567,120 @@ class RLMRun:
                     compactions += 1
                     messages = self.messages = compacted
             self.emit("iteration_started", iteration=iteration)
-            iteration_started = time.perf_counter()
+            started = time.perf_counter()
             prompt_snapshot = list(messages)
-            reply = await config.router.complete(messages, ledger=self.ledger, depth=self.depth)
-            lm_seconds = time.perf_counter() - iteration_started
-            self.emit(
-                "lm_response",
-                iteration=iteration,
-                text=reply.text,
-                seconds=lm_seconds,
-                input_tokens=reply.usage.input_tokens,
-                output_tokens=reply.usage.output_tokens,
-            )
+            reply, lm_seconds = await self._ask_model(messages, iteration)
             parsed = parse_reply(reply.text)
-            outputs: list[str] = []
-            blocks: list[CodeBlock] = []
-            had_error = False
-            final: str | None = None
-            for index, code in enumerate(parsed.blocks, start=1):
-                self._calls, self._tool_calls = [], []
-                try:
-                    result = await env.execute(code, timeout=self._cell_timeout())
-                finally:
-                    calls, tools = self._calls, self._tool_calls
-                    self._calls = self._tool_calls = None
-                blocks.append(CodeBlock(code, repl_result(result, calls, tools)))
-                self.emit(
-                    "cell_executed",
-                    iteration=iteration,
-                    block=index,
-                    code=code,
-                    stdout=result.stdout,
-                    stderr=result.stderr,
-                    error=result.error,
-                    seconds=result.seconds,
-                    restarted=result.restarted,
-                )
-                outputs.append(prompts.format_cell(index, code, result))
-                if result.answer_content:
-                    self._partial = result.answer_content
-                if result.fatal:
-                    self.ledger.check()
-                if result.error or result.stderr:
-                    had_error = True
-                    last_error = (result.error or result.stderr).strip()
-                if result.answer_ready:
-                    final = result.answer_content
-                    blocks[-1].result.final_answer = final
-                    break
+            cells = await self._run_cells(env, iteration, parsed.blocks)
             self._record_iteration(
                 RLMIteration(
                     prompt=prompt_snapshot,
                     response=reply.text,
-                    code_blocks=blocks,
-                    final_answer=final,
-                    iteration_time=time.perf_counter() - iteration_started,
+                    code_blocks=cells.blocks,
+                    final_answer=cells.final,
+                    iteration_time=time.perf_counter() - started,
                     extras={
                         "kind": "iteration",
                         "run_id": self.run_id,
                         "depth": self.depth,
                         **self._lm_extras(reply, lm_seconds),
                         **({"reply_problem": parsed.problem} if parsed.problem else {}),
-                        **({"finished_by": "answer"} if final is not None else {}),
+                        **({"finished_by": "answer"} if cells.final is not None else {}),
                     },
                 ),
                 iteration,
             )
             messages.append({"role": "assistant", "content": reply.text})
-            if final is not None:
-                return final, "answer"
+            if cells.final is not None:
+                return cells.final, "answer"
             if parsed.problem:
-                outputs.append(f"Problem with your reply: {parsed.problem}")
+                cells.outputs.append(f"Problem with your reply: {parsed.problem}")
             # As the reference counts: an iteration whose code wrote to stderr or raised.
-            consecutive_errors = consecutive_errors + 1 if had_error else 0
-            if config.max_errors is not None and consecutive_errors >= config.max_errors:
-                raise ErrorThresholdExceededError(
-                    f"{consecutive_errors} consecutive iterations ended in an error "
-                    f"(max_errors={config.max_errors}); the last one: {last_error[-500:]}",
-                    error_count=consecutive_errors,
-                    threshold=config.max_errors,
-                    last_error=last_error,
-                    partial_answer=self._partial or None,
-                )
-            messages.append(
-                {
-                    "role": "user",
-                    "content": prompts.NEXT_USER_MESSAGE.format(
-                        outputs="\n\n".join(outputs) or "(no code block in your reply)",
-                        iteration=iteration + 1,
-                        max_iterations=config.max_iterations,
-                    ),
-                }
-            )
+            consecutive_errors = consecutive_errors + 1 if cells.last_error else 0
+            self._check_error_threshold(consecutive_errors, cells.last_error)
+            messages.append(self._next_user_message(cells.outputs, iteration))
             if config.compaction:
                 await self._append_history(env, messages[-2:])
+        return await self._final_reply(messages), "max_iterations"
+
+    async def _ask_model(self, messages: list[dict], iteration: int) -> tuple[LMResponse, float]:
+        """One call of this run's model on ``messages``; returns the reply and its seconds."""
+        started = time.perf_counter()
+        reply = await self.config.router.complete(messages, ledger=self.ledger, depth=self.depth)
+        seconds = time.perf_counter() - started
+        self.emit(
+            "lm_response",
+            iteration=iteration,
+            text=reply.text,
+            seconds=seconds,
+            input_tokens=reply.usage.input_tokens,
+            output_tokens=reply.usage.output_tokens,
+        )
+        return reply, seconds
+
+    async def _run_cells(self, env: Environment, iteration: int, codes: list[str]) -> _Cells:
+        """Runs the reply's code blocks in order, up to the first that sets a ready answer."""
+        cells = _Cells()
+        for index, code in enumerate(codes, start=1):
+            self._calls, self._tool_calls = [], []
+            try:
+                result = await env.execute(code, timeout=self._cell_timeout())
+            finally:
+                calls, tools = self._calls, self._tool_calls
+                self._calls = self._tool_calls = None
+            cells.blocks.append(CodeBlock(code, repl_result(result, calls, tools)))
+            self.emit(
+                "cell_executed",
+                iteration=iteration,
+                block=index,
+                code=code,
+                stdout=result.stdout,
+                stderr=result.stderr,
+                error=result.error,
+                seconds=result.seconds,
+                restarted=result.restarted,
+            )
+            cells.outputs.append(prompts.format_cell(index, code, result))
+            if result.answer_content:
+                self._partial = result.answer_content
+            if result.fatal:
+                self.ledger.check()
+            if result.error or result.stderr:
+                cells.last_error = (result.error or result.stderr).strip() or "(blank stderr)"
+            if result.answer_ready:
+                cells.final = result.answer_content
+                cells.blocks[-1].result.final_answer = cells.final
+                break
+        return cells
+
+    def _check_error_threshold(self, consecutive_errors: int, last_error: str) -> None:
+        limit = self.config.max_errors
+        if limit is not None and consecutive_errors >= limit:
+            raise ErrorThresholdExceededError(
+                f"{consecutive_errors} consecutive iterations ended in an error "
+                f"(max_errors={limit}); the last one: {last_error[-500:]}",
+                error_count=consecutive_errors,
+                threshold=limit,
+                last_error=last_error,
+                partial_answer=self._partial or None,
+            )
+
+    def _next_user_message(self, outputs: list[str], iteration: int) -> dict[str, str]:
+        """What the model reads after an iteration: its cells' output and where it stands."""
+        return {
+            "role": "user",
+            "content": prompts.NEXT_USER_MESSAGE.format(
+                outputs="\n\n".join(outputs) or "(no code block in your reply)",
+                iteration=iteration + 1,
+                max_iterations=self.config.max_iterations,
+            ),
+        }
+
+    async def _final_reply(self, messages: list[dict]) -> str:
+        """Out of iterations: asks the model for its best answer as plain text."""
         messages.append({"role": "user", "content": prompts.OUT_OF_ITERATIONS})
         started = time.perf_counter()
-        reply = await config.router.complete(messages, ledger=self.ledger, depth=self.depth)
+        reply = await self.config.router.complete(messages, ledger=self.ledger, depth=self.depth)
         answer = reply.text.strip()
         messages.append({"role": "assistant", "content": reply.text})
         self._record_iteration(
@@ -672,7 +699,7 @@ class RLMRun:
                 },
             )
         )
-        return answer, "max_iterations"
+        return answer
 
     def _lm_extras(self, reply: LMResponse, seconds: float) -> dict[str, Any]:
         """What the root model's call of an entry took: time, tokens and cost."""

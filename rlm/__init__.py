@@ -21,12 +21,14 @@ from rlm.errors import (
 )
 from rlm.events import RLMEvent
 from rlm.logger import RLMLogger
+from rlm.sandbox import AsyncSandbox, Sandbox
 from rlm.types import ModelUsageSummary, RLMChatCompletion, UsageSummary
 
 __version__ = "0.1.0"
 
 __all__ = [
     "RLM",
+    "AsyncSandbox",
     "BrokerError",
     "BudgetExceededError",
     "CancellationError",
@@ -42,6 +44,7 @@ __all__ = [
     "RLMError",
     "RLMEvent",
     "RLMLogger",
+    "Sandbox",
     "SandboxDiedError",
     "SandboxError",
     "SandboxStartError",

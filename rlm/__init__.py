@@ -21,7 +21,7 @@ from rlm.errors import (
 )
 from rlm.events import RLMEvent
 from rlm.logger import RLMLogger
-from rlm.sandbox import AsyncSandbox, Sandbox
+from rlm.sandbox import AsyncSandbox, Sandbox, SandboxPool
 from rlm.types import ModelUsageSummary, RLMChatCompletion, UsageSummary
 
 __version__ = "0.1.0"
@@ -47,6 +47,7 @@ __all__ = [
     "Sandbox",
     "SandboxDiedError",
     "SandboxError",
+    "SandboxPool",
     "SandboxStartError",
     "TimeoutExceededError",
     "TokenLimitExceededError",

@@ -39,7 +39,7 @@ Prompt = str | list[dict[str, Any]]
 LMCallable = Callable[[Prompt], str | Awaitable[str]]
 """A plain function (or coroutine function) from a prompt to the model's reply."""
 
-__all__ = ["AsyncSandbox", "CellResult", "LMCallable", "Sandbox", "SandboxUsage"]
+__all__ = ["AsyncSandbox", "CellResult", "LMCallable", "Sandbox", "SandboxPool", "SandboxUsage"]
 
 
 @dataclass
@@ -86,8 +86,9 @@ class AsyncSandbox:
     again before the next one. ``lm`` answers ``llm_query``: an rlm LM client
     (``rlm.broker.clients.create_client(...)``; its usage is counted in :attr:`usage`) or a
     callable; without it ``llm_query`` raises in the sandbox. ``handler`` replaces the whole
-    host side (tools and ``lm`` are then unused). Other keywords go to the environment's
-    constructor (``cell_timeout``, ``memory_mb``, ``image``...).
+    host side (tools and ``lm`` are then unused). ``broker``: a started broker to share with
+    other sandboxes (see :class:`SandboxPool`; it is not closed with this sandbox). Other
+    keywords go to the environment's constructor (``cell_timeout``, ``memory_mb``, ``image``...).
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class AsyncSandbox:
         lm: LMClient | LMCallable | None = None,
         handler: SessionHandler | None = None,
         label: str = "sandbox",
+        broker: BrokerServer | None = None,
         **environment_kwargs: Any,
     ) -> None:
         self.environment_name = environment
@@ -107,6 +109,7 @@ class AsyncSandbox:
         self.environment_kwargs = environment_kwargs
         self.usage = SandboxUsage()
         self._handler = handler or _SandboxDispatch(self)
+        self._shared_broker = broker
         self._broker: BrokerServer | None = None
         self._env: Environment | None = None
         self._sent_tools: dict[str, int] = {}
@@ -152,10 +155,12 @@ class AsyncSandbox:
         from rlm.environments import environment_class
 
         cls = environment_class(self.environment_name)
-        broker = BrokerServer()
-        await broker.start()
-        cleanup.track(broker)
-        self._broker = broker
+        broker = self._shared_broker
+        if broker is None:
+            broker = BrokerServer()
+            await broker.start()
+            cleanup.track(broker)
+            self._broker = broker
         try:
             try:
                 env = cls(
@@ -306,10 +311,17 @@ class Sandbox:
         lm: LMClient | LMCallable | None = None,
         handler: SessionHandler | None = None,
         label: str = "sandbox",
+        broker: BrokerServer | None = None,
         **environment_kwargs: Any,
     ) -> None:
         self.aio = AsyncSandbox(
-            environment, tools=tools, lm=lm, handler=handler, label=label, **environment_kwargs
+            environment,
+            tools=tools,
+            lm=lm,
+            handler=handler,
+            label=label,
+            broker=broker,
+            **environment_kwargs,
         )
         self._lock = threading.RLock()
 
@@ -372,3 +384,118 @@ class Sandbox:
     def __repr__(self) -> str:
         state = "running" if self.started else ("closed" if self.closed else "not started")
         return f"Sandbox({self.aio.environment_name!r}, {state})"
+
+
+class SandboxPool:
+    """Sandboxes of one environment that share one broker and, with ``pool_size=N``, a warm
+    pool of N runners started ahead (each runner serves one sandbox and is then destroyed:
+    nothing is reused between sandboxes). For many short sessions: rollouts, interpreters.
+
+        with SandboxPool("docker", pool_size=4) as pool:
+            with pool.sandbox(tools=...) as sb:
+                sb.execute(...)
+
+    Other keywords go to every sandbox's environment. ``close()`` ends the broker, the warm
+    runners and any sandbox of the pool still open.
+    """
+
+    def __init__(self, environment: str = "local", **environment_kwargs: Any) -> None:
+        self.environment_name = environment
+        self.environment_kwargs = environment_kwargs
+        self._broker: BrokerServer | None = None
+        self._sandboxes: list[AsyncSandbox] = []
+        self._closed = False
+        self._lock = threading.Lock()
+
+    async def start(self) -> SandboxPool:
+        """Starts the shared broker (done by the first sandbox otherwise)."""
+        await self._abroker()
+        return self
+
+    async def _abroker(self) -> BrokerServer:
+        if self._closed:
+            raise SandboxError("this SandboxPool is closed; create a new one")
+        if self._broker is None:
+            broker = BrokerServer()
+            await broker.start()
+            cleanup.track(broker)
+            self._broker = broker
+        return self._broker
+
+    async def asandbox(
+        self,
+        *,
+        tools: Mapping[str, Any] | None = None,
+        lm: LMClient | LMCallable | None = None,
+        handler: SessionHandler | None = None,
+        label: str = "sandbox",
+    ) -> AsyncSandbox:
+        """A new (not yet started) sandbox on the pool's broker."""
+        broker = await self._abroker()
+        sandbox = AsyncSandbox(
+            self.environment_name,
+            tools=tools,
+            lm=lm,
+            handler=handler,
+            label=label,
+            broker=broker,
+            **self.environment_kwargs,
+        )
+        self._sandboxes = [s for s in self._sandboxes if not s.closed] + [sandbox]
+        return sandbox
+
+    def sandbox(
+        self,
+        *,
+        tools: Mapping[str, Any] | None = None,
+        lm: LMClient | LMCallable | None = None,
+        handler: SessionHandler | None = None,
+        label: str = "sandbox",
+    ) -> Sandbox:
+        """A new (not yet started) synchronous sandbox on the pool's broker."""
+        with self._lock:
+            broker = run_sync(self._abroker())
+        sandbox = Sandbox(
+            self.environment_name,
+            tools=tools,
+            lm=lm,
+            handler=handler,
+            label=label,
+            broker=broker,
+            **self.environment_kwargs,
+        )
+        with self._lock:
+            self._sandboxes = [s for s in self._sandboxes if not s.closed] + [sandbox.aio]
+        return sandbox
+
+    async def aclose(self) -> None:
+        """Closes every sandbox of the pool, the warm runners and the broker."""
+        self._closed = True
+        sandboxes, self._sandboxes = self._sandboxes, []
+        broker, self._broker = self._broker, None
+        try:
+            for sandbox in sandboxes:
+                await sandbox.aclose()
+        finally:
+            if broker is not None:
+                await broker.aclose()
+                cleanup.untrack(broker)
+
+    def close(self) -> None:
+        """Synchronous :meth:`aclose`."""
+        if on_loop_thread():
+            submit(self.aclose())
+            return
+        run_sync(self.aclose())
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> SandboxPool:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -38,9 +38,9 @@ from dspy.primitives.code_interpreter import (  # noqa: E402
 
 from rlm.environments.base import CellResult  # noqa: E402
 from rlm.errors import ConfigurationError, SandboxError  # noqa: E402
-from rlm.sandbox import Sandbox  # noqa: E402
+from rlm.sandbox import Sandbox, SandboxPool  # noqa: E402
 
-__all__ = ["SandboxInterpreter"]
+__all__ = ["InterpreterFactory", "SandboxInterpreter"]
 
 #: marks the answer that SUBMIT leaves, so that no other value of ``answer`` is taken for it
 SUBMIT_MARK = "__rlm_dspy_submit__"
@@ -93,7 +93,9 @@ class SandboxInterpreter:
     ``environment`` is any rlm environment name (``"local"``, ``"docker"``, ``"modal"``...);
     other keywords go to that environment (``cell_timeout``, ``memory_mb``, ``image``...).
     ``tools`` and ``output_fields`` are as in DSPy's interpreters; DSPy's RLM fills both.
-    ``start()`` pre-warms (DSPy's pooling: start several, then hand out ``execute`` calls).
+    ``start()`` pre-warms (DSPy's pooling: start several, then hand out ``execute`` calls);
+    ``pool`` puts the interpreter on a :class:`rlm.SandboxPool` (shared broker, warm runners),
+    as :meth:`factory` does.
     """
 
     def __init__(
@@ -102,12 +104,24 @@ class SandboxInterpreter:
         *,
         tools: dict[str, Callable[..., Any]] | None = None,
         output_fields: list[dict[str, Any]] | None = None,
+        pool: SandboxPool | None = None,
         **environment_kwargs: Any,
     ) -> None:
         self.environment = environment
-        self._sandbox = Sandbox(
-            environment, tools=dict(tools or {}), label="dspy interpreter", **environment_kwargs
-        )
+        if pool is not None:
+            if environment_kwargs or environment != pool.environment_name:
+                raise ConfigurationError(
+                    "with pool=, the environment and its keywords come from the pool: "
+                    f"pass them to SandboxPool({pool.environment_name!r}, ...) instead"
+                )
+            self._sandbox = pool.sandbox(tools=dict(tools or {}), label="dspy interpreter")
+        else:
+            self._sandbox = Sandbox(
+                environment,
+                tools=dict(tools or {}),
+                label="dspy interpreter",
+                **environment_kwargs,
+            )
         self.output_fields = output_fields
         self._lock = threading.Lock()
         self._ended = False
@@ -115,9 +129,14 @@ class SandboxInterpreter:
         self._sent_fields: object = ()
 
     @classmethod
-    def factory(cls, environment: str = "local", **kwargs: Any) -> Callable[[], SandboxInterpreter]:
-        """A zero-argument factory for ``interpreter_factory=`` / ``dspy.configure``."""
-        return lambda: cls(environment, **kwargs)
+    def factory(
+        cls, environment: str = "local", *, pool_size: int = 0, **environment_kwargs: Any
+    ) -> InterpreterFactory:
+        """A zero-argument factory for ``interpreter_factory=`` / ``dspy.configure`` whose
+        interpreters share one broker and, with ``pool_size=N``, N runners started ahead."""
+        if pool_size:
+            environment_kwargs["pool_size"] = pool_size
+        return InterpreterFactory(SandboxPool(environment, **environment_kwargs))
 
     @property
     def tools(self) -> dict[str, Callable[..., Any]]:
@@ -248,6 +267,26 @@ class SandboxInterpreter:
                 raise SyntaxError(cell.error)
             raise CodeExecutionError(f"{output}{cell.error}" if output else cell.error)
         return output or None
+
+
+class InterpreterFactory:
+    """Makes :class:`SandboxInterpreter` s on one :class:`rlm.SandboxPool` (DSPy may call it
+    concurrently). ``close()`` ends the pool and any interpreter still open."""
+
+    def __init__(self, pool: SandboxPool) -> None:
+        self.pool = pool
+
+    def __call__(self) -> SandboxInterpreter:
+        return SandboxInterpreter(self.pool.environment_name, pool=self.pool)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> InterpreterFactory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _submitted(content: str) -> dict[str, Any] | None:

@@ -178,21 +178,26 @@ def test_dspy_rlm_runs_in_our_sandbox(environment: str) -> None:
     assert len(sub_calls) == 1
 
 
-def test_dspy_configure_route_uses_our_factory() -> None:
+def test_dspy_configure_route_with_a_pooled_factory() -> None:
     made: list[SandboxInterpreter] = []
-    base = SandboxInterpreter.factory("local")
+    base = SandboxInterpreter.factory("local", pool_size=1)
 
     def factory() -> SandboxInterpreter:
         made.append(base())
         return made[-1]
 
-    ACTIONS[:] = [_action("Answer.", "SUBMIT(answer=str(len(context)))")]
-    with ScriptedLMServer(_script) as server:
+    with base, ScriptedLMServer(_script) as server:
         lm = dspy.LM("openai/root-model", api_base=server.base_url, api_key="k", cache=False)
-        with dspy.context(lm=lm, interpreter_factory=factory):
-            prediction = dspy.RLM("context -> answer", max_iters=2)(context="abc")
-    assert prediction.answer == "3"
-    assert len(made) == 1 and made[0]._ended
+        module = dspy.RLM("context -> answer", max_iters=2)
+        answers = []
+        for context in ("abc", "abcdef"):  # one interpreter per forward pass, as DSPy does
+            ACTIONS[:] = [_action("Answer.", "SUBMIT(answer=str(len(context)))")]
+            with dspy.context(lm=lm, interpreter_factory=factory):
+                answers.append(module(context=context).answer)
+    assert answers == ["3", "6"]
+    assert len(made) == 2 and all(i._ended for i in made)
+    broker = made[0]._sandbox.aio._shared_broker
+    assert broker is not None and broker is made[1]._sandbox.aio._shared_broker
 
 
 ACTIONS_TEMPLATE = list(ACTIONS)

@@ -111,3 +111,33 @@ def test_closed_sandbox_says_so_and_bad_kwargs_are_configuration_errors() -> Non
         Sandbox("local", memory="2g").start()
     with pytest.raises(ConfigurationError):
         Sandbox("no-such-environment").start()
+
+
+def test_pool_shares_one_broker_and_hands_out_prestarted_runners() -> None:
+    import time
+
+    from rlm import SandboxPool
+    from rlm.testing.leaks import runner_pids
+
+    me = os.getpid()
+    with SandboxPool("local", pool_size=1) as pool:
+        first = pool.sandbox()
+        first.execute("x = 1")
+        serving = {int(first.execute("print(__import__('os').getpid())").stdout)}
+        # The pool refills in the background: wait for the spare runner to exist.
+        deadline = time.monotonic() + 60
+        spare: set[int] = set()
+        while not spare and time.monotonic() < deadline:
+            spare = set(runner_pids(parent=me)) - serving
+            time.sleep(0.05)
+        assert len(spare) == 1
+        second = pool.sandbox(tools={"f": lambda: "tool"})
+        assert int(second.execute("print(__import__('os').getpid())").stdout) in spare
+        assert second.execute("print(f())").stdout.strip() == "tool"
+        assert first.environment.broker is second.environment.broker
+        assert first.environment.pool is second.environment.pool is not None
+        first.close()  # one sandbox ends; the pool's broker serves the other on
+        assert second.execute("print('alive')").stdout.strip() == "alive"
+    assert second.closed  # closing the pool closed what was still open
+    with pytest.raises(SandboxError, match="closed"):
+        pool.sandbox()

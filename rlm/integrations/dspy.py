@@ -24,7 +24,7 @@ import json
 import keyword
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from rlm.integrations import require
 
@@ -79,6 +79,13 @@ def _rlm_dspy_restore_answer():
     globals()["answer"] = saved if saved is not None else {"content": "", "ready": False}
 """.replace("@MARK@", repr(SUBMIT_MARK))
 
+#: how the code runs, for DSPy's action prompt (DSPy reads it from the interpreter factory)
+EXECUTION_INSTRUCTIONS = (
+    "Code runs as Python in an isolated rlm sandbox (a separate process or container): a "
+    "persistent interpreter, so variables, imports and functions persist across steps. Host "
+    "tools and SUBMIT are global functions; their arguments and results must be "
+    "JSON-compatible. The value of a final bare expression is printed."
+)
 _OWN_NAMES = frozenset({"SUBMIT", "__builtins__", "_rlm_dspy_fields"})
 _SYNTAX_ERRORS = ("SyntaxError", "IndentationError", "TabError")
 
@@ -97,6 +104,8 @@ class SandboxInterpreter:
     ``pool`` puts the interpreter on a :class:`rlm.SandboxPool` (shared broker, warm runners),
     as :meth:`factory` does.
     """
+
+    execution_instructions: ClassVar[str] = EXECUTION_INSTRUCTIONS
 
     def __init__(
         self,
@@ -142,16 +151,6 @@ class SandboxInterpreter:
     def tools(self) -> dict[str, Callable[..., Any]]:
         """Host functions the code can call by name (mutable; sent before the next cell)."""
         return self._sandbox.tools
-
-    @property
-    def execution_instructions(self) -> str:
-        """How the code runs, for DSPy's action prompt."""
-        return (
-            f"Code runs as Python in an isolated rlm sandbox ({self.environment}), a persistent "
-            "interpreter: variables, imports and functions persist across steps. Host tools and "
-            "SUBMIT are global functions; their arguments and results must be JSON-compatible. "
-            "The value of a final bare expression is printed."
-        )
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -272,6 +271,8 @@ class SandboxInterpreter:
 class InterpreterFactory:
     """Makes :class:`SandboxInterpreter` s on one :class:`rlm.SandboxPool` (DSPy may call it
     concurrently). ``close()`` ends the pool and any interpreter still open."""
+
+    execution_instructions: ClassVar[str] = EXECUTION_INSTRUCTIONS
 
     def __init__(self, pool: SandboxPool) -> None:
         self.pool = pool

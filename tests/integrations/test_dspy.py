@@ -201,3 +201,27 @@ def test_dspy_configure_route_with_a_pooled_factory() -> None:
 
 
 ACTIONS_TEMPLATE = list(ACTIONS)
+
+
+def test_dspy_sub_agents_run_on_the_host_through_the_facade() -> None:
+    # dspy.RLM installs its `dspy` facade in every interpreter: a dspy.Predict built in the
+    # sandbox runs on the host (through two host tools), answered by the host's LM.
+    def script(request: RecordedRequest) -> str:
+        text = "\n".join(content_text(m.get("content")) for m in request.messages)
+        if "[[ ## code ## ]]" in text:
+            return steps.pop(0)
+        return "[[ ## answer ## ]]\nsub-agent says hi\n\n[[ ## completed ## ]]"
+
+    steps = [
+        _action("Sub-agent.", "res = dspy.Predict('question -> answer')(question='ping')"),
+        _action("Submit.", "SUBMIT(answer=res.answer)"),
+    ]
+    with ScriptedLMServer(script) as server:
+        lm = dspy.LM("openai/root-model", api_base=server.base_url, api_key="k", cache=False)
+        with dspy.context(lm=lm):
+            module = dspy.RLM(
+                "query -> answer", max_iters=3, interpreter_factory=SandboxInterpreter
+            )
+            prediction = module(query="q")
+    assert prediction.answer == "sub-agent says hi"
+    assert not steps

@@ -4,9 +4,10 @@ over rlm's own sandboxes.
 A REPL here is a synchronous front for one of rlm's environments (``environment_class(name)``):
 the code runs in that environment's runner (for ``local``, a separate process with a scrubbed
 environment; for ``docker``, a locked-down container), never in the host interpreter. Each REPL
-owns a broker session whose handler (:class:`_REPLDispatch`) answers ``llm_query`` through the
-:class:`rlm.core.lm_handler.LMHandler` named by ``lm_handler_address``, ``rlm_query`` through
-``subcall_fn``, and custom tools on the host.
+is an :class:`rlm.sandbox.AsyncSandbox` (its own broker and session) whose handler
+(:class:`_REPLDispatch`) answers ``llm_query`` through the :class:`rlm.core.lm_handler.LMHandler`
+named by ``lm_handler_address``, ``rlm_query`` through ``subcall_fn``, and custom tools on the
+host.
 
 What differs from an in-process REPL follows from the isolation: ``REPLResult.locals`` and
 ``.locals`` are a serialised snapshot of the sandbox's namespace (JSON values stay values; modules,
@@ -24,15 +25,16 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from rlm.broker import cleanup
 from rlm.broker.loop import on_loop_thread, run_sync, submit
-from rlm.broker.server import BrokerServer
 from rlm.environments.base import CellResult, Environment, ToolSpec
 from rlm.errors import ConfigurationError, SandboxError
 from rlm.protos import rlm_sandbox_pb2 as pb
 from rlm.types import REPLResult, RLMChatCompletion
+
+if TYPE_CHECKING:
+    from rlm.sandbox import AsyncSandbox
 
 # =============================================================================================
 # Custom tools
@@ -484,7 +486,7 @@ class SandboxREPL(BaseEnv):
         self._history_count = 0
         self._locals: dict[str, Any] | None = None
         self._slots: asyncio.Semaphore | None = None
-        self._broker: BrokerServer | None = None
+        self._sandbox: AsyncSandbox | None = None
         self._env: Environment | None = None
         self._closed = False
         self.setup()
@@ -520,27 +522,18 @@ class SandboxREPL(BaseEnv):
         run_sync(self._astart())
 
     async def _astart(self) -> None:
-        from rlm.environments import environment_class
+        from rlm.sandbox import AsyncSandbox
 
-        cls = environment_class(self.environment_name)
-        broker = BrokerServer()
-        await broker.start()
-        cleanup.track(broker)
+        sandbox = AsyncSandbox(
+            self.environment_name,
+            handler=_REPLDispatch(self),
+            label=f"{type(self).__name__} (depth {self.depth})",
+            **self.environment_kwargs,
+        )
         try:
-            try:
-                env = cls(
-                    broker=broker,
-                    handler=_REPLDispatch(self),
-                    label=f"{type(self).__name__} (depth {self.depth})",
-                    **self.environment_kwargs,
-                )
-            except TypeError as error:
-                raise ConfigurationError(
-                    f"bad keyword arguments for {type(self).__name__} (the {self.environment_name!r} "
-                    f"environment): {error}"
-                ) from error
-            await env.start()
-            self._broker, self._env = broker, env
+            await sandbox.start()
+            self._sandbox, self._env = sandbox, sandbox.environment
+            env = sandbox.environment
             tools = parse_custom_tools(self.custom_tools)
             code = {t.name: t.value for t in tools if self.runs_code_strings and _is_code(t.value)}
             values = {t.name: t.value for t in tools if not t.is_callable and t.name not in code}
@@ -603,7 +596,7 @@ class SandboxREPL(BaseEnv):
 
     def cleanup(self) -> None:
         """Stop the sandbox and this REPL's broker; safe to call more than once."""
-        if self._closed and self._env is None and self._broker is None:
+        if self._closed and self._sandbox is None:
             return
         self._closed = True
         if on_loop_thread():
@@ -613,15 +606,10 @@ class SandboxREPL(BaseEnv):
         self._locals = {}
 
     async def _aclose(self) -> None:
-        env, self._env = self._env, None
-        broker, self._broker = self._broker, None
-        try:
-            if env is not None:
-                await env.aclose()
-        finally:
-            if broker is not None:
-                await broker.aclose()
-                cleanup.untrack(broker)
+        sandbox, self._sandbox = self._sandbox, None
+        self._env = None
+        if sandbox is not None:
+            await sandbox.aclose()
 
     def __enter__(self) -> SandboxREPL:
         return self
@@ -630,7 +618,7 @@ class SandboxREPL(BaseEnv):
         self.cleanup()
 
     def __del__(self) -> None:
-        if getattr(self, "_env", None) is None or sys.is_finalizing():
+        if getattr(self, "_sandbox", None) is None or sys.is_finalizing():
             return
         try:
             if on_loop_thread():

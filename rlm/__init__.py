@@ -20,12 +20,14 @@ from rlm.errors import (
 )
 from rlm.events import RLMEvent
 from rlm.logger import RLMLogger
+from rlm.sandbox import AsyncSandbox, Sandbox, SandboxPool
 from rlm.types import ModelUsageSummary, RLMChatCompletion, UsageSummary
 
 __version__ = "0.1.0"
 
 __all__ = [
     "RLM",
+    "AsyncSandbox",
     "BrokerError",
     "BudgetExceededError",
     "CancellationError",
@@ -40,8 +42,10 @@ __all__ = [
     "RLMError",
     "RLMEvent",
     "RLMLogger",
+    "Sandbox",
     "SandboxDiedError",
     "SandboxError",
+    "SandboxPool",
     "SandboxStartError",
     "TimeoutExceededError",
     "TokenLimitExceededError",

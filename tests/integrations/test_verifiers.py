@@ -1,0 +1,156 @@
+"""rlm.integrations.verifiers: a verifiers (0.4) evaluation whose rollouts are RLM completions in
+our sandboxes, against the scripted LM server through verifiers' interception endpoint.
+
+Runs where verifiers is installed: in ``.venv-verifiers`` (``.ci/sdk-venvs.sh``), driven from
+the main suite by ``test_isolated_integrations.py``. verifiers pins ``openai<3``, so this is
+also where rlm's OpenAI client is exercised on openai 2.x.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+
+import pytest
+from docker_check import docker_available
+
+pytest.importorskip("verifiers", reason="verifiers is tested in .venv-verifiers (.ci/sdk-venvs.sh)")
+
+import openai
+import verifiers.v1 as vf
+from verifiers.v1.utils.loaders import load_environment
+
+from rlm.integrations.oolong import (
+    OolongTaskset,
+    OolongTasksetConfig,
+    count_reward,
+    make_record_log,
+)
+from rlm.integrations.verifiers import RLMSandboxHarness, RLMSandboxHarnessConfig
+from rlm.testing import ScriptedLMServer
+from rlm.testing.leaks import runner_pids
+from rlm.testing.lm_server import RecordedRequest, content_text
+
+ENVIRONMENTS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
+QUESTION = re.compile(r"have the label '(\w+)'")
+
+
+@pytest.fixture(params=ENVIRONMENTS)
+def environment(request: pytest.FixtureRequest) -> str:
+    if request.param == "docker":
+        reason = docker_available()
+        if reason:
+            pytest.skip(reason)
+    return request.param
+
+
+def _script(request: RecordedRequest) -> str:
+    """A root model that counts the asked label in code and asks one sub-question; each
+    sub-call (llm_query) gets a fixed reply."""
+    text = "\n".join(content_text(m.get("content")) for m in request.messages)
+    asked = QUESTION.search(text)
+    if asked is None:
+        return "SUB-REPLY"
+    return (
+        "```repl\n"
+        f"n = sum(1 for line in context.splitlines() if 'label: {asked.group(1)} |' in line)\n"
+        "note = llm_query('Summarise: ' + context[:200])\n"
+        "print(n, note)\n"
+        "answer['content'] = str(n)\n"
+        "answer['ready'] = True\n"
+        "```"
+    )
+
+
+def _our_containers() -> list[str]:
+    from rlm.environments.docker import LABEL, OWNER_PID_LABEL
+
+    owner = f"label={OWNER_PID_LABEL}={os.getpid()}"
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={LABEL}", "--filter", owner],
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.split()
+
+
+async def _evaluate(environment: str, base_url: str, tasks: int, rollouts: int) -> list:
+    os.environ["RLM_TEST_LM_KEY"] = "test-key"
+    config = vf.SingleAgentEnvConfig(
+        taskset=OolongTasksetConfig(num_tasks=tasks, records=300, seed=7),
+        agent=vf.AgentConfig(
+            runtime=vf.SubprocessConfig(),
+            harness=RLMSandboxHarnessConfig(environment=environment, max_iterations=3),
+        ),
+    )
+    env = load_environment(config)
+    ctx = vf.ModelContext(
+        model="root-model",
+        client=vf.EvalClientConfig(base_url=base_url, api_key_var="RLM_TEST_LM_KEY"),
+    )
+    async with env.serving():
+        slots = [slot for task in env.taskset for slot in env.slots(task, rollouts)]
+        return await asyncio.gather(*(env.run_slot(slot, ctx) for slot in slots))
+
+
+def test_evaluation_records_rewards_trajectories_and_usage(environment: str) -> None:
+    tasks, rollouts = 2, 2
+    with ScriptedLMServer(_script) as server:
+        episodes = asyncio.run(_evaluate(environment, server.base_url, tasks, rollouts))
+    assert len(episodes) == tasks * rollouts
+    for episode in episodes:
+        assert episode.ok, episode.errors
+        (trace,) = episode.traces
+        assert trace.ok, trace.errors
+        gold = trace.task.data.answer
+        assert trace.root_reply == str(gold)
+        assert trace.rewards["count_accuracy"].score == 1.0
+        # The trajectory as verifiers records it: the root turn (the code) and the sub-call,
+        # each a model call with its own usage, all through the rollout's endpoint.
+        assert len(trace.calls) == 2
+        assert all(call.usage and call.usage.prompt_tokens > 0 for call in trace.calls)
+        assert any("```repl" in (m.content or "") for m in trace.assistant_messages)
+        assert trace.metrics["rlm_iterations"] == 1
+        assert trace.metrics["rlm_sub_calls"] == 1
+        assert trace.metrics["rlm_input_tokens"] == sum(c.usage.prompt_tokens for c in trace.calls)
+        assert trace.metrics["rlm_output_tokens"] == sum(
+            c.usage.completion_tokens for c in trace.calls
+        )
+        assert trace.info["rlm"]["environment"] == environment
+    assert len(server.requests) == 2 * tasks * rollouts
+    assert not runner_pids(parent=os.getpid())
+    if environment == "docker":
+        assert not _our_containers()
+
+
+def test_a_wrong_answer_scores_as_oolong_does() -> None:
+    assert count_reward("There are 12 such records", 12) == 1.0
+    assert count_reward("11", 12) == 0.75
+    assert count_reward("no number", 12) == 0.0
+    rng = __import__("random").Random(1)
+    context, labels = make_record_log(rng, 50)
+    assert len(context.splitlines()) == 50 == len(labels)
+
+
+def test_taskset_is_deterministic_and_offline() -> None:
+    config = OolongTasksetConfig(num_tasks=3, records=100, seed=3)
+    first = [task.data for task in OolongTaskset(config)]
+    second = [task.data for task in OolongTaskset(config)]
+    assert first == second
+    for data in first:
+        assert data.answer == data.context.count(f"label: {data.label} |")
+
+
+def test_plugin_ids_resolve_to_our_taskset_and_harness() -> None:
+    from verifiers.v1.utils.loaders import default_harness_id, harness_class, taskset_class
+
+    assert taskset_class("rlm_oolong") is OolongTaskset
+    assert harness_class("rlm_oolong") is RLMSandboxHarness
+    assert default_harness_id("rlm_oolong") == "rlm_oolong"
+
+
+def test_rlm_openai_client_runs_on_openai_2() -> None:
+    # verifiers pins openai<3: the evaluation above went through rlm's client on this version.
+    assert openai.__version__.startswith("2."), openai.__version__

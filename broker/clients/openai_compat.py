@@ -30,6 +30,7 @@ from rlm.broker.clients.base import (
     PermanentError,
     ProviderError,
     TransientError,
+    connection_refused,
     parse_retry_after,
 )
 from rlm.errors import ConfigurationError
@@ -65,6 +66,8 @@ class OpenAIClient(LMClient):
 
     backend: ClassVar[str] = "openai"
     key_env: ClassVar[str | None] = "OPENAI_API_KEY"
+    _answered = False
+    """Set once the server has answered a call: from then on a refused connection is retried."""
     default_base_url: ClassVar[str | None] = None  # None: the SDK's default, api.openai.com
     key_required: ClassVar[bool] = True
     base_url_required: ClassVar[bool] = False
@@ -154,6 +157,16 @@ class OpenAIClient(LMClient):
                 retry_after=parse_retry_after(exc.response.headers),
             ) from exc
         except openai.APIConnectionError as exc:  # includes APITimeoutError
+            if connection_refused(exc) and not self._answered:
+                # Nothing listens there and nothing ever answered: a wrong address or a server
+                # that is not running, which retrying for seconds would only hide. (Once the
+                # server has answered, a refusal is a restart: retried as usual.)
+                raise PermanentError(
+                    f"cannot connect to {self.base_url or self._client.base_url}: connection "
+                    "refused",
+                    connection=True,
+                    refused=True,
+                ) from exc
             raise TransientError(_connection_message(exc), connection=True) from exc
         except openai.APIError as exc:  # e.g. a response that does not parse
             raise PermanentError(f"{type(exc).__name__}: {exc.message}") from exc
@@ -163,6 +176,7 @@ class OpenAIClient(LMClient):
             error = (getattr(completion, "model_extra", None) or {}).get("error")
             raise TransientError(f"the response had no choices: {error or completion!r}")
         text = choices[0].message.content or ""
+        self._answered = True
         return LMResponse(
             text=text, model=completion.model or self.model_name, usage=_usage(completion)
         )

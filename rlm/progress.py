@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from rich.console import Console
@@ -22,6 +23,17 @@ CODE_LINES = 12
 OUTPUT_LINES = 6
 TERMINAL_LINE_CHARS = 160
 """Output lines longer than this are cut on a terminal (marked); a redirected trace keeps them."""
+
+
+class _Elapsed:
+    """Spinner text with the seconds since it started, re-rendered on every refresh."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = time.monotonic()
+
+    def __rich__(self) -> str:
+        return f"{self.label} · {time.monotonic() - self.started:.1f}s"
 
 
 class _Tally:
@@ -51,6 +63,7 @@ class ProgressPrinter:
         self._max_iterations: dict[str, int] = {}
         self._tallies: dict[str, _Tally] = {}
         self._status: Any = None
+        self._elapsed = _Elapsed("")
 
     def _indent(self, event: RLMEvent) -> str:
         indent = "  " * event.depth
@@ -69,10 +82,11 @@ class ProgressPrinter:
         if not self.console.is_terminal:
             return
         if self._status is None:
-            self._status = self.console.status(text, spinner="dots")
+            self._elapsed = _Elapsed(text)
+            self._status = self.console.status(self._elapsed, spinner="dots")
             self._status.start()
-        else:
-            self._status.update(text)
+        else:  # the same phase goes on: the clock keeps running
+            self._elapsed.label = text
 
     def _stop_spinner(self) -> None:
         if self._status is not None:
@@ -167,10 +181,7 @@ class ProgressPrinter:
         tally = self._tally(event)
         tally.in_flight += 1
         tally.peak = max(tally.peak, tally.in_flight)
-        if self._status is not None:
-            self._status.update(f"{self._in_flight()} sub-call(s) in flight")
-        else:
-            self._spin(f"{self._in_flight()} sub-call(s) in flight")
+        self._spin(f"{self._in_flight()} sub-call(s) in flight")
 
     def _on_subcall_finished(self, event: RLMEvent) -> None:
         tally = self._tally(event)
@@ -184,7 +195,7 @@ class ProgressPrinter:
         if self._status is not None:
             in_flight = self._in_flight()
             if in_flight:
-                self._status.update(f"{in_flight} sub-call(s) in flight")
+                self._spin(f"{in_flight} sub-call(s) in flight")
             else:
                 self._stop_spinner()
         if event.data.get("error"):

@@ -275,3 +275,42 @@ def test_child_run_lines_carry_their_run_id(lm_server, context_file):
     child_id = child.group(1)
     lines = [line for line in result.stderr.splitlines() if "in the child" in line]
     assert lines and all(child_id[:6] in line for line in lines)
+
+
+COLOUR = re.compile(r"\x1b\[(?:[0-9]+;)*(?:3[0-7]|9[0-7]|38;[25];[0-9;]+)m")
+
+
+def run_in_terminal(lm_server, context_file, **env_vars: str) -> tuple[int, str]:
+    """``rlm run`` in a real pty against the scripted server: (exit status, what it showed)."""
+    pexpect = pytest.importorskip("pexpect")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RLM_")}
+    env.pop("NO_COLOR", None)
+    env.pop("FORCE_COLOR", None)
+    env.update(OPENAI_API_KEY="k", TERM="xterm-256color", **env_vars)
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "rlm.cli", "run", "q", "-f", context_file, "--base-url", lm_server.base_url],
+        env=env,
+        encoding="utf-8",
+        timeout=120,
+        dimensions=(40, 160),
+    )
+    child.expect(pexpect.EOF)
+    child.close()
+    return child.exitstatus, child.before
+
+
+def test_a_terminal_gets_colour_and_a_spinner_with_the_time_spent(lm_server, context_file):
+    lm_server.set_script([Reply(ANSWER, delay=0.8)])
+    status, screen = run_in_terminal(lm_server, context_file)
+    assert status == 0, screen
+    assert COLOUR.search(screen)
+    assert re.search(r"iteration 1 of 30: waiting for the model · \d+\.\ds", screen)
+
+
+def test_no_color_is_honoured_on_a_terminal(lm_server, context_file):
+    lm_server.set_script([ANSWER])
+    status, screen = run_in_terminal(lm_server, context_file, NO_COLOR="1")
+    assert status == 0, screen
+    assert "iteration 1 of 30" in screen and "done" in screen
+    assert not COLOUR.search(screen)

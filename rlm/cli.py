@@ -254,7 +254,8 @@ def _extensions() -> list[Any]:
 
 _CLI_WORDS = (
     ("backend_kwargs={'price_per_million': (input_usd, output_usd)}",
-     "--price-per-million IN,OUT (US dollars per million input and output tokens)"),
+     "--price-per-million IN,OUT (US dollars per million input and output tokens; or "
+     "'reported' if the endpoint reports usage.cost)"),
     ("backend_kwargs['model_name']", "--model"),
     ("backend_kwargs['api_key']", "--api-key"),
     ("backend_kwargs['base_url']", "--base-url"),

@@ -69,7 +69,8 @@ class Settings:
     max_timeout: float | None = None
     max_tokens: int | None = None
     max_errors: int | None = DEFAULT_MAX_ERRORS
-    price_per_million: tuple[float, float] | None = None
+    price_per_million: tuple[float, float] | str | None = None
+    """(input, output) USD per million tokens, or ``"reported"``: the endpoint's usage.cost."""
     cell_timeout: float = 120.0
     log_dir: str | None = None
     backend_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -92,7 +93,9 @@ class Settings:
     def rlm_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``RLM(...)`` (all but ``logger``, ``verbose`` and ``on_event``)."""
         backend_kwargs: dict[str, Any] = {**self.backend_kwargs, "model_name": self.model}
-        if self.price_per_million is not None:
+        if self.price_per_million == "reported":
+            backend_kwargs["reports_cost"] = True
+        elif self.price_per_million is not None:
             backend_kwargs["price_per_million"] = self.price_per_million
         if self.base_url:
             backend_kwargs["base_url"] = self.base_url
@@ -182,8 +185,11 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
     return value
 
 
-def parse_price(value: Any, origin: str = "--price-per-million") -> tuple[float, float]:
-    """``"0.15,0.6"`` or ``[0.15, 0.6]``: US dollars per million input and output tokens."""
+def parse_price(value: Any, origin: str = "--price-per-million") -> tuple[float, float] | str:
+    """``"0.15,0.6"`` or ``[0.15, 0.6]``: US dollars per million input and output tokens; or
+    ``"reported"``: each call's cost as the endpoint reports it (``usage.cost``)."""
+    if isinstance(value, str) and value.strip().lower() == "reported":
+        return "reported"
     parts = value.split(",") if isinstance(value, str) else value
     try:
         if isinstance(parts, (str, bytes)) or len(parts) != 2:
@@ -192,7 +198,8 @@ def parse_price(value: Any, origin: str = "--price-per-million") -> tuple[float,
     except (TypeError, ValueError):
         raise ConfigurationError(
             f"{origin}: give the price as IN,OUT (US dollars per million input and output "
-            f"tokens, e.g. 0.15,0.6), got {value!r}"
+            f"tokens, e.g. 0.15,0.6) or 'reported' (the endpoint reports usage.cost), "
+            f"got {value!r}"
         ) from None
     if not all(math.isfinite(p) and p >= 0 for p in price):
         raise ConfigurationError(f"{origin}: prices must be finite and >= 0, got {value!r}")
@@ -294,7 +301,8 @@ def add_settings_arguments(parser: Any, *, api_key_flag: str = "--api-key") -> N
         ("--max-errors", "max_errors", int, "stop after this many failing iterations in a row "
          f"(default {DEFAULT_MAX_ERRORS})"),
         ("--price-per-million", "price_per_million", str, "IN,OUT: US dollars per million input "
-         "and output tokens, for a model the price table lacks (needed by --max-budget)"),
+         "and output tokens, for a model the price table lacks (needed by --max-budget); or "
+         "'reported' for an endpoint that reports each call's usage.cost"),
         ("--cell-timeout", "cell_timeout", float, "seconds per code block (default 120)"),
         ("--log-dir", "log_dir", str, "write JSONL trajectories to this directory"),
     ]  # fmt: skip

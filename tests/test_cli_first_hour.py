@@ -314,3 +314,32 @@ def test_no_color_is_honoured_on_a_terminal(lm_server, context_file):
     assert status == 0, screen
     assert "iteration 1 of 30" in screen and "done" in screen
     assert not COLOUR.search(screen)
+
+
+# -- a budget with a model whose price only the endpoint knows ------------------------------------
+
+
+def test_a_budget_works_with_an_endpoint_that_reports_usage_cost(lm_server, context_file):
+    lm_server.set_script([Reply(ANSWER, cost=0.0025)])
+    result = scripted_model(
+        lm_server, "unpriced-model", "run", "q", "-f", context_file, "--max-budget", "1",
+        "--price-per-million", "reported",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "done"
+    assert "$0.0025]" in result.stderr
+
+
+def test_a_reply_without_usage_cost_counts_as_the_whole_worst_case(lm_server, context_file):
+    lm_server.set_script([NO_ANSWER, ANSWER])  # the endpoint reports no usage.cost after all
+    result = scripted_model(
+        lm_server, "unpriced-model", "run", "q", "-f", context_file, "--max-budget", "1",
+        "--price-per-million", "reported",
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert len(lm_server.requests) == 1  # fail-closed: no second call
+    assert "usage.cost" in result.stderr.strip().splitlines()[-1]
+
+
+def scripted_model(lm_server, model: str, *args: str):
+    return rlm_cli(*args, "--base-url", lm_server.base_url, "--model", model)

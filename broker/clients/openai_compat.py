@@ -81,9 +81,15 @@ class OpenAIClient(LMClient):
         base_url: str | None = None,
         extra_headers: Mapping[str, str] | None = None,
         client_options: Mapping[str, Any] | None = None,
+        reports_cost: bool | None = None,
         **common: Any,
     ) -> None:
         super().__init__(model_name, **common)
+        if reports_cost is not None:
+            # True: the endpoint reports each call's usage.cost (OpenRouter, LiteLLM and other
+            # gateways), so max_budget works without a price; see broker/accounting.py for
+            # what a reply without one costs.
+            self.reports_cost = bool(reports_cost)
         base_url = base_url or self.default_base_url
         if base_url is None and self.base_url_required:
             raise ConfigurationError(

@@ -17,7 +17,7 @@ EXIT_NO_ANSWER = 4
 
 _NO_ANSWER = {
     "max_iterations": "the model used all {max_iterations} iterations (--max-iterations) without "
-    "setting answer['ready']; its last reply is in the log (--log-dir), not printed as an answer",
+    "setting answer['ready']; its last reply is not printed as an answer ({log})",
     "error": "the run failed before the model set answer['ready']",
 }
 
@@ -208,7 +208,8 @@ def _run(args: argparse.Namespace) -> int:
         reason = _NO_ANSWER.get(
             str(finished_by), f"the run ended without an answer ({finished_by})"
         )
-        print(f"rlm: no answer: {reason.format(**kwargs)}", file=sys.stderr)
+        log = "the log has it" if logger and logger.log_file_path else "--log-dir DIR keeps it"
+        print(f"rlm: no answer: {reason.format(log=log, **kwargs)}", file=sys.stderr)
         return EXIT_NO_ANSWER
     return 0
 
@@ -266,10 +267,11 @@ _CLI_WORDS = (
 """Python spellings in library errors -> the flag that does the same at the command line."""
 
 
-def cli_words(message: str) -> str:
-    """A library error message in the command line's words (flags, not keyword arguments)."""
+def cli_words(message: str, api_key_flag: str = "--api-key") -> str:
+    """A library error message in the command line's words (flags, not keyword arguments);
+    ``api_key_flag``: the flag of the LM key (``rlm serve`` calls it ``--lm-api-key``)."""
     for python, flag in _CLI_WORDS:
-        message = message.replace(python, flag)
+        message = message.replace(python, api_key_flag if flag == "--api-key" else flag)
     if "needs an API key" in message:
         message += (
             "; or --base-url URL for a server that needs none, or pip install 'rlm[local]' "
@@ -284,13 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    key_flag = "--lm-api-key" if args.command == "serve" else "--api-key"
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("rlm: interrupted; sandboxes were cleaned up", file=sys.stderr)
         return 130
     except ConfigurationError as error:
-        print(f"rlm: configuration error: {cli_words(str(error))}", file=sys.stderr)
+        print(f"rlm: configuration error: {cli_words(str(error), key_flag)}", file=sys.stderr)
         return 2
     except LimitExceededError as error:
         print(f"rlm: stopped: {cli_words(str(error).splitlines()[0])}", file=sys.stderr)
@@ -298,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             print(error.partial_answer)
         return 3
     except (LMError, SandboxError, RLMError) as error:
-        message = cli_words(str(error).splitlines()[0])
+        message = cli_words(str(error).splitlines()[0], key_flag)
         print(f"rlm: {type(error).__name__}: {message}", file=sys.stderr)
         return 1
 

@@ -343,3 +343,16 @@ def test_a_reply_without_usage_cost_counts_as_the_whole_worst_case(lm_server, co
 
 def scripted_model(lm_server, model: str, *args: str):
     return rlm_cli(*args, "--base-url", lm_server.base_url, "--model", model)
+
+
+def test_rlm_serve_errors_name_its_own_flags(lm_server):
+    env = {"OPENAI_API_KEY": ""}
+    no_key = rlm_cli("serve", "--backend", "openai", "--port", "0", env=env, timeout=60)
+    assert no_key.returncode == 2
+    assert "--lm-api-key" in no_key.stderr and "backend_kwargs" not in no_key.stderr
+    bad_option = rlm_cli(
+        "serve", "--base-url", lm_server.base_url, "--environment-kwarg", "memory_limit=1",
+        "--port", "0", timeout=60,
+    )  # fmt: skip
+    assert bad_option.returncode == 2
+    assert "'memory_limit'" in bad_option.stderr and "its options:" in bad_option.stderr

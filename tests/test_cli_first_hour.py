@@ -356,3 +356,19 @@ def test_rlm_serve_errors_name_its_own_flags(lm_server):
     )  # fmt: skip
     assert bad_option.returncode == 2
     assert "'memory_limit'" in bad_option.stderr and "its options:" in bad_option.stderr
+
+
+def test_a_misspelt_environment_is_refused_before_the_run(lm_server, context_file):
+    result = scripted(lm_server, "run", "q", "-f", context_file, "--environment", "dockr")
+    assert result.returncode == 2
+    assert "did you mean 'docker'" in result.stderr and "▶ run" not in result.stderr
+    assert not lm_server.requests
+
+
+def test_verbose_says_where_each_setting_came_from(lm_server, context_file, tmp_path):
+    (tmp_path / "rlm.toml").write_text("max_depth = 1\n")
+    lm_server.set_script([ANSWER])
+    result = scripted(lm_server, "run", "q", "-f", context_file, "--verbose", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "rlm:   model: cli" in result.stderr
+    assert f"rlm:   max_depth: file {tmp_path / 'rlm.toml'}" in result.stderr

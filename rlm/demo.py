@@ -112,18 +112,20 @@ def register() -> None:
         register_backend(DEMO_BACKEND, "rlm.demo:ScriptedDemoRoot")
 
 
-def demo_rlm_kwargs(question: str, sub_backend: str = "local") -> dict[str, Any]:
-    """``RLM(...)`` keyword arguments of the demo: the scripted root, the offline sub-model."""
+def demo_rlm_kwargs(
+    question: str, sub_backend: str = "local", sub_backend_kwargs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``RLM(...)`` keyword arguments of the demo: the scripted root and the sub-model (the
+    offline model unless ``sub_backend``/``sub_backend_kwargs`` say otherwise)."""
     from rlm.broker.clients.local_llama import DEFAULT_MODEL as LOCAL_MODEL
 
     register()
+    sub_kwargs = sub_backend_kwargs or {"model_name": LOCAL_MODEL}
     return {
         "backend": DEMO_BACKEND,
         "backend_kwargs": {"model_name": DEMO_MODEL, "question": question},
         "other_backends": [sub_backend],
-        "other_backend_kwargs": [
-            {"model_name": LOCAL_MODEL, "sampling": {"max_tokens": SUB_CALL_MAX_TOKENS}}
-        ],
+        "other_backend_kwargs": [{"sampling": {"max_tokens": SUB_CALL_MAX_TOKENS}, **sub_kwargs}],
         "environment_kwargs": {"cell_timeout": CELL_TIMEOUT},
         "max_iterations": len(_steps(question)),
     }

@@ -164,8 +164,9 @@ def _describe_settings(args: argparse.Namespace, settings: Settings) -> None:
 
 def _what_it_did(result: Any) -> str:
     """One line: iterations, code blocks run in the sandbox, sub-calls and their models."""
-    iterations = [i for i in result.metadata.get("iterations", []) if i.get("code_blocks")]
-    blocks = [b for i in iterations for b in i["code_blocks"]]
+    entries = result.metadata.get("iterations", [])
+    iterations = [i for i in entries if i.get("kind", "iteration") == "iteration"]
+    blocks = [b for i in iterations for b in i.get("code_blocks") or []]
     calls = [c for b in blocks for c in (b.get("result") or {}).get("rlm_calls", [])]
     models = sorted({str(c.get("root_model")) for c in calls})
     to = f" to {', '.join(models)}" if models else ""

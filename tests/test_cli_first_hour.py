@@ -57,6 +57,7 @@ def test_running_out_of_iterations_exits_non_zero_with_one_reason_line(lm_server
     reason = result.stderr.strip().splitlines()[-1]
     assert reason.startswith("rlm: no answer:") and "--max-iterations" in reason
     assert "2 iterations" in reason
+    assert "[" in result.stderr and " 2 iteration(s), 2 code block(s)" in result.stderr
 
 
 def test_max_errors_has_a_default_that_stops_a_failing_model(lm_server, context_file):

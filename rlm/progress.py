@@ -145,7 +145,6 @@ class ProgressPrinter:
 
     def _on_cell_executed(self, event: RLMEvent) -> None:
         data = event.data
-        self._subcall_summary(event)
         code_lines = for_terminal(data["code"]).rstrip().splitlines()
         shown = "\n".join(code_lines[:CODE_LINES])
         if len(code_lines) > CODE_LINES:
@@ -159,6 +158,7 @@ class ProgressPrinter:
             prefix = f"{event.run_id[:6]} " if event.depth else ""
             for line in shown.splitlines():
                 self.console.print(pad + prefix + line, markup=False)
+        self._subcall_summary(event)  # what the code above made, before what it printed
         output = (data.get("stdout") or "").rstrip().splitlines()
         for line in output[:OUTPUT_LINES]:
             if self.console.is_terminal and len(line) > TERMINAL_LINE_CHARS:

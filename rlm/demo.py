@@ -125,7 +125,10 @@ def demo_rlm_kwargs(
         "backend": DEMO_BACKEND,
         "backend_kwargs": {"model_name": DEMO_MODEL, "question": question},
         "other_backends": [sub_backend],
-        "other_backend_kwargs": [{"sampling": {"max_tokens": SUB_CALL_MAX_TOKENS}, **sub_kwargs}],
+        "other_backend_kwargs": [
+            # Greedy: the same context gives the same demo run after run.
+            {"sampling": {"max_tokens": SUB_CALL_MAX_TOKENS, "temperature": 0.0}, **sub_kwargs}
+        ],
         "environment_kwargs": {"cell_timeout": CELL_TIMEOUT},
         "max_iterations": len(_steps(question)),
     }

@@ -264,6 +264,10 @@ _CLI_WORDS = (
     ("base_url in backend_kwargs", "--base-url"),
     ("other_backends=[...] and other_backend_kwargs=[{'model_name': ...}]", "--sub-model"),
     ("max_budget is set", "--max-budget is set"),
+    ("raise max_budget", "raise --max-budget"),
+    ("raise max_tokens", "raise --max-tokens"),
+    ("raise max_timeout", "raise --max-timeout"),
+    ("(max_errors=", "(--max-errors "),
 )  # fmt: skip
 """Python spellings in library errors -> the flag that does the same at the command line."""
 
@@ -297,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlm: configuration error: {cli_words(str(error), key_flag)}", file=sys.stderr)
         return 2
     except LimitExceededError as error:
-        print(f"rlm: stopped: {cli_words(str(error).splitlines()[0])}", file=sys.stderr)
+        print(f"rlm: stopped: {cli_words(str(error).splitlines()[0], key_flag)}", file=sys.stderr)
         if error.partial_answer:
             print(error.partial_answer)
         return 3

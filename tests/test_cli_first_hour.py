@@ -66,7 +66,7 @@ def test_max_errors_has_a_default_that_stops_a_failing_model(lm_server, context_
     result = scripted(lm_server, "run", "q", "-f", context_file)
     assert result.returncode == 3, result.stderr
     assert len(lm_server.requests) == config.DEFAULT_MAX_ERRORS
-    assert "max_errors=5" in result.stderr.strip().splitlines()[-1]
+    assert "(--max-errors 5)" in result.stderr.strip().splitlines()[-1]
 
 
 def test_an_answered_run_exits_zero_and_says_where_the_log_went(lm_server, context_file, tmp_path):
@@ -339,7 +339,8 @@ def test_a_reply_without_usage_cost_counts_as_the_whole_worst_case(lm_server, co
     )  # fmt: skip
     assert result.returncode == 3, result.stderr
     assert len(lm_server.requests) == 1  # fail-closed: no second call
-    assert "usage.cost" in result.stderr.strip().splitlines()[-1]
+    reason = result.stderr.strip().splitlines()[-1]
+    assert "usage.cost" in reason and "raise --max-budget" in reason
 
 
 def scripted_model(lm_server, model: str, *args: str):

@@ -10,6 +10,9 @@ beside what is already spent is refused and the node is marked exhausted; one th
 calls in flight have settled waits for them. After the call, ``Reservation.settle`` replaces the
 worst case with what the provider reported. A call that was cancelled or timed out after it was
 sent may still be billed, so its worst case stays counted (``uncertain_cost``): fail-closed.
+So does a call that came back with no cost anyone can tell (the model's price is unknown and
+the endpoint did not report ``usage.cost``, though it was trusted to: ``reports_cost=True``):
+its worst case, under a dollar cap everything that was left, is counted as spent.
 All of this runs on the broker's one event loop, so a check and its reservation are atomic.
 """
 
@@ -87,8 +90,12 @@ class Reservation:
     done: bool = False
 
     def settle(self, model: str, input_tokens: int, output_tokens: int, cost: float | None) -> None:
-        """The call came back: its reported usage replaces the worst case."""
+        """The call came back: its reported usage replaces the worst case. Without a cost under
+        a dollar cap, the worst case stays counted (the call was billed, for an unknown sum)."""
         self._release(uncertain=False)
+        if cost is None and self.ledger.needs_cost():
+            for node in self.ledger.chain():
+                node.uncertain_cost += self.cost
         self.ledger.charge(model, input_tokens, output_tokens, cost)
 
     def release(self, *, billed_maybe: bool) -> None:
@@ -258,7 +265,10 @@ class Ledger:
     def _uncertain_note(self) -> str:
         if not self.uncertain_cost:
             return ""
-        return f" (plus up to ${self.uncertain_cost:.4f} for cancelled calls that may be billed)"
+        return (
+            f" (plus up to ${self.uncertain_cost:.4f} for calls whose cost is unknown: cancelled "
+            "after they were sent, or answered without a usage.cost)"
+        )
 
     async def reserve(self, worst_case: Callable[[], tuple[float, int]]) -> Reservation:
         """Holds a call's worst case (``worst_case()`` -> cost, tokens; asked again after each

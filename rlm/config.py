@@ -8,20 +8,26 @@ read. Every key is optional; moving to Docker is one line::
     model = "gpt-4o-mini"
     max_depth = 2
     max_budget = 1.0            # US dollars, whole tree
+    price_per_million = [0.15, 0.6]   # input, output USD for a model the price table lacks
 
     [backend_kwargs]            # passed to the LM client as is
-    price_per_million = [0.15, 0.6]
+    timeout = 120
 
-    [environment_kwargs]        # passed to the sandbox as is
-    memory = "2g"
+    [environment_kwargs]        # passed to the sandbox, checked against what it accepts
+    mem_limit = "2g"
 
 Each top-level key also reads from an env var: ``RLM_`` + the key in upper case (``RLM_MODEL``,
 ``RLM_ENVIRONMENT``, ``RLM_MAX_DEPTH``, ...). Unknown keys are an error, so a typo cannot silently
-leave a user on the local sandbox when they meant Docker.
+leave a user on the local sandbox when they meant Docker; so are ``environment_kwargs`` the
+chosen environment does not accept (``check_environment_kwargs``), before anything starts.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import json
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -31,9 +37,20 @@ from typing import Any
 
 from rlm.errors import ConfigurationError
 
-__all__ = ["DEFAULT_MODEL", "Settings", "find_config_file", "load_settings"]
+__all__ = [
+    "DEFAULT_MAX_ERRORS",
+    "DEFAULT_MODEL",
+    "Settings",
+    "check_environment_kwargs",
+    "find_config_file",
+    "load_settings",
+    "parse_price",
+]
 
 DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_MAX_ERRORS = 5
+"""Failing iterations in a row after which ``rlm run`` stops: a model that cannot write working
+code for five iterations will not start at the twenty-sixth, and each one costs a call."""
 
 
 @dataclass
@@ -51,7 +68,9 @@ class Settings:
     max_budget: float | None = None
     max_timeout: float | None = None
     max_tokens: int | None = None
-    max_errors: int | None = None
+    max_errors: int | None = DEFAULT_MAX_ERRORS
+    price_per_million: tuple[float, float] | str | None = None
+    """(input, output) USD per million tokens, or ``"reported"``: the endpoint's usage.cost."""
     cell_timeout: float = 120.0
     log_dir: str | None = None
     backend_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -59,9 +78,25 @@ class Settings:
     config_file: str | None = None
     sources: dict[str, str] = field(default_factory=dict)
 
+    def check(self) -> None:
+        """Refuses ``environment_kwargs`` the environment does not take, naming where each came
+        from, so a typo fails before any sandbox or model is started."""
+        for origin_kind, origin in (("cli", "--environment-kwarg"), ("file", "")):
+            keys = {
+                key: value
+                for key, value in self.environment_kwargs.items()
+                if self.sources.get(f"environment_kwargs.{key}", "").startswith(origin_kind)
+            }
+            where = origin or f"{self.config_file} [environment_kwargs]"
+            check_environment_kwargs(self.environment, keys, where)
+
     def rlm_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``RLM(...)`` (all but ``logger``, ``verbose`` and ``on_event``)."""
         backend_kwargs: dict[str, Any] = {**self.backend_kwargs, "model_name": self.model}
+        if self.price_per_million == "reported":
+            backend_kwargs["reports_cost"] = True
+        elif self.price_per_million is not None:
+            backend_kwargs["price_per_million"] = self.price_per_million
         if self.base_url:
             backend_kwargs["base_url"] = self.base_url
         if self.api_key:
@@ -102,6 +137,7 @@ _SCALARS: dict[str, type] = {
     "max_timeout": float,
     "max_tokens": int,
     "max_errors": int,
+    "price_per_million": tuple,
     "cell_timeout": float,
     "log_dir": str,
 }
@@ -130,6 +166,8 @@ def find_config_file(
 def _coerce(key: str, value: Any, origin: str) -> Any:
     """``value`` as the type of ``key``; ``origin`` names where it came from, for the error."""
     wanted = _SCALARS[key]
+    if wanted is tuple:
+        return parse_price(value, origin)
     if isinstance(value, str) and wanted is not str:
         try:
             return wanted(value.strip())
@@ -145,6 +183,27 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
             f"{origin}: {key} must be a {wanted.__name__}, got {type(value).__name__} {value!r}"
         )
     return value
+
+
+def parse_price(value: Any, origin: str = "--price-per-million") -> tuple[float, float] | str:
+    """``"0.15,0.6"`` or ``[0.15, 0.6]``: US dollars per million input and output tokens; or
+    ``"reported"``: each call's cost as the endpoint reports it (``usage.cost``)."""
+    if isinstance(value, str) and value.strip().lower() == "reported":
+        return "reported"
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        if isinstance(parts, (str, bytes)) or len(parts) != 2:
+            raise ValueError
+        price = (float(parts[0]), float(parts[1]))
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"{origin}: give the price as IN,OUT (US dollars per million input and output "
+            f"tokens, e.g. 0.15,0.6) or 'reported' (the endpoint reports usage.cost), "
+            f"got {value!r}"
+        ) from None
+    if not all(math.isfinite(p) and p >= 0 for p in price):
+        raise ConfigurationError(f"{origin}: prices must be finite and >= 0, got {value!r}")
+    return price
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -192,8 +251,12 @@ def load_settings(
         setattr(settings, key, value)
         settings.sources[key] = source
     for table in _TABLES:
-        merged = {**file_data.get(table, {}), **(cli.get(table) or {})}
-        setattr(settings, table, merged)
+        from_file, from_cli = file_data.get(table, {}), cli.get(table) or {}
+        setattr(settings, table, {**from_file, **from_cli})
+        for key in from_file:
+            settings.sources[f"{table}.{key}"] = f"file {path}"
+        for key in from_cli:
+            settings.sources[f"{table}.{key}"] = "cli"
     _choose_default_backend(settings, env)
     return settings
 
@@ -235,7 +298,11 @@ def add_settings_arguments(parser: Any, *, api_key_flag: str = "--api-key") -> N
         ("--max-budget", "max_budget", float, "stop after spending this many US dollars"),
         ("--max-timeout", "max_timeout", float, "stop after this many seconds"),
         ("--max-tokens", "max_tokens", int, "stop after this many tokens (whole tree)"),
-        ("--max-errors", "max_errors", int, "stop after this many failing iterations in a row"),
+        ("--max-errors", "max_errors", int, "stop after this many failing iterations in a row "
+         f"(default {DEFAULT_MAX_ERRORS})"),
+        ("--price-per-million", "price_per_million", str, "IN,OUT: US dollars per million input "
+         "and output tokens, for a model the price table lacks (needed by --max-budget); or "
+         "'reported' for an endpoint that reports each call's usage.cost"),
         ("--cell-timeout", "cell_timeout", float, "seconds per code block (default 120)"),
         ("--log-dir", "log_dir", str, "write JSONL trajectories to this directory"),
     ]  # fmt: skip
@@ -245,9 +312,74 @@ def add_settings_arguments(parser: Any, *, api_key_flag: str = "--api-key") -> N
             flag, *extra, dest=key, type=kind, default=None,
             help=f"{text} [env RLM_{key.upper()}]",
         )  # fmt: skip
+    parser.add_argument(
+        "--environment-kwarg", "--environment-kwargs", dest="environment_kwargs",
+        action="append", default=None, metavar="KEY=VALUE",
+        help="an option of the environment, e.g. mem_limit=4g or runtime=runsc for docker "
+        "(repeat for more; VALUE is read as JSON when it parses, else as a string)",
+    )  # fmt: skip
 
 
 def settings_from_args(args: Any) -> Settings:
     """``load_settings`` with the flags added by ``add_settings_arguments``."""
-    values = {key: getattr(args, key, None) for key in _SCALARS}
+    values: dict[str, Any] = {key: getattr(args, key, None) for key in _SCALARS}
+    values["environment_kwargs"] = parse_key_values(getattr(args, "environment_kwargs", None))
     return load_settings(values, config_file=getattr(args, "config", None))
+
+
+def parse_key_values(items: list[str] | None, flag: str = "--environment-kwarg") -> dict[str, Any]:
+    """``["mem_limit=4g", "cpus=2"]`` -> ``{"mem_limit": "4g", "cpus": 2}`` (JSON values)."""
+    parsed: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigurationError(f"{flag} takes KEY=VALUE (e.g. mem_limit=4g), got {item!r}")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        parsed[key.strip()] = value
+    return parsed
+
+
+_ENVIRONMENT_OWN = frozenset({"broker", "handler", "label"})
+"""Constructor arguments that the run supplies itself, never the user."""
+
+_RUN_OPTIONS = frozenset({"setup_code"})
+"""``environment_kwargs`` keys the run consumes before the environment is built."""
+
+
+def environment_options(environment: str) -> list[str]:
+    """The ``environment_kwargs`` keys ``environment`` accepts: its constructor's keywords and
+    those of the base classes it passes ``**kwargs`` on to."""
+    from rlm.environments import environment_class
+
+    accepted: list[str] = []
+    for klass in environment_class(environment).__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters.values()
+        accepted += [
+            p.name
+            for p in parameters
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"
+        ]
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return sorted(set(accepted) - _ENVIRONMENT_OWN | _RUN_OPTIONS)
+
+
+def check_environment_kwargs(environment: str, kwargs: Mapping[str, Any], origin: str) -> None:
+    """Refuses keys ``environment`` does not accept, with a close match and the valid choices
+    (rather than a ``TypeError`` from its constructor once the run has started)."""
+    accepted = environment_options(environment)
+    for key in kwargs:
+        if key in accepted:
+            continue
+        close = difflib.get_close_matches(key, accepted, n=2, cutoff=0.5)
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        raise ConfigurationError(
+            f"{origin}: environment {environment!r} has no option {key!r}; {hint}"
+            f"its options: {', '.join(accepted)}"
+        )

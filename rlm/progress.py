@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from rich.console import Console
@@ -24,25 +25,89 @@ TERMINAL_LINE_CHARS = 160
 """Output lines longer than this are cut on a terminal (marked); a redirected trace keeps them."""
 
 
+class _Elapsed:
+    """Spinner text with the seconds since it started, re-rendered on every refresh."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = time.monotonic()
+
+    def __rich__(self) -> str:
+        return f"{self.label} · {time.monotonic() - self.started:.1f}s"
+
+
+class _Tally:
+    """Sub-calls of one run since its last cell was shown: how many, the most at once, tokens."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.peak = 0
+        self.finished = 0
+        self.failed = 0
+        self.tokens = 0
+        self.models: set[str] = set()
+
+
 class ProgressPrinter:
-    """Prints each event as it happens: iterations, code, output, sub-calls in flight, tokens."""
+    """Prints each event as it happens: iterations ("N of M"), the model's plan, code, output,
+    the sub-calls each cell made (how many, at most how many at once, tokens), tokens so far.
+    Lines of child runs carry their run id, so interleaved children can be told apart. On a
+    terminal a spinner shows the time spent waiting for the model and the sub-calls in flight;
+    colour only on a terminal, and never with ``NO_COLOR`` set (rich's own rule)."""
 
     def __init__(self, console: Console | None = None) -> None:
         # soft_wrap: a trace redirected to a file keeps whole lines (rich would wrap at 80).
         self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self._lock = threading.Lock()
-        self._in_flight = 0
         self._tokens = 0
+        self._max_iterations: dict[str, int] = {}
+        self._tallies: dict[str, _Tally] = {}
+        self._status: Any = None
+        self._elapsed = _Elapsed("")
 
     def _indent(self, event: RLMEvent) -> str:
-        return "  " * event.depth
+        indent = "  " * event.depth
+        return f"{indent}[dim]{event.run_id[:6]}[/] " if event.depth else indent
+
+    def _tally(self, event: RLMEvent) -> _Tally:
+        return self._tallies.setdefault(event.run_id, _Tally())
 
     def __call__(self, event: RLMEvent) -> None:
         with self._lock:
             getattr(self, f"_on_{event.kind}", lambda e: None)(event)
 
+    # -- the spinner (a terminal only) ------------------------------------------------------
+
+    def _spin(self, text: str) -> None:
+        if not self.console.is_terminal:
+            return
+        if self._status is None:
+            self._elapsed = _Elapsed(text)
+            self._status = self.console.status(self._elapsed, spinner="dots")
+            self._status.start()
+        else:  # the same phase goes on: the clock keeps running
+            self._elapsed.label = text
+
+    def _stop_spinner(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def _on_iteration_started(self, event: RLMEvent) -> None:
+        if event.depth == 0:
+            number = event.data.get("iteration")
+            self._spin(f"iteration {number}{self._of(event)}: waiting for the model")
+
+    def _of(self, event: RLMEvent) -> str:
+        total = self._max_iterations.get(event.run_id)
+        return f" of {total}" if total else ""
+
+    # -- lines --------------------------------------------------------------------------------
+
     def _on_run_started(self, event: RLMEvent) -> None:
         data = event.data
+        if isinstance(data.get("max_iterations"), int):
+            self._max_iterations[event.run_id] = data["max_iterations"]
         chars = data.get("context_chars")
         size = f", context {chars:,} chars" if isinstance(chars, int) else ""
         self.console.print(
@@ -53,11 +118,29 @@ class ProgressPrinter:
 
     def _on_lm_response(self, event: RLMEvent) -> None:
         data = event.data
+        if event.depth == 0:
+            self._stop_spinner()
         self._tokens += data.get("input_tokens", 0) + data.get("output_tokens", 0)
         self.console.print(
-            f"{self._indent(event)}[bold]iteration {data['iteration']}[/] · LM {data['seconds']:.2f}s · "
+            f"{self._indent(event)}[bold]iteration {data['iteration']}{self._of(event)}[/] · "
+            f"LM {data['seconds']:.2f}s · "
             f"{data.get('input_tokens', 0):,} in / {data.get('output_tokens', 0):,} out · "
             f"tree total {self._tokens:,} tokens"
+        )
+        plan = str(data.get("text") or "").split("```", 1)[0].strip().splitlines()
+        if plan:
+            line = plan[0] if len(plan[0]) <= 200 else plan[0][:200] + "…"
+            self.console.print(f"{self._indent(event)}  [italic]» {escape(line)}[/]")
+
+    def _subcall_summary(self, event: RLMEvent) -> None:
+        tally = self._tallies.pop(event.run_id, None)
+        if tally is None or not (tally.finished or tally.in_flight):
+            return
+        failed = f", {tally.failed} failed" if tally.failed else ""
+        models = f" to {escape(', '.join(sorted(tally.models)))}" if tally.models else ""
+        self.console.print(
+            f"{self._indent(event)}  [magenta]↳ {tally.finished} sub-call(s){models}, "
+            f"up to {tally.peak} at once, {tally.tokens:,} tokens{failed}[/]"
         )
 
     def _on_cell_executed(self, event: RLMEvent) -> None:
@@ -72,8 +155,10 @@ class ProgressPrinter:
             )
         else:  # a file or a pipe: whole lines, never cropped to a terminal's width
             pad = " " * (2 + 2 * event.depth)
+            prefix = f"{event.run_id[:6]} " if event.depth else ""
             for line in shown.splitlines():
-                self.console.print(pad + line, markup=False)
+                self.console.print(pad + prefix + line, markup=False)
+        self._subcall_summary(event)  # what the code above made, before what it printed
         output = (data.get("stdout") or "").rstrip().splitlines()
         for line in output[:OUTPUT_LINES]:
             if self.console.is_terminal and len(line) > TERMINAL_LINE_CHARS:
@@ -89,18 +174,32 @@ class ProgressPrinter:
         if data.get("restarted"):
             self.console.print(f"{self._indent(event)}  [yellow]↻ sandbox restarted[/]")
 
+    def _in_flight(self) -> int:
+        return sum(t.in_flight for t in self._tallies.values())
+
     def _on_subcall_started(self, event: RLMEvent) -> None:
-        self._in_flight += 1
-        if self._in_flight in (1, 8, 32, 128) or self._in_flight % 256 == 0:
-            self.console.print(
-                f"{self._indent(event)}  [magenta]… {self._in_flight} sub-call(s) in flight[/]"
-            )
+        tally = self._tally(event)
+        tally.in_flight += 1
+        tally.peak = max(tally.peak, tally.in_flight)
+        self._spin(f"{self._in_flight()} sub-call(s) in flight")
 
     def _on_subcall_finished(self, event: RLMEvent) -> None:
-        self._in_flight = max(0, self._in_flight - 1)
-        self._tokens += event.data.get("input_tokens", 0) or 0
-        self._tokens += event.data.get("output_tokens", 0) or 0
+        tally = self._tally(event)
+        tally.in_flight = max(0, tally.in_flight - 1)
+        tally.finished += 1
+        if event.data.get("model"):
+            tally.models.add(str(event.data["model"]))
+        used = (event.data.get("input_tokens", 0) or 0) + (event.data.get("output_tokens", 0) or 0)
+        tally.tokens += used
+        self._tokens += used
+        if self._status is not None:
+            in_flight = self._in_flight()
+            if in_flight:
+                self._spin(f"{in_flight} sub-call(s) in flight")
+            else:
+                self._stop_spinner()
         if event.data.get("error"):
+            tally.failed += 1
             self.console.print(
                 f"{self._indent(event)}  [red]✗ {event.data['call']} failed: "
                 f"{escape(str(event.data['error'])[:200])}[/]"
@@ -108,6 +207,10 @@ class ProgressPrinter:
 
     def _on_run_finished(self, event: RLMEvent) -> None:
         data = event.data
+        self._subcall_summary(event)
+        if event.depth == 0:
+            self._stop_spinner()
+        self._max_iterations.pop(event.run_id, None)
         cost = (data.get("usage") or {}).get("total_cost")
         cost_text = f" · ${cost:.4f}" if cost else ""
         self.console.print(

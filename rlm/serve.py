@@ -666,6 +666,7 @@ def _serve_command(args: argparse.Namespace) -> int:
     from rlm.config import settings_from_args
 
     settings = settings_from_args(args)
+    settings.check()
     api_key = args.serve_api_key or os.environ.get("RLM_SERVE_API_KEY") or None
     # Built once now so that a missing key or extra fails at start, not at the first request.
     RLM(**settings.rlm_kwargs()).close()
@@ -715,7 +716,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except ConfigurationError as error:
-        print(f"rlm serve: configuration error: {error}", file=sys.stderr)
+        from rlm.cli import cli_words
+
+        message = cli_words(str(error), api_key_flag="--lm-api-key")
+        print(f"rlm serve: configuration error: {message}", file=sys.stderr)
         return 2
 
 

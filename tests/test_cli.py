@@ -81,7 +81,7 @@ def test_unreachable_endpoint_is_one_clear_line(tmp_path):
     )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "base_url" in lines[0]
+    assert len(lines) == 1 and "--base-url" in lines[0]
 
 
 def test_help_explains_every_option():

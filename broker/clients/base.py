@@ -30,6 +30,7 @@ __all__ = [
     "PermanentError",
     "ProviderError",
     "TransientError",
+    "connection_refused",
     "is_transient_status",
     "parse_retry_after",
     "split_known_kwargs",
@@ -75,12 +76,14 @@ class ProviderError(Exception):
         status: int | None = None,
         retry_after: float | None = None,
         connection: bool = False,
+        refused: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.retry_after = retry_after
         self.connection = connection
+        self.refused = refused
 
     @classmethod
     def from_status(
@@ -97,6 +100,18 @@ class TransientError(ProviderError):
 
 class PermanentError(ProviderError):
     """An attempt failed in a way that retrying cannot fix (bad request, auth, unknown model)."""
+
+
+def connection_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` was caused by a refused TCP connection (nothing listening there)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def is_transient_status(status: int) -> bool:
@@ -279,6 +294,11 @@ class LMClient(ABC):
     def _hint(self, exc: ProviderError) -> str:
         base_url = self._base_url_hint()
         at = f" ({base_url})" if base_url else ""
+        if exc.connection and exc.refused:
+            return (
+                f"Nothing is listening at {base_url or 'the server'}: start the server, or "
+                "check base_url in backend_kwargs (host and port)."
+            )
         if exc.connection or exc.status is None:
             return (
                 f"Could not reach the server{at}: check base_url in backend_kwargs and that the "

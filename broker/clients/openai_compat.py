@@ -30,6 +30,7 @@ from rlm.broker.clients.base import (
     PermanentError,
     ProviderError,
     TransientError,
+    connection_refused,
     parse_retry_after,
 )
 from rlm.errors import ConfigurationError
@@ -65,6 +66,8 @@ class OpenAIClient(LMClient):
 
     backend: ClassVar[str] = "openai"
     key_env: ClassVar[str | None] = "OPENAI_API_KEY"
+    _answered = False
+    """Set once the server has answered a call: from then on a refused connection is retried."""
     default_base_url: ClassVar[str | None] = None  # None: the SDK's default, api.openai.com
     key_required: ClassVar[bool] = True
     base_url_required: ClassVar[bool] = False
@@ -78,9 +81,15 @@ class OpenAIClient(LMClient):
         base_url: str | None = None,
         extra_headers: Mapping[str, str] | None = None,
         client_options: Mapping[str, Any] | None = None,
+        reports_cost: bool | None = None,
         **common: Any,
     ) -> None:
         super().__init__(model_name, **common)
+        if reports_cost is not None:
+            # True: the endpoint reports each call's usage.cost (OpenRouter, LiteLLM and other
+            # gateways), so max_budget works without a price; see broker/accounting.py for
+            # what a reply without one costs.
+            self.reports_cost = bool(reports_cost)
         base_url = base_url or self.default_base_url
         if base_url is None and self.base_url_required:
             raise ConfigurationError(
@@ -154,6 +163,16 @@ class OpenAIClient(LMClient):
                 retry_after=parse_retry_after(exc.response.headers),
             ) from exc
         except openai.APIConnectionError as exc:  # includes APITimeoutError
+            if connection_refused(exc) and not self._answered:
+                # Nothing listens there and nothing ever answered: a wrong address or a server
+                # that is not running, which retrying for seconds would only hide. (Once the
+                # server has answered, a refusal is a restart: retried as usual.)
+                raise PermanentError(
+                    f"cannot connect to {self.base_url or self._client.base_url}: connection "
+                    "refused",
+                    connection=True,
+                    refused=True,
+                ) from exc
             raise TransientError(_connection_message(exc), connection=True) from exc
         except openai.APIError as exc:  # e.g. a response that does not parse
             raise PermanentError(f"{type(exc).__name__}: {exc.message}") from exc
@@ -163,6 +182,7 @@ class OpenAIClient(LMClient):
             error = (getattr(completion, "model_extra", None) or {}).get("error")
             raise TransientError(f"the response had no choices: {error or completion!r}")
         text = choices[0].message.content or ""
+        self._answered = True
         return LMResponse(
             text=text, model=completion.model or self.model_name, usage=_usage(completion)
         )

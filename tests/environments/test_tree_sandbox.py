@@ -119,6 +119,27 @@ def test_siblings_see_neither_variables_nor_files_unless_shared_on_purpose(
             os.remove(shared)
 
 
+def test_a_sibling_cannot_read_a_sessions_memory(broker, handler, tree_env):
+    """Sessions of one sandbox share a user: each runner is non-dumpable, so a sibling cannot
+    read its memory (where its broker token is) through /proc."""
+    name, kwargs = tree_env
+    first = start_environment(name, broker, handler, **kwargs)
+    second = start_environment(name, broker, handler, **kwargs)
+    try:
+        pid = run(first, "import os\nprint(os.getpid())").stdout.strip()
+        code = (
+            "try:\n"
+            f"    open('/proc/{pid}/mem', 'rb').read(1)\n"
+            "except OSError as error:\n"
+            "    print(type(error).__name__)"
+        )
+        assert run(second, code).stdout == "PermissionError\n"
+    finally:
+        run_sync(first.aclose())
+        run_sync(second.aclose())
+        run_sync(broker.aclose_resources())
+
+
 def test_a_closed_session_leaves_no_work_directory_behind(broker, handler, tree_env):
     name, kwargs = tree_env
     if name != "docker":

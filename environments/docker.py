@@ -1,4 +1,4 @@
-"""``docker``: one locked-down container per runner, on a real Docker engine.
+"""``docker``: one locked-down container per RLM tree (or per session), on a real Docker engine.
 
 Secure by default — every relaxation is an explicit ``environment_kwargs`` value:
 
@@ -12,10 +12,17 @@ Secure by default — every relaxation is an explicit ``environment_kwargs`` val
   then talks to gVisor's user-space kernel, not to the host kernel. It needs the runtime
   registered with the engine (``.ci/install-docker.sh`` does it); see ``DockerEnvironment``.
 
-The runner is the container's main process (behind the init), reading its bootstrap line from the
-attached stdin. When the host dies, the runner loses the broker and exits, and ``--rm`` removes the
-container; ``rlm docker gc`` removes anything a killed engine left. Containers are never reused
-across sessions: a warm pool (``pool_size``) keeps runners started and waiting for a bootstrap.
+``child_sandbox="shared"`` (the default): the container's main process (behind the init) is the
+fork server of ``runner/forkserver.py``, spoken to over the attached stdin/stdout, and every
+session of the tree is a runner forked in it with its own process, work directory, rlimits and
+broker session (:class:`SharedContainer`, one per tree, a broker resource). When the host dies the
+attach stream ends, the server kills its runners and exits, and ``--rm`` removes the container.
+
+``child_sandbox="own"``: the runner is the container's main process, reading its bootstrap line
+from the attached stdin; when the host dies it loses the broker and exits. Containers are then
+never reused across sessions: a warm pool (``pool_size``) keeps runners started and waiting.
+
+``rlm docker gc`` removes anything a killed engine left.
 """
 
 from __future__ import annotations
@@ -301,7 +308,11 @@ class DockerEnvironment(SandboxEnvironment):
     256), ``tmpfs_size`` (default ``"1g"`` for /work), ``read_only`` (default True), ``user``,
     ``volumes`` (extra docker-py volume specs, mounted as given), ``python`` (interpreter path in
     the image), ``runtime`` (the engine's OCI runtime: default None, the engine's default, runc),
-    plus the shared ``pool_size`` / ``pool_idle_timeout`` (keep that many runner
+    ``child_sandbox`` (``"shared"``, the default: every session of the RLM tree is a process
+    forked in the tree's one container; ``"own"``: a container per session, for siblings that
+    must not reach each other), ``max_live_runners`` (default 32: sessions alive at once in the
+    shared container; a further one waits up to ``startup_timeout``),
+    plus the shared ``pool_size`` / ``pool_idle_timeout`` (``"own"`` only: keep that many runner
     containers started, shared by every session and child RLM of the tree, closed with it) and
     ``cell_timeout``, ``memory_mb``, ``max_output_chars``, ``max_file_mb``, ``startup_timeout``.
 

@@ -71,9 +71,20 @@ INSTALL_RUNSC = (
 #: (about 40-70 on a 2-CPU host with the runner started, against 12 under runc): at 64 the runner
 #: never starts (gVisor panics creating its first stub thread, exit code 2).
 RUNSC_MIN_PIDS_LIMIT = 128
-#: Sessions alive at once in a tree's shared container (``max_live_runners``). A runner holds
-#: about six threads, which the container's ``pids_limit`` (default 256) counts too.
-DEFAULT_MAX_LIVE_RUNNERS = 32
+#: Tasks (threads) one runner holds in the container's pids cgroup: 11 measured under runc (the
+#: interpreter, gRPC's threads, the runner's reader and orphan watcher), one spare.
+TASKS_PER_RUNNER = 12
+#: pids_limit kept out of the sessions' share: the init and the fork server, plus what cells
+#: start; under gVisor also its own threads (see RUNSC_MIN_PIDS_LIMIT).
+RESERVED_TASKS = {"runsc": 80}
+RESERVED_TASKS_DEFAULT = 16
+
+
+def default_max_live_runners(pids_limit: int, runtime: str | None) -> int:
+    """How many sessions the tree's container holds at once when ``max_live_runners`` is not
+    given: as many as its ``pids_limit`` leaves threads for (20 at the default 256, runc)."""
+    reserved = RESERVED_TASKS.get(runtime or "", RESERVED_TASKS_DEFAULT)
+    return max(1, (pids_limit - reserved) // TASKS_PER_RUNNER)
 
 
 @functools.cache
@@ -310,8 +321,9 @@ class DockerEnvironment(SandboxEnvironment):
     the image), ``runtime`` (the engine's OCI runtime: default None, the engine's default, runc),
     ``child_sandbox`` (``"shared"``, the default: every session of the RLM tree is a process
     forked in the tree's one container; ``"own"``: a container per session, for siblings that
-    must not reach each other), ``max_live_runners`` (default 32: sessions alive at once in the
-    shared container; a further one waits up to ``startup_timeout``),
+    must not reach each other), ``max_live_runners`` (sessions alive at once in the shared
+    container, a further one waits up to ``startup_timeout``; default: what ``pids_limit``
+    leaves room for, 20 at the default 256 under runc, see :func:`default_max_live_runners`),
     plus the shared ``pool_size`` / ``pool_idle_timeout`` (``"own"`` only: keep that many runner
     containers started, shared by every session and child RLM of the tree, closed with it) and
     ``cell_timeout``, ``memory_mb``, ``max_output_chars``, ``max_file_mb``, ``startup_timeout``.
@@ -340,7 +352,7 @@ class DockerEnvironment(SandboxEnvironment):
         python: str = SANDBOX_PYTHON,
         runtime: str | None = None,
         child_sandbox: str = CHILD_SANDBOX_SHARED,
-        max_live_runners: int = DEFAULT_MAX_LIVE_RUNNERS,
+        max_live_runners: int | None = None,
         **kwargs: Any,
     ) -> None:
         if child_sandbox not in CHILD_SANDBOX_MODES:
@@ -349,7 +361,9 @@ class DockerEnvironment(SandboxEnvironment):
                 f"{child_sandbox!r}: 'shared' runs every session of the tree in one container, "
                 "'own' gives each session (each child RLM) a container of its own"
             )
-        if max_live_runners < 1:
+        if max_live_runners is None:
+            max_live_runners = default_max_live_runners(pids_limit, runtime)
+        elif max_live_runners < 1:
             raise ConfigurationError("max_live_runners must be at least 1")
         self.child_sandbox = child_sandbox
         self.max_live_runners = max_live_runners

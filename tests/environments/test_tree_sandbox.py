@@ -309,3 +309,16 @@ def test_own_mode_gives_each_session_its_container(
     assert len(container_creates) == 3
     assert {c["labels"]["org.rlm.child-sandbox"] for c in container_creates} == {"own"}
     rlm.close()
+
+
+def test_the_default_cap_on_live_sessions_fits_the_pids_limit(broker, handler):
+    from rlm.environments.docker import TASKS_PER_RUNNER, DockerEnvironment
+
+    for pids_limit, runtime in ((256, None), (4096, None), (256, "runsc"), (64, None)):
+        env = DockerEnvironment(
+            broker=broker, handler=handler, pids_limit=pids_limit, runtime=runtime
+        )
+        assert 1 <= env.max_live_runners * TASKS_PER_RUNNER < pids_limit
+    assert (
+        DockerEnvironment(broker=broker, handler=handler, max_live_runners=3).max_live_runners == 3
+    )

@@ -361,10 +361,12 @@ class DockerEnvironment(SandboxEnvironment):
                 f"{child_sandbox!r}: 'shared' runs every session of the tree in one container, "
                 "'own' gives each session (each child RLM) a container of its own"
             )
-        if max_live_runners is None:
-            max_live_runners = default_max_live_runners(pids_limit, runtime)
-        elif max_live_runners < 1:
+        if max_live_runners is not None and max_live_runners < 1:
             raise ConfigurationError("max_live_runners must be at least 1")
+        if child_sandbox == CHILD_SANDBOX_OWN:
+            kwargs["max_live_runners"] = max_live_runners  # counted per container (base.py)
+        elif max_live_runners is None:
+            max_live_runners = default_max_live_runners(pids_limit, runtime)
         self.child_sandbox = child_sandbox
         self.max_live_runners = max_live_runners
         if child_sandbox == CHILD_SANDBOX_SHARED:

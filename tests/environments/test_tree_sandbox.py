@@ -258,10 +258,30 @@ def test_a_hanging_session_is_killed_alone_while_its_sibling_runs(
         run_sync(broker.aclose_resources())
 
 
-def test_the_tree_caps_its_live_sessions(lm_server, make_rlm, tree_env, container_creates):
+def test_a_session_that_exhausts_the_shared_memory_fails_alone(broker, handler, tree_env):
+    """Past the container's memory cgroup (its rlimit set higher), the OOM killer takes the
+    session that grew, not the fork server nor a sibling: that session is restarted with a
+    note, the sibling keeps its state."""
     name, kwargs = tree_env
     if name != "docker":
-        pytest.skip("the cap on live sessions belongs to the shared container")
+        pytest.skip("the memory cgroup belongs to the container")
+    limits = {"mem_limit": "512m", "memory_mb": 4096, **kwargs}
+    sibling = start_environment(name, broker, handler, **limits)
+    hog = start_environment(name, broker, handler, **limits)
+    try:
+        run(sibling, "kept = 'still here'")
+        result = run(hog, "x = bytearray(2 * 1024**3)\nprint(len(x))", timeout=60)
+        assert result.restarted or "MemoryError" in result.error, result
+        assert run(sibling, "print(kept)").stdout == "still here\n"
+        assert run(hog, "print('back')").stdout == "back\n"
+    finally:
+        run_sync(hog.aclose())
+        run_sync(sibling.aclose())
+        run_sync(broker.aclose_resources())
+
+
+def test_the_tree_caps_its_live_sessions(lm_server, make_rlm, tree_env, container_creates):
+    name, kwargs = tree_env
     plans = {
         f"c{i}": f'answer["content"] = llm_query("c{i}")\nanswer["ready"] = True' for i in range(3)
     }

@@ -426,6 +426,10 @@ def shared_fork_server(python: str, env: Mapping[str, str]) -> ForkServer:
 # ---- the fork server inside a shared sandbox -------------------------------------------------
 
 
+#: Longest line a shared sandbox's fork server writes (an ``E`` line: 4 KiB of stderr, base64).
+MAX_REPORT_LINE = 64 * 1024
+
+
 class StreamForkServer:
     """The host side of a fork server that runs inside a sandbox as its main process
     (``runner.pyz --fork-server-stdio``, see ``runner/forkserver.py`` :func:`serve_stdio`),
@@ -465,6 +469,8 @@ class StreamForkServer:
         """Bytes the server wrote to its stdout."""
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
+        if len(self._buffer) > MAX_REPORT_LINE:  # no report is this long: not the server's
+            self._buffer = b""
         for line in lines:
             self._on_line(line)
 

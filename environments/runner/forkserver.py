@@ -429,6 +429,9 @@ def serve_stdio() -> int:
     killed and it exits, and with it the sandbox.
     """
     signal.signal(signal.SIGTERM, _terminate)
+    # Its stdout is the host's control stream: sessions run as the same user, so without this
+    # a cell could open /proc/<this pid>/fd/1 and forge reports.
+    runner_module.prctl(runner_module.PR_SET_DUMPABLE, 0)
     _set_name(SERVER_NAME)
     subreaper = runner_module.prctl(runner_module.PR_SET_CHILD_SUBREAPER, 1)
     runner_module.preload(os.environ.get(runner_module.PRELOAD_ENV, ""))

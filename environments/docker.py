@@ -209,6 +209,15 @@ class DockerRunnerProcess(RunnerProcess):
         await asyncio.to_thread(self._kill_sync)
 
 
+class SharedRunnerProcess(StreamRunnerProcess):
+    """A runner forked in the tree's shared container."""
+
+    @property
+    def container(self) -> Any:
+        """The tree's container (docker-py object) this runner lives in."""
+        return self.sandbox
+
+
 class SharedContainer:
     """The one container of an RLM tree (``child_sandbox="shared"``): its main process is a
     fork server, and every session of the tree (the root, each child and grandchild) is a runner
@@ -233,7 +242,7 @@ class SharedContainer:
         """A work directory no other session of this container has had."""
         return f"/work/s{next(self._workdirs)}"
 
-    async def runner(self) -> StreamRunnerProcess:
+    async def runner(self) -> SharedRunnerProcess:
         """A runner of this tree's container (forked when its bootstrap is sent)."""
         async with self._lock:
             if self._closed:
@@ -242,7 +251,7 @@ class SharedContainer:
                 await self._replace()
             assert self._current is not None
             container, _socket, server = self._current
-        return StreamRunnerProcess(server, self.startup_timeout, container=container)
+        return SharedRunnerProcess(server, self.startup_timeout, container)
 
     async def _replace(self) -> None:
         if self._current is not None:

@@ -558,16 +558,16 @@ class StreamRunnerProcess(RunnerProcess):
     """A runner forked inside a shared sandbox by its :class:`StreamForkServer`; it is forked
     when its bootstrap is sent (a fork costs a few ms: nothing to start ahead)."""
 
-    def __init__(self, server: StreamForkServer, start_timeout: float, **attributes: Any) -> None:
+    def __init__(self, server: StreamForkServer, start_timeout: float, sandbox: Any = None) -> None:
         self.server = server
+        #: the provider's handle of the shared sandbox (docker: the container), for diagnostics
+        self.sandbox = sandbox
         self.pid: int | None = None
         self._start_timeout = start_timeout
         self._code: int | None = None
         self._ended = asyncio.Event()
         self._stderr = StderrTail()
         self._holds_slot = False
-        for name, value in attributes.items():  # e.g. the container, for diagnostics and tests
-            setattr(self, name, value)
 
     def _exited(self, code: int) -> None:
         if self._code is None:

@@ -240,6 +240,36 @@ class WarmPool:
                 await ready.pop()[1].kill()
 
 
+class RunnerSlots:
+    """A cap on the runners alive at once in one RLM tree (``max_live_runners``): one per
+    tree (a broker resource), taken when a session's runner starts and given back when it is
+    killed. A start that finds none free within its start-up timeout fails, and the child's
+    parent gets the error as a string (waiting for ever could deadlock parents waiting on
+    children)."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ConfigurationError("max_live_runners must be at least 1")
+        self.size = size
+        self._free = asyncio.Semaphore(size)
+
+    async def acquire(self, timeout: float, what: str) -> None:
+        try:
+            await asyncio.wait_for(self._free.acquire(), timeout)
+        except TimeoutError:
+            raise SandboxStartError(
+                f"the RLM tree already runs {self.size} {what} sessions and none ended within "
+                f"{timeout:g}s; raise environment_kwargs['max_live_runners'] or lower "
+                "max_concurrent_subcalls"
+            ) from None
+
+    def release(self) -> None:
+        self._free.release()
+
+    async def aclose(self) -> None:
+        pass
+
+
 def _encode_context(value: Any) -> tuple[int, Any]:
     if isinstance(value, str):
         return pb.TEXT, value
@@ -279,6 +309,7 @@ class SandboxEnvironment(Environment):
         pool_size: int = 0,
         pool_idle_timeout: float = 300.0,
         shell: str = "python",
+        max_live_runners: int | None = None,
     ) -> None:
         if cell_timeout <= 0:
             raise ConfigurationError("cell_timeout must be positive (seconds)")
@@ -305,6 +336,12 @@ class SandboxEnvironment(Environment):
         self._closed = False
         self.startup_seconds = 0.0
         self.pool: WarmPool | None = None
+        self._slots: RunnerSlots | None = None
+        self._holds_slot = False
+        if max_live_runners is not None:
+            self._slots = broker.resource(
+                ("runner-slots", self.name), lambda: RunnerSlots(max_live_runners)
+            )
         if pool_size > 0:
             self.pool = broker.resource(
                 ("pool", self.name, pool_size, pool_idle_timeout),
@@ -381,6 +418,9 @@ class SandboxEnvironment(Environment):
             "shell": self.shell,
             **self._bootstrap_extras(),
         }
+        if self._slots is not None and not self._holds_slot:
+            await self._slots.acquire(self.startup_timeout, self.name)
+            self._holds_slot = True
         try:
             self._process = await self._launch_runner(json.dumps(bootstrap).encode() + b"\n")
         except SandboxDiedError as error:
@@ -419,8 +459,13 @@ class SandboxEnvironment(Environment):
     async def _kill_runner(self) -> None:
         process, self._process = self._process, None
         self._connection = None
-        if process is not None:
-            await process.kill()
+        try:
+            if process is not None:
+                await process.kill()
+        finally:
+            if self._holds_slot and self._slots is not None:
+                self._holds_slot = False
+                self._slots.release()
 
     async def _restart(self) -> None:
         self._restarts += 1

@@ -1,4 +1,4 @@
-"""``docker``: one locked-down container per runner, on a real Docker engine.
+"""``docker``: one locked-down container per RLM tree (or per session), on a real Docker engine.
 
 Secure by default — every relaxation is an explicit ``environment_kwargs`` value:
 
@@ -12,10 +12,17 @@ Secure by default — every relaxation is an explicit ``environment_kwargs`` val
   then talks to gVisor's user-space kernel, not to the host kernel. It needs the runtime
   registered with the engine (``.ci/install-docker.sh`` does it); see ``DockerEnvironment``.
 
-The runner is the container's main process (behind the init), reading its bootstrap line from the
-attached stdin. When the host dies, the runner loses the broker and exits, and ``--rm`` removes the
-container; ``rlm docker gc`` removes anything a killed engine left. Containers are never reused
-across sessions: a warm pool (``pool_size``) keeps runners started and waiting for a bootstrap.
+``child_sandbox="shared"`` (the default): the container's main process (behind the init) is the
+fork server of ``runner/forkserver.py``, spoken to over the attached stdin/stdout, and every
+session of the tree is a runner forked in it with its own process, work directory, rlimits and
+broker session (:class:`SharedContainer`, one per tree, a broker resource). When the host dies the
+attach stream ends, the server kills its runners and exits, and ``--rm`` removes the container.
+
+``child_sandbox="own"``: the runner is the container's main process, reading its bootstrap line
+from the attached stdin; when the host dies it loses the broker and exits. Containers are then
+never reused across sessions: a warm pool (``pool_size``) keeps runners started and waiting.
+
+``rlm docker gc`` removes anything a killed engine left.
 """
 
 from __future__ import annotations
@@ -24,15 +31,20 @@ import asyncio
 import collections
 import contextlib
 import functools
+import itertools
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
+from rlm.broker import cleanup
 from rlm.errors import ConfigurationError, SandboxStartError
 
 from .base import RunnerProcess, SandboxEnvironment
 from .docker_image import DEFAULT_IMAGE, SANDBOX_PYTHON, SANDBOX_UID
+from .forkserver import StreamForkServer, StreamRunnerProcess
 from .runner.bundle import runner_bundle_path
+from .runner.runner import SHARED_HOST_ENV
 
 LABEL = "org.rlm.runner"
 #: Labels: LABEL=1 on every container of ours; the owner's pid and host for `rlm docker gc`.
@@ -43,6 +55,12 @@ BUNDLE_PATH = "/rlm-runner/runner.pyz"
 SOCKET_MOUNT = "/rlm"
 #: The OCI runtime a container was started with ("default": the engine's default runtime).
 RUNTIME_LABEL = "org.rlm.runtime"
+#: How the container is used: ``shared`` (the fork server of one RLM tree) or ``own`` (one runner).
+MODE_LABEL = "org.rlm.child-sandbox"
+#: ``child_sandbox`` values: every session of a tree in one container, or a container each.
+CHILD_SANDBOX_SHARED = "shared"
+CHILD_SANDBOX_OWN = "own"
+CHILD_SANDBOX_MODES = (CHILD_SANDBOX_SHARED, CHILD_SANDBOX_OWN)
 INSTALL_RUNSC = (
     "install gVisor (Debian: apt-get install runsc) and register it with the engine: "
     '/etc/docker/daemon.json {"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": '
@@ -53,6 +71,20 @@ INSTALL_RUNSC = (
 #: (about 40-70 on a 2-CPU host with the runner started, against 12 under runc): at 64 the runner
 #: never starts (gVisor panics creating its first stub thread, exit code 2).
 RUNSC_MIN_PIDS_LIMIT = 128
+#: Tasks (threads) one runner holds in the container's pids cgroup: 11 measured under runc (the
+#: interpreter, gRPC's threads, the runner's reader and orphan watcher), one spare.
+TASKS_PER_RUNNER = 12
+#: pids_limit kept out of the sessions' share: the init and the fork server, plus what cells
+#: start; under gVisor also its own threads (see RUNSC_MIN_PIDS_LIMIT).
+RESERVED_TASKS = {"runsc": 80}
+RESERVED_TASKS_DEFAULT = 16
+
+
+def default_max_live_runners(pids_limit: int, runtime: str | None) -> int:
+    """How many sessions the tree's container holds at once when ``max_live_runners`` is not
+    given: as many as its ``pids_limit`` leaves threads for (20 at the default 256, runc)."""
+    reserved = RESERVED_TASKS.get(runtime or "", RESERVED_TASKS_DEFAULT)
+    return max(1, (pids_limit - reserved) // TASKS_PER_RUNNER)
 
 
 @functools.cache
@@ -111,6 +143,29 @@ def check_runtime(client: Any, runtime: str | None, network: str, pids_limit: in
     _checked_runtimes.add(key)
 
 
+def read_frames(
+    attach_socket: Any, on_stdout: Callable[[bytes], None], on_stderr: Callable[[bytes], None]
+) -> None:
+    """Reads a container's attached stdout/stderr (docker's 8-byte framed stream) until it ends,
+    handing each frame's payload to ``on_stdout`` or ``on_stderr``."""
+    raw = getattr(attach_socket, "_sock", attach_socket)
+    buffer = b""
+    try:
+        while True:
+            data = raw.recv(65536)
+            if not data:
+                break
+            buffer += data
+            while len(buffer) >= 8:
+                size = int.from_bytes(buffer[4:8], "big")
+                if len(buffer) < 8 + size:
+                    break
+                (on_stderr if buffer[0] == 2 else on_stdout)(buffer[8 : 8 + size])
+                buffer = buffer[8 + size :]
+    except OSError:
+        pass
+
+
 class DockerRunnerProcess(RunnerProcess):
     """A container whose main process is the runner."""
 
@@ -122,25 +177,9 @@ class DockerRunnerProcess(RunnerProcess):
         threading.Thread(target=self._drain, daemon=True, name="rlm-docker-drain").start()
 
     def _drain(self) -> None:
-        """Reads the attached stdout/stderr (docker's 8-byte framed stream) until the container
-        ends, keeping the tail of stderr for error messages; then records the exit code."""
-        raw = getattr(self._socket, "_sock", self._socket)
-        buffer = b""
-        try:
-            while True:
-                data = raw.recv(65536)
-                if not data:
-                    break
-                buffer += data
-                while len(buffer) >= 8:
-                    size = int.from_bytes(buffer[4:8], "big")
-                    if len(buffer) < 8 + size:
-                        break
-                    if buffer[0] == 2:
-                        self._stderr.append(buffer[8 : 8 + size][-2000:])
-                    buffer = buffer[8 + size :]
-        except OSError:
-            pass
+        """Reads the attached stream until the container ends, keeping the tail of stderr for
+        error messages; then records the exit code."""
+        read_frames(self._socket, lambda data: None, lambda data: self._stderr.append(data[-2000:]))
         try:
             status = self.container.wait(timeout=10)
             self._exit_code = int(status.get("StatusCode", -1))
@@ -170,6 +209,116 @@ class DockerRunnerProcess(RunnerProcess):
         await asyncio.to_thread(self._kill_sync)
 
 
+class SharedRunnerProcess(StreamRunnerProcess):
+    """A runner forked in the tree's shared container."""
+
+    @property
+    def container(self) -> Any:
+        """The tree's container (docker-py object) this runner lives in."""
+        return self.sandbox
+
+
+class SharedContainer:
+    """The one container of an RLM tree (``child_sandbox="shared"``): its main process is a
+    fork server, and every session of the tree (the root, each child and grandchild) is a runner
+    forked in it, with its own process, work directory, rlimits and broker session. A broker
+    resource: made by the tree's first sandbox, removed when the tree closes. A container that
+    died (OOM of the whole cgroup, a gVisor panic) is replaced by the next session start."""
+
+    close_order = 10  # at exit: after the sessions that use it
+
+    def __init__(self, spec: ContainerSpec, max_runners: int, startup_timeout: float) -> None:
+        self.spec = spec
+        self.max_runners = max_runners
+        self.startup_timeout = startup_timeout
+        self.containers_started = 0
+        self._workdirs = itertools.count(1)
+        self._lock = asyncio.Lock()
+        self._current: tuple[Any, Any, StreamForkServer] | None = None
+        self._stderr: collections.deque[bytes] = collections.deque(maxlen=16)
+        self._closed = False
+
+    def next_workdir(self) -> str:
+        """A work directory no other session of this container has had."""
+        return f"/work/s{next(self._workdirs)}"
+
+    async def runner(self) -> SharedRunnerProcess:
+        """A runner of this tree's container (forked when its bootstrap is sent)."""
+        async with self._lock:
+            if self._closed:
+                raise SandboxStartError("the RLM tree's docker sandbox is closed")
+            if self._current is None or self._current[2].ended is not None:
+                await self._replace()
+            assert self._current is not None
+            container, _socket, server = self._current
+        return SharedRunnerProcess(server, self.startup_timeout, container)
+
+    async def _replace(self) -> None:
+        if self._current is not None:
+            await asyncio.to_thread(self._remove, *self._current[:2])
+            self._current = None
+        if not self.containers_started:
+            cleanup.track(self)
+        client = docker_client()
+        container, attached = await asyncio.to_thread(self.spec.create, client, "tree", shared=True)
+        self.containers_started += 1
+        loop = asyncio.get_running_loop()
+        write_lock = threading.Lock()
+        raw = getattr(attached, "_sock", attached)
+
+        def send(data: bytes) -> None:
+            with write_lock:
+                raw.sendall(data)
+
+        async def write(data: bytes) -> None:
+            await asyncio.to_thread(send, data)
+
+        server = StreamForkServer(write, max_runners=self.max_runners, what="docker")
+        self._current = (container, attached, server)
+
+        def drain() -> None:
+            read_frames(
+                attached,
+                lambda data: loop.call_soon_threadsafe(server.feed, data),
+                lambda data: self._stderr.append(data[-2000:]),
+            )
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to tell
+                loop.call_soon_threadsafe(server.end, self._ended_reason())
+
+        threading.Thread(target=drain, daemon=True, name="rlm-docker-tree").start()
+        try:
+            await asyncio.wait_for(server.ready.wait(), self.startup_timeout)
+        except TimeoutError:
+            server.end("no answer")
+        if server.ended is not None:
+            await asyncio.to_thread(self._remove, container, attached)
+            self._current = None
+            raise SandboxStartError(
+                "the fork server of the tree's docker sandbox did not start"
+                f"{': ' + self._ended_reason() if self._stderr else ''}"
+            )
+
+    def _ended_reason(self) -> str:
+        tail = b"".join(self._stderr).decode("utf-8", "replace").strip()[-1500:]
+        return "the RLM tree's docker sandbox ended" + (f"; its stderr: {tail}" if tail else "")
+
+    @staticmethod
+    def _remove(container: Any, attached: Any) -> None:
+        with contextlib.suppress(Exception):
+            attached.close()
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        cleanup.untrack(self)
+        async with self._lock:
+            current, self._current = self._current, None
+        if current is not None:
+            current[2].end("the RLM tree's docker sandbox was closed")
+            await asyncio.to_thread(self._remove, *current[:2])
+
+
 class DockerEnvironment(SandboxEnvironment):
     """Runs generated code in a hardened container.
 
@@ -179,7 +328,12 @@ class DockerEnvironment(SandboxEnvironment):
     256), ``tmpfs_size`` (default ``"1g"`` for /work), ``read_only`` (default True), ``user``,
     ``volumes`` (extra docker-py volume specs, mounted as given), ``python`` (interpreter path in
     the image), ``runtime`` (the engine's OCI runtime: default None, the engine's default, runc),
-    plus the shared ``pool_size`` / ``pool_idle_timeout`` (keep that many runner
+    ``child_sandbox`` (``"shared"``, the default: every session of the RLM tree is a process
+    forked in the tree's one container; ``"own"``: a container per session, for siblings that
+    must not reach each other), ``max_live_runners`` (sessions alive at once in the shared
+    container, a further one waits up to ``startup_timeout``; default: what ``pids_limit``
+    leaves room for, 20 at the default 256 under runc, see :func:`default_max_live_runners`),
+    plus the shared ``pool_size`` / ``pool_idle_timeout`` (``"own"`` only: keep that many runner
     containers started, shared by every session and child RLM of the tree, closed with it) and
     ``cell_timeout``, ``memory_mb``, ``max_output_chars``, ``max_file_mb``, ``startup_timeout``.
 
@@ -206,10 +360,31 @@ class DockerEnvironment(SandboxEnvironment):
         volumes: dict[str, dict[str, str]] | None = None,
         python: str = SANDBOX_PYTHON,
         runtime: str | None = None,
+        child_sandbox: str = CHILD_SANDBOX_SHARED,
+        max_live_runners: int | None = None,
         **kwargs: Any,
     ) -> None:
+        if child_sandbox not in CHILD_SANDBOX_MODES:
+            raise ConfigurationError(
+                f"child_sandbox must be {' or '.join(map(repr, CHILD_SANDBOX_MODES))}, not "
+                f"{child_sandbox!r}: 'shared' runs every session of the tree in one container, "
+                "'own' gives each session (each child RLM) a container of its own"
+            )
+        if max_live_runners is not None and max_live_runners < 1:
+            raise ConfigurationError("max_live_runners must be at least 1")
+        if child_sandbox == CHILD_SANDBOX_OWN:
+            kwargs["max_live_runners"] = max_live_runners  # counted per container (base.py)
+        elif max_live_runners is None:
+            max_live_runners = default_max_live_runners(pids_limit, runtime)
+        self.child_sandbox = child_sandbox
+        self.max_live_runners = max_live_runners
+        if child_sandbox == CHILD_SANDBOX_SHARED:
+            # Forking a session in the tree's container takes milliseconds: nothing to pool.
+            kwargs.pop("pool_size", None)
+            kwargs.pop("pool_idle_timeout", None)
         kwargs.setdefault("memory_mb", 1536)
         super().__init__(**kwargs)
+        self.tree: SharedContainer | None = None
         if not self.broker.socket_dir:
             raise ConfigurationError(
                 "the docker environment needs the broker on a unix socket (broker_transport='unix')"
@@ -237,17 +412,33 @@ class DockerEnvironment(SandboxEnvironment):
         # not the file mode, is what keeps other processes out.
         os.chmod(self.spec.socket_dir, 0o711)
         os.chmod(os.path.join(self.spec.socket_dir, "broker.sock"), 0o666)
+        if self.child_sandbox == CHILD_SANDBOX_SHARED:
+            key = ("docker-tree", self.spec.key(), self.max_live_runners, self.startup_timeout)
+            self.tree = self.broker.resource(
+                key, lambda: SharedContainer(self.spec, self.max_live_runners, self.startup_timeout)
+            )
 
     def _broker_address(self) -> str:
         return f"unix:{SOCKET_MOUNT}/broker.sock"
 
     def _bootstrap_extras(self) -> dict[str, Any]:
-        return {"workdir": "/work"}
+        if self.tree is None:
+            return {"workdir": "/work"}
+        # A directory of its own in the shared /work (removed when its runner ends); tempfile
+        # goes there too, not to the /tmp every session of the container shares.
+        workdir = self.tree.next_workdir()
+        return {
+            "workdir": workdir,
+            "make_workdir": True,
+            "env": {"HOME": workdir, "TMPDIR": workdir},
+        }
 
-    def pool_key(self) -> tuple[Any, ...]:
-        return self.spec.key()
+    def pool_key(self) -> tuple[Any, ...] | None:
+        return self.spec.key() if self.tree is None else None
 
     async def _spawn_runner(self) -> RunnerProcess:
+        if self.tree is not None:
+            return await self.tree.runner()
         return await asyncio.to_thread(self.spec.start, docker_client(), self.label)
 
     async def _destroy_sandbox(self) -> None:
@@ -263,7 +454,9 @@ class ContainerSpec:
     def key(self) -> tuple[Any, ...]:
         return tuple(sorted((k, repr(v)) for k, v in self.__dict__.items()))
 
-    def run_kwargs(self, label: str) -> dict[str, Any]:
+    def run_kwargs(self, label: str, *, shared: bool = False) -> dict[str, Any]:
+        """docker-py's ``create`` arguments: the container's main process is one runner, or
+        (``shared``) the fork server of a tree's shared sandbox."""
         volumes = {
             self.socket_dir: {"bind": SOCKET_MOUNT, "mode": "ro"},
             str(runner_bundle_path()): {"bind": BUNDLE_PATH, "mode": "ro"},
@@ -271,9 +464,13 @@ class ContainerSpec:
         }
         kwargs: dict[str, Any] = {
             "image": self.image,
-            "command": [self.python, "-I", "-u", BUNDLE_PATH],
+            "command": [self.python, "-I", "-u", BUNDLE_PATH]
+            + (["--fork-server-stdio"] if shared else []),
             "stdin_open": True,
-            "detach": True,
+            # The fork server learns that its host is gone from its stdin's end: docker closes
+            # it when the attached client disconnects only with StdinOnce, which docker-py sets
+            # for a container created with stdin_open and detach=False.
+            "detach": not shared,
             "auto_remove": True,
             "init": True,
             "network_mode": self.network,
@@ -296,6 +493,9 @@ class ContainerSpec:
                 "LANG": "C.UTF-8",
                 "MALLOC_ARENA_MAX": "2",
                 "PATH": "/usr/local/bin:/usr/bin:/bin",
+                # Sessions share the container's user: each runner makes itself non-dumpable
+                # and a subreaper (see runner.contain_process).
+                **({SHARED_HOST_ENV: "1"} if shared else {}),
             },
             "labels": {
                 LABEL: "1",
@@ -303,6 +503,7 @@ class ContainerSpec:
                 OWNER_PID_LABEL: str(os.getpid()),
                 OWNER_HOST_LABEL: os.uname().nodename,
                 RUNTIME_LABEL: self.runtime or "default",
+                MODE_LABEL: CHILD_SANDBOX_SHARED if shared else CHILD_SANDBOX_OWN,
             },
             "volumes": volumes,
         }
@@ -312,8 +513,13 @@ class ContainerSpec:
 
     def start(self, client: Any, label: str) -> DockerRunnerProcess:
         """Creates and starts the container; its runner waits for the bootstrap on stdin."""
+        container, socket = self.create(client, label)
+        return DockerRunnerProcess(container, socket)
+
+    def create(self, client: Any, label: str, *, shared: bool = False) -> tuple[Any, Any]:
+        """Creates and starts the container; returns it with its attached socket."""
         try:
-            container = client.containers.create(**self.run_kwargs(label))
+            container = client.containers.create(**self.run_kwargs(label, shared=shared))
         except Exception as error:
             message = str(error)
             if "No such image" in message or "not found" in message.lower():
@@ -330,7 +536,7 @@ class ContainerSpec:
             with contextlib.suppress(Exception):
                 container.remove(force=True)
             raise SandboxStartError(f"could not start the sandbox container: {error}") from error
-        return DockerRunnerProcess(container, socket)
+        return container, socket
 
 
 def gc(client: Any | None = None, *, all_hosts: bool = False) -> list[str]:

@@ -16,16 +16,19 @@ the new server. Sessions whose runners it had forked lose their runner and resta
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
+import itertools
 import os
 import signal
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from rlm.broker import cleanup
-from rlm.errors import SandboxStartError
+from rlm.errors import ConfigurationError, SandboxStartError
 
 from .base import RunnerProcess
 from .runner.bundle import runner_bundle_path
@@ -418,3 +421,182 @@ def shared_fork_server(python: str, env: Mapping[str, str]) -> ForkServer:
         server = _servers[_key(python, env)] = ForkServer(python, env)
         cleanup.track(server)
     return server
+
+
+# ---- the fork server inside a shared sandbox -------------------------------------------------
+
+
+#: Longest line a shared sandbox's fork server writes (an ``E`` line: 4 KiB of stderr, base64).
+MAX_REPORT_LINE = 64 * 1024
+
+
+class StreamForkServer:
+    """The host side of a fork server that runs inside a sandbox as its main process
+    (``runner.pyz --fork-server-stdio``, see ``runner/forkserver.py`` :func:`serve_stdio`),
+    spoken to over the sandbox's stdin/stdout: one sandbox serves every session of an RLM tree,
+    each in a runner process of its own.
+
+    The transport calls :meth:`feed` with what the server wrote to its stdout and :meth:`end`
+    when that stream ends; ``write`` sends bytes to the server's stdin. At most ``max_runners``
+    runners are alive at once (the tree-wide cap): a further start waits for one to end, up to
+    its start-up timeout.
+    """
+
+    def __init__(
+        self, write: Callable[[bytes], Awaitable[None]], *, max_runners: int, what: str
+    ) -> None:
+        if max_runners < 1:
+            raise ConfigurationError("max_live_runners must be at least 1")
+        self._write = write
+        self.max_runners = max_runners
+        self.what = what
+        self._slots = asyncio.Semaphore(max_runners)
+        self._seq = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[int]] = {}
+        self._children: dict[int, StreamRunnerProcess] = {}
+        self._early_exits: dict[int, int] = {}
+        self._buffer = b""
+        self.ready = asyncio.Event()
+        self.ended: str | None = None
+
+    @property
+    def live_runners(self) -> int:
+        return len(self._children)
+
+    # ---- what the transport calls (on the event loop) --------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Bytes the server wrote to its stdout."""
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        if len(self._buffer) > MAX_REPORT_LINE:  # no report is this long: not the server's
+            self._buffer = b""
+        for line in lines:
+            self._on_line(line)
+
+    def _on_line(self, line: bytes) -> None:
+        kind, *fields = line.split(b" ")
+        try:
+            if kind == b"R":
+                self.ready.set()
+            elif kind == b"P" and len(fields) == 2:
+                future = self._pending.pop(int(fields[0]), None)
+                if future is not None and not future.done():
+                    future.set_result(int(fields[1]))
+            elif kind == b"X" and len(fields) == 2:
+                pid, code = int(fields[0]), int(fields[1])
+                child = self._children.pop(pid, None)
+                if child is None:
+                    self._early_exits[pid] = code
+                else:
+                    child._exited(code)
+            elif kind == b"E" and len(fields) == 2:
+                child = self._children.get(int(fields[0]))
+                if child is not None:
+                    child._stderr.feed(base64.b64decode(fields[1], validate=False))
+        except ValueError:
+            pass  # a garbled line: the sandbox's own stdout is never a runner's, so not ours
+
+    def end(self, reason: str) -> None:
+        """The server's stdout ended (the sandbox is gone): every runner with it."""
+        if self.ended is not None:
+            return
+        self.ended = reason or f"the {self.what} sandbox ended"
+        self.ready.set()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(SandboxStartError(self.ended))
+        self._pending.clear()
+        for child in list(self._children.values()):
+            child._exited(-signal.SIGKILL)
+        self._children.clear()
+
+    # ---- what the runners call -------------------------------------------------------------
+
+    async def _start(self, child: StreamRunnerProcess, bootstrap: bytes, timeout: float) -> int:
+        """Forks ``child``'s runner with ``bootstrap`` on its stdin; returns its pid."""
+        if self.ended is not None:
+            raise SandboxStartError(self.ended)
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout)
+        except TimeoutError:
+            raise SandboxStartError(
+                f"the {self.what} sandbox shared by this RLM tree already runs "
+                f"{self.max_runners} sessions and none ended within {timeout:g}s; raise "
+                "environment_kwargs['max_live_runners'] or lower max_concurrent_subcalls"
+            ) from None
+        child._holds_slot = True
+        seq = next(self._seq)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending[seq] = future
+        try:
+            await self._write(b"S %d " % seq + bootstrap.rstrip(b"\n") + b"\n")
+            pid = await asyncio.wait_for(future, timeout)
+        except BaseException:
+            self._pending.pop(seq, None)
+            child._exited(-signal.SIGKILL)
+            raise
+        if pid < 0:
+            child._exited(-1)
+            raise SandboxStartError(f"the fork server in the {self.what} sandbox could not fork")
+        if pid in self._early_exits:
+            child._exited(self._early_exits.pop(pid))
+        else:
+            self._children[pid] = child
+        return pid
+
+    def _release(self) -> None:
+        self._slots.release()
+
+    async def _kill(self, pid: int) -> None:
+        if self.ended is None and pid in self._children:
+            with contextlib.suppress(Exception):
+                await self._write(b"K %d\n" % pid)
+
+
+class StreamRunnerProcess(RunnerProcess):
+    """A runner forked inside a shared sandbox by its :class:`StreamForkServer`; it is forked
+    when its bootstrap is sent (a fork costs a few ms: nothing to start ahead)."""
+
+    def __init__(self, server: StreamForkServer, start_timeout: float, sandbox: Any = None) -> None:
+        self.server = server
+        #: the provider's handle of the shared sandbox (docker: the container), for diagnostics
+        self.sandbox = sandbox
+        self.pid: int | None = None
+        self._start_timeout = start_timeout
+        self._code: int | None = None
+        self._ended = asyncio.Event()
+        self._stderr = StderrTail()
+        self._holds_slot = False
+
+    def _exited(self, code: int) -> None:
+        if self._code is None:
+            self._code = code
+        self._ended.set()
+        if self._holds_slot:
+            self._holds_slot = False
+            self.server._release()
+
+    async def send_bootstrap(self, bootstrap: bytes) -> None:
+        if self.pid is not None or self._code is not None:
+            raise SandboxStartError("the runner's bootstrap was already sent")
+        self.pid = await self.server._start(self, bootstrap, self._start_timeout)
+
+    def exit_code(self) -> int | None:
+        return self._code
+
+    def diagnostics(self) -> str:
+        return self._stderr.text()
+
+    async def kill(self) -> None:
+        """Kills the runner and everything its cells started (the server kills its tree)."""
+        if self._code is not None:
+            return
+        if self.pid is None:
+            self._exited(-signal.SIGKILL)
+            return
+        await self.server._kill(self.pid)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), KILL_WAIT)
+        if self._code is None:  # the server did not answer: it is gone or stuck
+            self._exited(-signal.SIGKILL)

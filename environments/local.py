@@ -169,7 +169,12 @@ class LocalEnvironment(SandboxEnvironment):
 
     async def _destroy_sandbox(self) -> None:
         if self.workdir and not self._given_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            # Off the event loop: the loop serves every other session of the tree meanwhile
+            # (a profile of a 100-child fan-out found ~1 ms per removal on it).
+            try:
+                await asyncio.to_thread(shutil.rmtree, self.workdir, ignore_errors=True)
+            except RuntimeError:  # at interpreter exit no worker thread can start
+                shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir = None
 
 

@@ -27,6 +27,10 @@ if sys.argv[1:2] == ["--fork-server"]:
     from rlm.environments.runner.forkserver import serve
 
     raise SystemExit(serve(int(sys.argv[2])))
+if sys.argv[1:2] == ["--fork-server-stdio"]:
+    from rlm.environments.runner.forkserver import serve_stdio
+
+    raise SystemExit(serve_stdio())
 from rlm.environments.runner.runner import main
 
 raise SystemExit(main())

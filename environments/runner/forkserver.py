@@ -16,6 +16,9 @@ everything below it. It is a child subreaper (Linux): what a dead runner leaves 
 re-parented to it, and killed. It never starts a thread, so forking it is safe. ``RLM_RUNNER_PRELOAD=ipython`` in its environment makes
 it import IPython first, for runners that will use the ipython shell.
 
+Inside a sandbox shared by a whole RLM tree (docker's default), the same server is the sandbox's
+main process and speaks a line protocol over its stdin/stdout instead: see :func:`serve_stdio`.
+
 This module also holds the process-tree helpers the host uses (:func:`kill_tree`): stdlib only.
 """
 
@@ -286,3 +289,191 @@ def serve(host_pid: int) -> int:
             kill_tree([os.getpid()], spare=[os.getpid()])
         else:
             kill_tree(children)
+
+
+# ---- the fork server of a shared sandbox (a tree's container) -------------------------------
+
+#: Longest control line the in-sandbox server accepts (a bootstrap is well under 1 KiB).
+MAX_CONTROL_LINE = 1 << 20
+#: Bytes of a runner's stderr forwarded per ``E`` line.
+STDERR_CHUNK = 4096
+
+
+class _StdioRunner:
+    """A runner forked by :func:`serve_stdio`: its stderr pipe and the work directory to remove."""
+
+    def __init__(self, pid: int, stderr_fd: int, workdir: str | None) -> None:
+        self.pid = pid
+        self.stderr_fd = stderr_fd
+        self.workdir = workdir
+
+
+def _owned_workdir(bootstrap: bytes) -> str | None:
+    """The session's own work directory, when the bootstrap asks the runner to make it (it is
+    removed when the runner ends); only directories directly below ``/work`` or ``/tmp``."""
+    import json
+
+    try:
+        config = json.loads(bootstrap)
+    except ValueError:
+        return None
+    workdir = config.get("workdir") if isinstance(config, dict) else None
+    if not config.get("make_workdir") or not isinstance(workdir, str):
+        return None
+    parent, name = os.path.split(os.path.normpath(workdir))
+    return workdir if parent in ("/work", "/tmp") and name not in ("", ".", "..") else None
+
+
+def _fork_stdio_runner(bootstrap: bytes) -> _StdioRunner:
+    """Forks a runner whose stdin holds ``bootstrap`` (one line) and whose stderr is a pipe
+    back to this server."""
+    stdin_read, stdin_write = os.pipe()
+    stderr_read, stderr_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        _become_runner(stdin_read, stderr_write)
+    os.close(stdin_read)
+    os.close(stderr_write)
+    try:
+        view = memoryview(bootstrap.rstrip(b"\n") + b"\n")
+        while view:  # one short line: the pipe's buffer takes it whole
+            view = view[os.write(stdin_write, view) :]
+    except OSError:
+        pass  # the runner died at once: its exit is reported
+    finally:
+        os.close(stdin_write)
+    os.set_blocking(stderr_read, False)
+    return _StdioRunner(pid, stderr_read, _owned_workdir(bootstrap))
+
+
+def _forward_stderr(runner: _StdioRunner) -> bool:
+    """Sends what ``runner`` wrote to its stderr as ``E`` lines; False at the pipe's end."""
+    import base64
+
+    try:
+        data = os.read(runner.stderr_fd, STDERR_CHUNK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        data = b""
+    if data:
+        _report(f"E {runner.pid} {base64.b64encode(data).decode()}")
+    return bool(data)
+
+
+def _close_stderr(runner: _StdioRunner, selector: selectors.BaseSelector) -> None:
+    """Forwards what is left in ``runner``'s stderr pipe, then stops watching and closes it."""
+    if runner.stderr_fd < 0:
+        return
+    for _ in range(64):  # bounded: what a runner's cells left behind may still be writing
+        if not _forward_stderr(runner):
+            break
+    with contextlib.suppress(KeyError, ValueError):
+        selector.unregister(runner.stderr_fd)
+    os.close(runner.stderr_fd)
+    runner.stderr_fd = -1
+
+
+def _reap_stdio(runners: dict[int, _StdioRunner], selector: selectors.BaseSelector) -> None:
+    """Reaps every ended child; reports the runners' exits and removes their work directories
+    (other children were adopted: see _sweep)."""
+    import shutil
+
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        runner = runners.pop(pid, None)
+        if runner is not None:
+            _close_stderr(runner, selector)
+            if runner.workdir:
+                shutil.rmtree(runner.workdir, ignore_errors=True)
+            _report(f"X {pid} {os.waitstatus_to_exitcode(status)}")
+
+
+def _control_line(line: bytes, runners: dict[int, _StdioRunner]) -> _StdioRunner | None:
+    """Acts on one host line: ``S <seq> <bootstrap>`` forks a runner (answered ``P <seq> <pid>``),
+    ``K <pid>`` kills one of this server's runners and what its cells started."""
+    kind, _, rest = line.partition(b" ")
+    if kind == b"S":
+        seq, _, bootstrap = rest.partition(b" ")
+        if not seq.isdigit() or not bootstrap.strip():
+            _report(f"P {int(seq) if seq.isdigit() else 0} -1")
+            return None
+        runner = _fork_stdio_runner(bootstrap)
+        runners[runner.pid] = runner
+        _report(f"P {int(seq)} {runner.pid}")
+        return runner
+    if kind == b"K" and rest.strip().isdigit() and int(rest) in runners:
+        kill_tree([int(rest)])
+    return None
+
+
+def serve_stdio() -> int:
+    """The main process of a sandbox shared by one RLM tree (``runner.pyz --fork-server-stdio``).
+
+    The host talks to it over the sandbox's attached stdin/stdout (no descriptors cross the
+    sandbox boundary), one line each:
+
+    - host -> server: ``S <seq> <bootstrap JSON>`` forks a runner for that session (the line
+      becomes the runner's stdin); ``K <pid>`` kills a runner and everything below it.
+    - server -> host: ``P <seq> <pid>`` answers each ``S`` (``-1``: no fork); ``X <pid> <code>``
+      a runner's exit; ``E <pid> <base64>`` what a runner wrote to its stderr.
+
+    Every runner is a new session with its own work directory (``make_workdir`` in its
+    bootstrap: made by the runner, removed here when it ends), rlimits and broker session. When
+    the host closes stdin (or dies: the attach stream ends), everything below this process is
+    killed and it exits, and with it the sandbox.
+    """
+    signal.signal(signal.SIGTERM, _terminate)
+    # Its stdout is the host's control stream: sessions run as the same user, so without this
+    # a cell could open /proc/<this pid>/fd/1 and forge reports.
+    runner_module.prctl(runner_module.PR_SET_DUMPABLE, 0)
+    _set_name(SERVER_NAME)
+    subreaper = runner_module.prctl(runner_module.PR_SET_CHILD_SUBREAPER, 1)
+    runner_module.preload(os.environ.get(runner_module.PRELOAD_ENV, ""))
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    selector = selectors.DefaultSelector()
+    selector.register(0, selectors.EVENT_READ, "control")
+    selector.register(wake_read, selectors.EVENT_READ, "wake")
+    runners: dict[int, _StdioRunner] = {}
+    pending = b""
+    _report("R")  # ready: the host may send fork requests
+    try:
+        while True:
+            for key, _ in selector.select():
+                if key.data == "wake":
+                    os.read(wake_read, 4096)
+                    if _terminated:
+                        return 0
+                    _reap_stdio(runners, selector)
+                    if subreaper:
+                        _sweep(set(runners))
+                    continue
+                if isinstance(key.data, _StdioRunner):
+                    if not _forward_stderr(key.data):
+                        _close_stderr(key.data, selector)
+                    continue
+                data = os.read(0, 65536)
+                if not data:
+                    return 0  # the host is gone: finally kills what is left
+                pending += data
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    runner = _control_line(line, runners)
+                    if runner is not None:
+                        selector.register(runner.stderr_fd, selectors.EVENT_READ, runner)
+                if len(pending) > MAX_CONTROL_LINE:
+                    return 5  # not our host: a bootstrap is never this long
+    finally:
+        if os.path.isdir("/proc/self"):
+            kill_tree([os.getpid()], spare=[os.getpid()])
+        else:
+            kill_tree(list(runners))

@@ -799,6 +799,8 @@ def main() -> int:
         watch_parent(int(config["parent_pid"]))
     os.environ.update(config.get("env") or {})
     if config.get("workdir"):
+        if config.get("make_workdir"):  # a session of a shared sandbox: a directory of its own
+            os.makedirs(config["workdir"], mode=0o700, exist_ok=True)
         os.chdir(config["workdir"])
     try:
         runner = Runner(

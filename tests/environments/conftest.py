@@ -186,3 +186,5 @@ def make_env(
     yield factory
     for env in made:
         run_sync(env.aclose())
+    # The tree's shared resources (docker's one container per tree, warm pools) go with it.
+    run_sync(broker.aclose_resources())

@@ -233,10 +233,13 @@ def test_json_tool_results_roundtrip(make_env, handler):
 def test_warm_pool_gives_fresh_isolated_runners(make_env, env_name, broker):
     if env_name not in ("local", "docker"):
         pytest.skip(f"{env_name} has no warm pool")
-    first = make_env(pool_size=1)
+    # docker pools containers only with a container per session (its default forks sessions
+    # inside the tree's one container: nothing to pool).
+    own = {"child_sandbox": "own"} if env_name == "docker" else {}
+    first = make_env(pool_size=1, **own)
     run_sync(first.pool.fill(first.pool_key(), first._spawn_runner))
     started = time.perf_counter()
-    second = make_env(pool_size=1)
+    second = make_env(pool_size=1, **own)
     acquire = time.perf_counter() - started
     try:
         assert second.pool is first.pool

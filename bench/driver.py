@@ -242,7 +242,38 @@ def cold_start(params: dict) -> dict:
     }
 
 
+def raw_floor(params: dict) -> dict:
+    """The floor of LM fan-out: ``n`` concurrent raw aiohttp POSTs of one chat completion each,
+    from this fresh process to the same server (keep-alive, TCP_NODELAY, no connection limit),
+    after one warm-up request; no sandbox, broker or SDK in the way."""
+    import asyncio
+
+    import aiohttp
+
+    url = params["base_url"].rstrip("/") + "/chat/completions"
+    body = {"model": "bench-model", "messages": [{"role": "user", "content": params["prompt"]}]}
+
+    async def run() -> tuple[float, float]:
+        connector = aiohttp.TCPConnector(limit=0)
+        headers = {"Authorization": "Bearer bench"}
+        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+            async def post() -> None:
+                async with session.post(url, json=body) as response:
+                    response.raise_for_status()
+                    await response.json()
+
+            await post()
+            started, cpu = time.perf_counter(), time.process_time()
+            await asyncio.gather(*(post() for _ in range(params["n"])))
+            return time.perf_counter() - started, time.process_time() - cpu
+
+    seconds, cpu = asyncio.run(run())
+    return {"seconds": seconds, "cpu_seconds": cpu}
+
+
 WORKLOADS = {
+    "raw_floor": raw_floor,
     "iteration_overhead": iteration_overhead,
     "batched": batched,
     "single_call": single_call,

@@ -15,7 +15,7 @@ from . import scripts
 from .measure import DriverError, Measurement, percentile, run_driver
 from .providers import WARM_POOL_KWARGS, Provider
 
-WORKLOADS = ("iteration", "single", "batched", "load", "fanout", "cold")
+WORKLOADS = ("iteration", "single", "batched", "load", "fanout", "children", "cold")
 
 
 @dataclass
@@ -33,6 +33,8 @@ class SuiteConfig:
     fanout_children: int = 16
     fanout_leaf_calls: int = 4
     fanout_leaf_latency: float = 0.05
+    children: int = 100
+    children_latency: float = 0.2
     only: tuple[str, ...] = WORKLOADS
 
     @classmethod
@@ -45,6 +47,7 @@ class SuiteConfig:
             load_sizes=[1_000_000],
             fanout_children=4,
             fanout_leaf_calls=2,
+            children=4,
         )
 
 
@@ -175,6 +178,27 @@ class Suite:
                 x=n,
             )
             self._add(m, results, failures, lambda r: r["cell_seconds"] / latency)
+            self._floor_ratio(n, results, provider)
+
+    def _floor_ratio(self, n: int, results: Results, provider: Provider) -> None:
+        """The batch's cell time over the floor (``n`` raw aiohttp POSTs from a fresh process,
+        ``driver.raw_floor``) measured in the same run, repeat i against floor sample i."""
+        params = {"base_url": self.server.base_url, "n": n, "prompt": scripts.FLOOR_PROMPT}
+        floors = [
+            run_driver(sys.executable, "raw_floor", params)["seconds"]
+            for _ in range(self.config.repeats)
+        ]
+        m = Measurement(
+            f"llm_query_batched({n}) / raw aiohttp floor ({n} POSTs), same run",
+            "× floor",
+            provider.label,
+            note=f"floor {Measurement.summary([f * 1000 for f in floors])} ms",
+        )
+        for system, runs in results.items():
+            ratios = [r["cell_seconds"] / f for r, f in zip(runs, floors, strict=False)]
+            getattr(m, system).extend(ratios)
+        self.measurements.append(m)
+        print(m.row(), file=sys.stderr)
 
     def _load(self, provider: Provider) -> None:
         self.server.set_script(scripts.load_script())
@@ -255,6 +279,33 @@ class Suite:
             failures,
             lambda r: r["cell_seconds"],
         )
+
+    def _children(self, provider: Provider) -> None:
+        c = self.config
+        self.server.set_script(scripts.fanout_script(c.children, 1, c.children_latency))
+        params = {"max_concurrent_subcalls": c.children}
+        results, failures = self._collect("children", params, provider)
+        for system, runs in results.items():
+            wrong = [r["children_ok"] for r in runs if r["children_ok"] != c.children]
+            if wrong:
+                failures[system] = f"{system}: only {wrong[0]}/{c.children} children answered"
+        title = (
+            f"{c.children} rlm_query_batched children × one "
+            f"{c.children_latency * 1000:g} ms llm_query"
+        )
+        setting = f"max_depth=2, max_concurrent_subcalls={c.children}"
+        rows = [
+            ("wall time of the batch", "s", "cell_seconds", f"{setting}; ideal ~0.2 s"),
+            ("sandboxes created", "count", "sandboxes", "ours: SandboxEnvironment starts"),
+            ("host threads at peak", "count", "peak_threads", "driver process, /proc Threads"),
+        ]
+        for label, unit, key, note in rows:
+            self._add(
+                Measurement(f"{title}: {label}", unit, provider.label, note=note),
+                {s: runs for s, runs in results.items() if key != "sandboxes" or s == "ours"},
+                dict(failures),
+                lambda r, key=key: r[key],
+            )
 
     def _cold(self, provider: Provider) -> None:
         self.server.set_script(scripts.finish_script())

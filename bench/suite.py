@@ -74,9 +74,14 @@ class Suite:
     # ---- plumbing ------------------------------------------------------------------------------
 
     def _collect(
-        self, workload: str, params: dict[str, Any], provider: Provider
+        self,
+        workload: str,
+        params: dict[str, Any],
+        provider: Provider,
+        after_each: Callable[[], None] | None = None,
     ) -> tuple[Results, dict[str, str]]:
-        """Driver results per system (the reference runs only in ``local``), and failures."""
+        """Driver results per system (the reference runs only in ``local``), and failures.
+        ``after_each`` runs after each of our repeats (a paired measurement, same conditions)."""
         results: Results = {}
         failures: dict[str, str] = {}
         for system, python in self.systems.items():
@@ -88,9 +93,11 @@ class Suite:
                 "environment": provider.name,
             }
             try:
-                results[system] = [
-                    run_driver(python, workload, params_for) for _ in range(self.config.repeats)
-                ]
+                results[system] = []
+                for _ in range(self.config.repeats):
+                    results[system].append(run_driver(python, workload, params_for))
+                    if after_each is not None and system == "ours":
+                        after_each()
             except DriverError as error:
                 if system == "ours" and provider.name == "local":
                     raise  # our own local run failing is a bug, not a data point
@@ -169,7 +176,13 @@ class Suite:
         latency = self.config.latency
         for n in self.config.batch_sizes:
             self.server.set_script(scripts.batched_script(n, latency))
-            results, failures = self._collect("batched", {}, provider)
+            floors: list[float] = []
+            params = {"base_url": self.server.base_url, "n": n, "prompt": scripts.FLOOR_PROMPT}
+
+            def floor(params: dict[str, Any] = params, floors: list[float] = floors) -> None:
+                floors.append(run_driver(sys.executable, "raw_floor", params)["seconds"])
+
+            results, failures = self._collect("batched", {}, provider, after_each=floor)
             m = Measurement(
                 f"llm_query_batched({n}), {latency * 1000:g} ms LM",
                 "× one call",
@@ -178,25 +191,26 @@ class Suite:
                 x=n,
             )
             self._add(m, results, failures, lambda r: r["cell_seconds"] / latency)
-            self._floor_ratio(n, results, provider)
+            self._floor_ratio(n, results, floors, provider)
 
-    def _floor_ratio(self, n: int, results: Results, provider: Provider) -> None:
+    def _floor_ratio(
+        self, n: int, results: Results, floors: list[float], provider: Provider
+    ) -> None:
         """The batch's cell time over the floor (``n`` raw aiohttp POSTs from a fresh process,
-        ``driver.raw_floor``) measured in the same run, repeat i against floor sample i."""
-        params = {"base_url": self.server.base_url, "n": n, "prompt": scripts.FLOOR_PROMPT}
-        floors = [
-            run_driver(sys.executable, "raw_floor", params)["seconds"]
-            for _ in range(self.config.repeats)
-        ]
+        ``driver.raw_floor``), each of our repeats against the floor sample taken right after
+        it; the reference's against the median floor."""
         m = Measurement(
             f"llm_query_batched({n}) / raw aiohttp floor ({n} POSTs), same run",
             "× floor",
             provider.label,
-            note=f"floor {Measurement.summary([f * 1000 for f in floors])} ms",
+            note=f"floor {Measurement.summary([f * 1000 for f in floors])} ms" if floors else "",
         )
         for system, runs in results.items():
-            ratios = [r["cell_seconds"] / f for r, f in zip(runs, floors, strict=False)]
-            getattr(m, system).extend(ratios)
+            if system == "ours":
+                pairs = zip(runs, floors, strict=False)
+            else:
+                pairs = ((r, statistics.median(floors)) for r in runs if floors)
+            getattr(m, system).extend(r["cell_seconds"] / f for r, f in pairs)
         self.measurements.append(m)
         print(m.row(), file=sys.stderr)
 

@@ -255,3 +255,26 @@ def test_llm_query_batched_in_a_sandbox_uses_one_stream(make_rlm, lm_server, mon
     assert result.response == "|".join(f"answer to item {i}" for i in range(12))
     assert calls == ["batch"]
     assert unary == []
+
+
+def test_a_cell_interrupted_in_a_batch_cancels_the_stream_and_the_repl_goes_on(broker):
+    """The local sandbox's cell times out while every item waits: the runner cancels its
+    stream, the broker cancels the items and releases their bytes, and the state survives."""
+    from rlm.environments import environment_class
+
+    env = environment_class("local")(broker=broker.server, handler=broker.handler, label="t")
+    run_sync(env.start())
+    try:
+        run_sync(env.execute("kept = 'yes'"))
+        code = "res = llm_query_batched(['wait:%d' % i for i in range(5)])"
+        result = run_sync(env.execute(code, timeout=1.0))
+        assert result.interrupted and "TimeoutError" in result.error
+        for _ in range(500):
+            if len(broker.handler.cancelled) == 5:
+                break
+            threading.Event().wait(0.01)
+        assert sorted(broker.handler.cancelled) == [f"wait:{i}" for i in range(5)]
+        assert broker.server.bytes_in_flight == 0
+        assert run_sync(env.execute("print(kept)")).stdout == "yes\n"
+    finally:
+        run_sync(env.aclose())

@@ -278,3 +278,37 @@ def test_a_cell_interrupted_in_a_batch_cancels_the_stream_and_the_repl_goes_on(b
         assert run_sync(env.execute("print(kept)")).stdout == "yes\n"
     finally:
         run_sync(env.aclose())
+
+
+def test_a_batch_driven_directly_from_the_sandbox_stays_within_the_budget(make_rlm, lm_server):
+    """Sandbox code that skips the helpers and writes 300 items on the session's own
+    CompleteBatch stream still gets only what max_budget allows: each item reserves its worst
+    case before it is sent, as a unary call does."""
+
+    def script(request: RecordedRequest) -> Reply | str:
+        if request.model == "sub-model":
+            return Reply("ok", output_tokens=100, input_tokens=7)  # $0.01 each
+        if not any(m.get("role") == "assistant" for m in request.messages):
+            return (
+                "```repl\nfrom rlm.protos import rlm_sandbox_pb2 as pb\n"
+                "stub = llm_query.__self__._stub\n"
+                "calls = [pb.BatchCall(complete=pb.CompleteRequest(prompt='q'))] * 300\n"
+                "codes = [r.code for r in stub.CompleteBatch(iter(calls), timeout=60)]\n"
+                "print(len(codes), sum(c == 0 for c in codes))\n```"
+            )
+        return '```repl\nanswer["content"] = "done"\nanswer["ready"] = True\n```'
+
+    lm_server.set_script(script)
+    rlm = make_rlm(
+        backend_kwargs={"price_per_million": (0.0, 0.0)},
+        other_backends=["openai"],
+        other_backend_kwargs=[
+            {"model_name": "sub-model", "base_url": lm_server.base_url, "api_key": "k",
+             "price_per_million": (0.0, 100.0)}
+        ],
+        max_budget=0.05,
+        max_iterations=3,
+    )  # fmt: skip
+    with pytest.raises(BudgetExceededError):
+        rlm.completion("context")
+    assert len([r for r in lm_server.requests if r.model == "sub-model"]) == 5

@@ -198,6 +198,65 @@ def fanout(params: dict) -> dict:
     return {"cell_seconds": outcome["elapsed"], "children_ok": outcome["ok"], "seconds": total}
 
 
+class PeakThreads:
+    """Polls this process's OS thread count (``Threads:`` in ``/proc/self/status``: Python
+    threads and the C threads of gRPC and the SDKs alike) and keeps the peak."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> PeakThreads:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        while True:
+            with open("/proc/self/status") as handle:
+                for line in handle:
+                    if line.startswith("Threads:"):
+                        self.peak = max(self.peak, int(line.split()[1]))
+            if self._stop.wait(self.interval):
+                return
+
+
+def children(params: dict) -> dict:
+    """Depth 2: the root's cell runs ``rlm_query_batched`` over many children, each making one
+    ``llm_query`` (see ``bench/scripts.py:fanout_script``); also counts the sandboxes our side
+    started and the host process's peak thread count."""
+    starts = _record_sandbox_starts()
+    try:
+        from rlm.environments.base import SandboxEnvironment  # noqa: F401  (ours only)
+
+        ours = True
+    except ImportError:
+        ours = False
+    rlm = make_rlm(
+        params,
+        max_depth=2,
+        max_iterations=3,
+        max_concurrent_subcalls=params.get("max_concurrent_subcalls", 16),
+    )
+    try:
+        with PeakThreads() as threads:
+            result = rlm.completion("children context", root_prompt="FANOUT-ROOT")
+    finally:
+        close(rlm)
+    outcome = json.loads(result.response)
+    return {
+        "cell_seconds": outcome["elapsed"],
+        "children_ok": outcome["ok"],
+        "sandboxes": len(starts) if ours else None,
+        "peak_threads": threads.peak,
+    }
+
+
 def _record_sandbox_starts() -> list[float]:
     """Our SandboxEnvironment records `startup_seconds`; collect them (no-op for the reference)."""
     starts: list[float] = []
@@ -242,12 +301,44 @@ def cold_start(params: dict) -> dict:
     }
 
 
+def raw_floor(params: dict) -> dict:
+    """The floor of LM fan-out: ``n`` concurrent raw aiohttp POSTs of one chat completion each,
+    from this fresh process to the same server (keep-alive, TCP_NODELAY, no connection limit),
+    after one warm-up request; no sandbox, broker or SDK in the way."""
+    import asyncio
+
+    import aiohttp
+
+    url = params["base_url"].rstrip("/") + "/chat/completions"
+    body = {"model": "bench-model", "messages": [{"role": "user", "content": params["prompt"]}]}
+
+    async def run() -> tuple[float, float]:
+        connector = aiohttp.TCPConnector(limit=0)
+        headers = {"Authorization": "Bearer bench"}
+        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+            async def post() -> None:
+                async with session.post(url, json=body) as response:
+                    response.raise_for_status()
+                    await response.json()
+
+            await post()
+            started, cpu = time.perf_counter(), time.process_time()
+            await asyncio.gather(*(post() for _ in range(params["n"])))
+            return time.perf_counter() - started, time.process_time() - cpu
+
+    seconds, cpu = asyncio.run(run())
+    return {"seconds": seconds, "cpu_seconds": cpu}
+
+
 WORKLOADS = {
+    "raw_floor": raw_floor,
     "iteration_overhead": iteration_overhead,
     "batched": batched,
     "single_call": single_call,
     "context_load": context_load,
     "fanout": fanout,
+    "children": children,
     "cold_start": cold_start,
 }
 

@@ -59,6 +59,10 @@ def batched_script(n: int, latency: float) -> Script:
     return script
 
 
+FLOOR_PROMPT = "SUBCALL floor"
+"""What the raw floor's POSTs send: answered like a batched sub-call (``batched_script``)."""
+
+
 def single_call_script(repeats: int) -> Script:
     """One cell times ``repeats`` sequential ``llm_query`` round trips against a 0 ms LM."""
     code = (

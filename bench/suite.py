@@ -15,7 +15,7 @@ from . import scripts
 from .measure import DriverError, Measurement, percentile, run_driver
 from .providers import WARM_POOL_KWARGS, Provider
 
-WORKLOADS = ("iteration", "single", "batched", "load", "fanout", "cold")
+WORKLOADS = ("iteration", "single", "batched", "load", "fanout", "children", "cold")
 
 
 @dataclass
@@ -33,6 +33,8 @@ class SuiteConfig:
     fanout_children: int = 16
     fanout_leaf_calls: int = 4
     fanout_leaf_latency: float = 0.05
+    children: int = 100
+    children_latency: float = 0.2
     only: tuple[str, ...] = WORKLOADS
 
     @classmethod
@@ -45,6 +47,7 @@ class SuiteConfig:
             load_sizes=[1_000_000],
             fanout_children=4,
             fanout_leaf_calls=2,
+            children=4,
         )
 
 
@@ -71,9 +74,14 @@ class Suite:
     # ---- plumbing ------------------------------------------------------------------------------
 
     def _collect(
-        self, workload: str, params: dict[str, Any], provider: Provider
+        self,
+        workload: str,
+        params: dict[str, Any],
+        provider: Provider,
+        after_each: Callable[[], None] | None = None,
     ) -> tuple[Results, dict[str, str]]:
-        """Driver results per system (the reference runs only in ``local``), and failures."""
+        """Driver results per system (the reference runs only in ``local``), and failures.
+        ``after_each`` runs after each of our repeats (a paired measurement, same conditions)."""
         results: Results = {}
         failures: dict[str, str] = {}
         for system, python in self.systems.items():
@@ -85,9 +93,11 @@ class Suite:
                 "environment": provider.name,
             }
             try:
-                results[system] = [
-                    run_driver(python, workload, params_for) for _ in range(self.config.repeats)
-                ]
+                results[system] = []
+                for _ in range(self.config.repeats):
+                    results[system].append(run_driver(python, workload, params_for))
+                    if after_each is not None and system == "ours":
+                        after_each()
             except DriverError as error:
                 if system == "ours" and provider.name == "local":
                     raise  # our own local run failing is a bug, not a data point
@@ -166,7 +176,13 @@ class Suite:
         latency = self.config.latency
         for n in self.config.batch_sizes:
             self.server.set_script(scripts.batched_script(n, latency))
-            results, failures = self._collect("batched", {}, provider)
+            floors: list[float] = []
+            params = {"base_url": self.server.base_url, "n": n, "prompt": scripts.FLOOR_PROMPT}
+
+            def floor(params: dict[str, Any] = params, floors: list[float] = floors) -> None:
+                floors.append(run_driver(sys.executable, "raw_floor", params)["seconds"])
+
+            results, failures = self._collect("batched", {}, provider, after_each=floor)
             m = Measurement(
                 f"llm_query_batched({n}), {latency * 1000:g} ms LM",
                 "× one call",
@@ -175,6 +191,28 @@ class Suite:
                 x=n,
             )
             self._add(m, results, failures, lambda r: r["cell_seconds"] / latency)
+            self._floor_ratio(n, results, floors, provider)
+
+    def _floor_ratio(
+        self, n: int, results: Results, floors: list[float], provider: Provider
+    ) -> None:
+        """The batch's cell time over the floor (``n`` raw aiohttp POSTs from a fresh process,
+        ``driver.raw_floor``), each of our repeats against the floor sample taken right after
+        it; the reference's against the median floor."""
+        m = Measurement(
+            f"llm_query_batched({n}) / raw aiohttp floor ({n} POSTs), same run",
+            "× floor",
+            provider.label,
+            note=f"floor {Measurement.summary([f * 1000 for f in floors])} ms" if floors else "",
+        )
+        for system, runs in results.items():
+            if system == "ours":
+                pairs = zip(runs, floors, strict=False)
+            else:
+                pairs = ((r, statistics.median(floors)) for r in runs if floors)
+            getattr(m, system).extend(r["cell_seconds"] / f for r, f in pairs)
+        self.measurements.append(m)
+        print(m.row(), file=sys.stderr)
 
     def _load(self, provider: Provider) -> None:
         self.server.set_script(scripts.load_script())
@@ -255,6 +293,33 @@ class Suite:
             failures,
             lambda r: r["cell_seconds"],
         )
+
+    def _children(self, provider: Provider) -> None:
+        c = self.config
+        self.server.set_script(scripts.fanout_script(c.children, 1, c.children_latency))
+        params = {"max_concurrent_subcalls": c.children}
+        results, failures = self._collect("children", params, provider)
+        for system, runs in results.items():
+            wrong = [r["children_ok"] for r in runs if r["children_ok"] != c.children]
+            if wrong:
+                failures[system] = f"{system}: only {wrong[0]}/{c.children} children answered"
+        title = (
+            f"{c.children} rlm_query_batched children × one "
+            f"{c.children_latency * 1000:g} ms llm_query"
+        )
+        setting = f"max_depth=2, max_concurrent_subcalls={c.children}"
+        rows = [
+            ("wall time of the batch", "s", "cell_seconds", f"{setting}; ideal ~0.2 s"),
+            ("sandboxes created", "count", "sandboxes", "ours: SandboxEnvironment starts"),
+            ("host threads at peak", "count", "peak_threads", "driver process, /proc Threads"),
+        ]
+        for label, unit, key, note in rows:
+            self._add(
+                Measurement(f"{title}: {label}", unit, provider.label, note=note),
+                {s: runs for s, runs in results.items() if key != "sandboxes" or s == "ours"},
+                dict(failures),
+                lambda r, key=key: r[key],
+            )
 
     def _cold(self, provider: Provider) -> None:
         self.server.set_script(scripts.finish_script())

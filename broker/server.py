@@ -38,6 +38,10 @@ would pass it is refused at once (the sandbox's ``llm_query`` gets an "Error: ..
 sandbox code cannot make the host hold an unbounded amount of memory."""
 MAX_CONCURRENT_STREAMS = 256
 """Calls one runner connection may have open at once; more wait on the runner's side."""
+MAX_BATCH_ITEMS_HELD = MAX_CONCURRENT_STREAMS
+"""Items of one ``CompleteBatch`` stream the broker holds at once (running, or finished and not
+yet written back); it reads the next item only when one is written, so a huge batch waits in the
+runner (gRPC flow control), not in host memory, and a runner that stops reading stalls itself."""
 
 
 class SessionHandler(Protocol):
@@ -155,6 +159,13 @@ class _Servicer(pb_grpc.BrokerServicer):
         finally:
             connection._close()
 
+    def _refusal(self) -> str:
+        return (
+            f"the host already holds {self._server.bytes_in_flight / MIB:.0f} MiB of "
+            f"sub-call requests (limit {self._server.max_bytes_in_flight / MIB:.0f} MiB); "
+            "make fewer or smaller calls at once"
+        )
+
     async def _answer(
         self,
         context: grpc.aio.ServicerContext,
@@ -164,12 +175,7 @@ class _Servicer(pb_grpc.BrokerServicer):
         session = await self._session(context)
         size = request.ByteSize()
         if not self._server.admit(size):
-            await context.abort(
-                grpc.StatusCode.ABORTED,
-                f"the host already holds {self._server.bytes_in_flight / MIB:.0f} MiB of "
-                f"sub-call requests (limit {self._server.max_bytes_in_flight / MIB:.0f} MiB); "
-                "make fewer or smaller calls at once",
-            )
+            await context.abort(grpc.StatusCode.ABORTED, self._refusal())
         try:
             return await call(session.handler)
         except asyncio.CancelledError:
@@ -188,6 +194,97 @@ class _Servicer(pb_grpc.BrokerServicer):
 
     async def CallTool(self, request, context):
         return await self._answer(context, request, lambda h: h.call_tool(request))
+
+    async def CompleteBatch(self, request_iterator, context):
+        session = await self._session(context)
+        batch = _Batch(self._server, session.handler, self._refusal)
+        await batch.serve(context)
+
+
+class _Batch:
+    """One ``CompleteBatch`` stream: reads items, runs each as its own task (the same handler
+    calls, limits and budget reservations as the unary RPCs), writes results as they finish.
+
+    Each item is admitted against the bytes-in-flight cap when it is read, exactly as a unary
+    call is; a refused item gets its ABORTED result at once and the batch goes on.
+    """
+
+    def __init__(
+        self, server: BrokerServer, handler: SessionHandler, refusal: Callable[[], str]
+    ) -> None:
+        self._server = server
+        self._handler = handler
+        self._refusal = refusal
+        self._held = asyncio.Semaphore(MAX_BATCH_ITEMS_HELD)
+        self._results: asyncio.Queue[pb.BatchResult | None] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._read = 0
+
+    async def serve(self, context: grpc.aio.ServicerContext) -> None:
+        reader = asyncio.create_task(self._read_items(context))
+        written = 0
+        reading = True
+        try:
+            while reading or written < self._read:
+                result = await self._results.get()
+                if result is None:  # the reader is done
+                    reading = False
+                    await reader  # re-raises what broke the request stream
+                    continue
+                await context.write(result)
+                written += 1
+                self._held.release()
+        finally:
+            reader.cancel()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(reader, *self._tasks, return_exceptions=True)
+
+    async def _read_items(self, context: grpc.aio.ServicerContext) -> None:
+        try:
+            while True:
+                await self._held.acquire()
+                call = await context.read()
+                if call is grpc.aio.EOF:
+                    return
+                index, self._read = self._read, self._read + 1
+                size = call.ByteSize()
+                if not self._server.admit(size):
+                    code = grpc.StatusCode.ABORTED.value[0]
+                    self._results.put_nowait(
+                        pb.BatchResult(index=index, code=code, details=self._refusal())
+                    )
+                    continue
+                task = asyncio.create_task(self._run(index, call, size))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            self._results.put_nowait(None)
+
+    async def _run(self, index: int, call: pb.BatchCall, size: int) -> None:
+        try:
+            result = await self._outcome(call)
+        finally:
+            self._server.release(size)
+        result.index = index
+        self._results.put_nowait(result)
+
+    async def _outcome(self, call: pb.BatchCall) -> pb.BatchResult:
+        kind = call.WhichOneof("kind")
+        try:
+            if kind == "complete":
+                reply = await self._handler.complete(call.complete)
+            elif kind == "subcall":
+                reply = await self._handler.subcall(call.subcall)
+            else:
+                code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                return pb.BatchResult(code=code, details="a batch item must be complete or subcall")
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            code, details = _status_for(error)
+            return pb.BatchResult(code=code.value[0], details=details)
+        return pb.BatchResult(reply=reply)
 
 
 class BrokerServer:

@@ -168,6 +168,26 @@ class CompleteReply(_message.Message):
     cost: float
     def __init__(self, text: _Optional[str] = ..., model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cost: _Optional[float] = ...) -> None: ...
 
+class BatchCall(_message.Message):
+    __slots__ = ("complete", "subcall")
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    SUBCALL_FIELD_NUMBER: _ClassVar[int]
+    complete: CompleteRequest
+    subcall: SubcallRequest
+    def __init__(self, complete: _Optional[_Union[CompleteRequest, _Mapping]] = ..., subcall: _Optional[_Union[SubcallRequest, _Mapping]] = ...) -> None: ...
+
+class BatchResult(_message.Message):
+    __slots__ = ("index", "reply", "code", "details")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    reply: CompleteReply
+    code: int
+    details: str
+    def __init__(self, index: _Optional[int] = ..., reply: _Optional[_Union[CompleteReply, _Mapping]] = ..., code: _Optional[int] = ..., details: _Optional[str] = ...) -> None: ...
+
 class SubcallRequest(_message.Message):
     __slots__ = ("prompt", "model", "cell_id")
     PROMPT_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class BrokerStub:
                 request_serializer=rlm_dot_protos_dot_rlm__sandbox__pb2.CompleteRequest.SerializeToString,
                 response_deserializer=rlm_dot_protos_dot_rlm__sandbox__pb2.CompleteReply.FromString,
                 _registered_method=True)
+        self.CompleteBatch = channel.stream_stream(
+                '/rlm.v1.Broker/CompleteBatch',
+                request_serializer=rlm_dot_protos_dot_rlm__sandbox__pb2.BatchCall.SerializeToString,
+                response_deserializer=rlm_dot_protos_dot_rlm__sandbox__pb2.BatchResult.FromString,
+                _registered_method=True)
         self.Subcall = channel.unary_unary(
                 '/rlm.v1.Broker/Subcall',
                 request_serializer=rlm_dot_protos_dot_rlm__sandbox__pb2.SubcallRequest.SerializeToString,
@@ -67,7 +72,16 @@ class BrokerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Complete(self, request, context):
-        """One plain sub-LM call (llm_query). Batches are many concurrent Complete calls.
+        """One plain sub-LM call (llm_query).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteBatch(self, request_iterator, context):
+        """A batch (llm_query_batched / rlm_query_batched) on one stream: the runner writes the items,
+        the broker starts each as it reads it (admitted against its caps one by one) and writes
+        each result back, tagged with the item's position, as soon as it finishes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,6 +113,11 @@ def add_BrokerServicer_to_server(servicer, server):
                     servicer.Complete,
                     request_deserializer=rlm_dot_protos_dot_rlm__sandbox__pb2.CompleteRequest.FromString,
                     response_serializer=rlm_dot_protos_dot_rlm__sandbox__pb2.CompleteReply.SerializeToString,
+            ),
+            'CompleteBatch': grpc.stream_stream_rpc_method_handler(
+                    servicer.CompleteBatch,
+                    request_deserializer=rlm_dot_protos_dot_rlm__sandbox__pb2.BatchCall.FromString,
+                    response_serializer=rlm_dot_protos_dot_rlm__sandbox__pb2.BatchResult.SerializeToString,
             ),
             'Subcall': grpc.unary_unary_rpc_method_handler(
                     servicer.Subcall,
@@ -165,6 +184,33 @@ class Broker:
             '/rlm.v1.Broker/Complete',
             rlm_dot_protos_dot_rlm__sandbox__pb2.CompleteRequest.SerializeToString,
             rlm_dot_protos_dot_rlm__sandbox__pb2.CompleteReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteBatch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/rlm.v1.Broker/CompleteBatch',
+            rlm_dot_protos_dot_rlm__sandbox__pb2.BatchCall.SerializeToString,
+            rlm_dot_protos_dot_rlm__sandbox__pb2.BatchResult.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,10 +63,14 @@ EXPECTED_ROWS = [
     "llm_query round trip, 0 ms LM (p50 of 50)",
     "llm_query round trip, 0 ms LM (p99 of 50)",
     "llm_query_batched(8), 200 ms LM",
+    "llm_query_batched(8) / raw aiohttp floor (8 POSTs), same run",
     "context 1M chars: load + first cell",
     "context 1M chars: peak host RSS",
     "context 1M chars: runner peak RSS (child VmHWM)",
     "depth-2 fan-out: 4 rlm_query children × 2 llm_query (50 ms LM)",
+    "4 rlm_query_batched children × one 200 ms llm_query: wall time of the batch",
+    "4 rlm_query_batched children × one 200 ms llm_query: sandboxes created",
+    "4 rlm_query_batched children × one 200 ms llm_query: host threads at peak",
     "cold start: RLM() + first 1-iteration completion, 0 ms LM",
     "sandbox start (`startup_seconds` of the first sandbox)",
 ]
@@ -86,6 +90,12 @@ def test_quick_bench_writes_every_row(quick_run: pathlib.Path) -> None:
     assert "failed" not in fanout["note"] and "only" not in fanout["note"]
     # llm_query_batched(8) at 200 ms: concurrent, so well under 8 sequential calls
     assert rows["llm_query_batched(8), 200 ms LM"]["ours"][0] < 4
+    floor = rows["llm_query_batched(8) / raw aiohttp floor (8 POSTs), same run"]
+    assert floor["unit"] == "× floor" and re.match(r"floor \d", floor["note"])
+    children = "4 rlm_query_batched children × one 200 ms llm_query: "
+    assert "only" not in rows[children + "wall time of the batch"]["note"]
+    assert rows[children + "sandboxes created"]["ours"][0] >= 1
+    assert rows[children + "host threads at peak"]["ours"][0] >= 2
 
 
 def test_quick_bench_lists_skipped_providers(quick_run: pathlib.Path) -> None:

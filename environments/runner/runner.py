@@ -61,6 +61,9 @@ IPYTHON_MISSING = (
 )
 
 
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
 class BudgetExhausted(BaseException):
     """A limit of the whole RLM tree is spent. A BaseException so ``except Exception`` in
     generated code cannot swallow it: the cell stops and the run ends."""
@@ -389,8 +392,8 @@ class Runner:
 
     def llm_query_batched(self, prompts: list[str], model: str | None = None) -> list[str]:
         """Many LM calls at once; a failed item becomes the string 'Error: ...'."""
-        requests = [self._complete_request(p, model) for p in prompts]
-        return self._gather(self._stub.Complete, requests)
+        calls = [pb.BatchCall(complete=self._complete_request(p, model)) for p in prompts]
+        return self._batch(calls)
 
     def rlm_query(self, prompt: str, model: str | None = None) -> str:
         """A child RLM whose context is ``prompt``; a plain LM call at max_depth."""
@@ -403,26 +406,50 @@ class Runner:
 
     def rlm_query_batched(self, prompts: list[str], model: str | None = None) -> list[str]:
         """Many child RLMs at once; a failed item becomes the string 'Error: ...'."""
-        requests = [
-            pb.SubcallRequest(prompt=p, model=model or "", cell_id=self._cell_id) for p in prompts
+        calls = [
+            pb.BatchCall(
+                subcall=pb.SubcallRequest(prompt=p, model=model or "", cell_id=self._cell_id)
+            )
+            for p in prompts
         ]
-        return self._gather(self._stub.Subcall, requests)
+        return self._batch(calls)
 
-    def _gather(self, method: Any, requests: list[Any]) -> list[str]:
-        timeout = self._timeout()
-        futures = [method.future(r, timeout=timeout) for r in requests]
-        results: list[str] = []
+    def _batch(self, calls: list[pb.BatchCall]) -> list[str]:
+        """Sends ``calls`` on one ``CompleteBatch`` stream and collects the results by index.
+
+        A spent limit or a vanished broker raises as for one call (and cancels the rest); any
+        other failure of an item, or of the stream, becomes that item's "Error: ..." string.
+        """
+        if not calls:
+            return []
+        results: list[str | None] = [None] * len(calls)
+        stream = self._stub.CompleteBatch(iter(calls), timeout=self._timeout())
         try:
-            for future in futures:
-                try:
-                    results.append(future.result().text)
-                except grpc.RpcError as error:
-                    results.append(self._error_text(error))
+            for item in stream:
+                if item.index < len(results):
+                    results[item.index] = (
+                        item.reply.text if item.code == 0 else self._item_error(item)
+                    )
+        except grpc.RpcError as error:
+            failed = self._error_text(error)
+            return [failed if text is None else text for text in results]
         except BaseException:
-            for future in futures:
-                future.cancel()
+            stream.cancel()
             raise
-        return results
+        missing = "Error: the broker ended the batch without a result for this item"
+        return [missing if text is None else text for text in results]
+
+    def _item_error(self, item: pb.BatchResult) -> str:
+        """A failed batch item as the string the model gets back; raises where the run must
+        stop, as :meth:`_error_text` does for a single call."""
+        code = _STATUS_CODES.get(item.code, grpc.StatusCode.UNKNOWN)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise BudgetExhausted(item.details)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            raise BrokerUnavailableError(
+                f"the host broker is unreachable ({item.details}); the run cannot continue"
+            )
+        return f"Error: {item.details}"
 
     def make_tool(self, name: str, description: str) -> Any:
         """A stand-in for a host-side callable: arguments go to the host as JSON."""

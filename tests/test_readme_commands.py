@@ -50,6 +50,9 @@ COMMANDS: dict[str, str] = {
     "python -m bench": "tests/test_bench.py::test_quick_bench_writes_every_row",
     "python -m bench.eval": "tests/test_bench.py::test_eval_scripted_end_to_end",
     "python protos/generate.py": "tests/test_protos.py::test_generated_code_is_fresh",
+    "vf-eval @ docs/verifiers-rlm-oolong.toml": (
+        "tests/integrations/test_verifiers.py::test_the_readme_vf_eval_command_runs"
+    ),
 }
 """README command -> how it is exercised: RUN_HERE, a test node, or the CI script."""
 

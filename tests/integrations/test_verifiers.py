@@ -154,3 +154,37 @@ def test_plugin_ids_resolve_to_our_taskset_and_harness() -> None:
 def test_rlm_openai_client_runs_on_openai_2() -> None:
     # verifiers pins openai<3: the evaluation above went through rlm's client on this version.
     assert openai.__version__.startswith("2."), openai.__version__
+
+
+def test_the_readme_vf_eval_command_runs(tmp_path) -> None:
+    """The README's ``vf-eval @ docs/verifiers-rlm-oolong.toml``, run as a user would, with the
+    config's endpoint pointed at the scripted server, its sizes cut down and the sandbox local."""
+    import pathlib
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    text = (root / "docs" / "verifiers-rlm-oolong.toml").read_text()
+    with ScriptedLMServer(_script) as server:
+        changes = {
+            "https://api.openai.com/v1": server.base_url,
+            '"OPENAI_API_KEY"': '"RLM_TEST_LM_KEY"',
+            "num_rollouts = 4": "num_rollouts = 1",
+            "limit = 8": "limit = 2",
+            "num_tasks = 20": "num_tasks = 2",
+            "records = 2000": "records = 300",
+            'environment = "docker"': 'environment = "local"',
+        }
+        for before, after in changes.items():
+            assert text.count(before) == 1, f"docs/verifiers-rlm-oolong.toml: {before!r}"
+            text = text.replace(before, after)
+        config = tmp_path / "eval.toml"
+        config.write_text(text)
+        done = subprocess.run(
+            [str(pathlib.Path(sys.executable).parent / "vf-eval"), "@", str(config)],
+            capture_output=True, text=True, cwd=tmp_path, timeout=600,
+            env={**os.environ, "RLM_TEST_LM_KEY": "test-key"},
+        )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "reward 1.00" in done.stdout and "count_accuracy 1.00" in done.stdout
+    assert len(server.requests) == 4  # 2 rollouts: a root turn and a sub-call each
+    assert not runner_pids(parent=os.getpid())

@@ -270,7 +270,7 @@ class RunnerSlots:
         pass
 
 
-def _encode_context(value: Any) -> tuple[int, Any]:
+def _encode_context(value: Any) -> tuple[pb.Encoding, str]:
     if isinstance(value, str):
         return pb.TEXT, value
     if isinstance(value, (list, dict, tuple)):

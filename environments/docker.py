@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import itertools
 import os
@@ -276,12 +277,11 @@ class SharedContainer:
         server = StreamForkServer(write, max_runners=self.max_runners, what="docker")
         self._current = (container, attached, server)
 
+        def feed(data: bytes) -> None:
+            loop.call_soon_threadsafe(server.feed, data)
+
         def drain() -> None:
-            read_frames(
-                attached,
-                lambda data: loop.call_soon_threadsafe(server.feed, data),
-                lambda data: self._stderr.append(data[-2000:]),
-            )
+            read_frames(attached, feed, lambda data: self._stderr.append(data[-2000:]))
             with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to tell
                 loop.call_soon_threadsafe(server.end, self._ended_reason())
 
@@ -385,7 +385,8 @@ class DockerEnvironment(SandboxEnvironment):
         kwargs.setdefault("memory_mb", 1536)
         super().__init__(**kwargs)
         self.tree: SharedContainer | None = None
-        if not self.broker.socket_dir:
+        socket_dir = self.broker.socket_dir
+        if not socket_dir:
             raise ConfigurationError(
                 "the docker environment needs the broker on a unix socket (broker_transport='unix')"
             )
@@ -401,7 +402,7 @@ class DockerEnvironment(SandboxEnvironment):
             volumes=dict(volumes or {}),
             python=python,
             runtime=runtime,
-            socket_dir=self.broker.socket_dir,
+            socket_dir=socket_dir,
         )
 
     async def _create_sandbox(self) -> None:
@@ -413,9 +414,12 @@ class DockerEnvironment(SandboxEnvironment):
         os.chmod(self.spec.socket_dir, 0o711)
         os.chmod(os.path.join(self.spec.socket_dir, "broker.sock"), 0o666)
         if self.child_sandbox == CHILD_SANDBOX_SHARED:
-            key = ("docker-tree", self.spec.key(), self.max_live_runners, self.startup_timeout)
+            live = self.max_live_runners or default_max_live_runners(
+                self.spec.pids_limit, self.spec.runtime
+            )
+            key = ("docker-tree", self.spec.key(), live, self.startup_timeout)
             self.tree = self.broker.resource(
-                key, lambda: SharedContainer(self.spec, self.max_live_runners, self.startup_timeout)
+                key, lambda: SharedContainer(self.spec, live, self.startup_timeout)
             )
 
     def _broker_address(self) -> str:
@@ -445,14 +449,26 @@ class DockerEnvironment(SandboxEnvironment):
         pass  # the runner's container is the sandbox: killing the runner removed it
 
 
+@dataclasses.dataclass(frozen=True)
 class ContainerSpec:
     """How to start one runner container (shared by direct starts and the warm pool)."""
 
-    def __init__(self, **fields: Any) -> None:
-        self.__dict__.update(fields)
+    image: str
+    network: str
+    mem_limit: str
+    cpus: float
+    pids_limit: int
+    tmpfs_size: str
+    read_only: bool
+    user: str
+    volumes: dict[str, dict[str, str]]
+    python: str
+    runtime: str | None
+    socket_dir: str
 
     def key(self) -> tuple[Any, ...]:
-        return tuple(sorted((k, repr(v)) for k, v in self.__dict__.items()))
+        """What makes two specs interchangeable (a pooled container fits the same key)."""
+        return tuple((f.name, repr(getattr(self, f.name))) for f in dataclasses.fields(self))
 
     def run_kwargs(self, label: str, *, shared: bool = False) -> dict[str, Any]:
         """docker-py's ``create`` arguments: the container's main process is one runner, or

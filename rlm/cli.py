@@ -191,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if logger is not None and logger.log_file_path and os.path.exists(logger.log_file_path):
             print(f"rlm: log written to {logger.log_file_path}", file=sys.stderr)
-    finished_by = result.metadata.get("finished_by")
+    finished_by = (result.metadata or {}).get("finished_by")
     answered = finished_by == "answer"
     if args.json:
         print(json.dumps(result.to_dict() | {"prompt": None}, indent=2, default=str))

@@ -26,6 +26,8 @@ def _plugins(group: str) -> dict[str, str]:
 def load(kind: str, name: str, registry: dict[str, tuple[str, str | None]], group: str) -> Any:
     """Imports the class registered as ``name`` (in ``registry``, else the entry-point
     ``group``); a missing SDK becomes a ConfigurationError naming the extra to install."""
+    target: str | None
+    extra: str | None
     if name in registry:
         target, extra = registry[name]
     else:

@@ -8,6 +8,7 @@ import itertools
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,14 +148,15 @@ class SessionDispatch:
 async def open_environment(
     config: TreeConfig, dispatch: SessionDispatch, label: str
 ) -> Environment:
-    cls = environment_class(config.environment)
+    # Every environment is built as cls(broker=, handler=, label=, **environment_kwargs).
+    cls: Callable[..., Environment] = environment_class(config.environment)
     kwargs = dict(config.environment_kwargs)
     setup_code = kwargs.pop("setup_code", None)
     try:
         env = cls(broker=config.broker, handler=dispatch, label=label, **kwargs)
     except TypeError as error:
         raise ConfigurationError(
-            f"bad environment_kwargs for {config.environment!r}: {error}"
+            f"bad environment_kwargs for {environment_name(config.environment)!r}: {error}"
         ) from error
     await env.start()
     if setup_code:

@@ -154,7 +154,7 @@ class AsyncSandbox:
     async def _start(self) -> None:
         from rlm.environments import environment_class
 
-        cls = environment_class(self.environment_name)
+        cls: Callable[..., Environment] = environment_class(self.environment_name)
         broker = self._shared_broker
         if broker is None:
             broker = BrokerServer()

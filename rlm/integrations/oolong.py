@@ -117,7 +117,7 @@ class OolongTasksetConfig(vf.TasksetConfig):
 class OolongTaskset(vf.Taskset[OolongTask, OolongTasksetConfig]):
     """Seeded, offline OOLONG-style counting tasks over long record logs."""
 
-    def load(self):  # type: ignore[override]
+    def load(self):
         config = self.config
         rng = random.Random(config.seed)
         for index in range(config.num_tasks):

@@ -31,7 +31,7 @@ from rlm.broker import cleanup
 from rlm.errors import ConfigurationError, SandboxStartError
 
 from .base import RunnerProcess
-from .runner.bundle import runner_bundle_path
+from .runner.bundle import runner_executable
 from .runner.forkserver import kill_tree, process_state
 
 #: How long a fork request may go unanswered before the server counts as hung (a fork takes a
@@ -274,15 +274,17 @@ class ForkServer:
 
     async def _start(self) -> _Server:
         host_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        bundle, bundle_fds = runner_executable()
         try:
             process = await asyncio.create_subprocess_exec(
                 self.python,
                 "-I",
                 "-u",
-                str(runner_bundle_path()),
+                bundle,
                 "--fork-server",
                 str(os.getpid()),
                 stdin=server_end.fileno(),
+                pass_fds=bundle_fds,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=tempfile.gettempdir(),

@@ -25,7 +25,7 @@ from rlm.errors import ConfigurationError, SandboxStartError
 
 from .base import RunnerProcess, SandboxEnvironment
 from .forkserver import KILL_WAIT, StderrTail, kill_process_tree, shared_fork_server
-from .runner.bundle import runner_bundle_path
+from .runner.bundle import runner_executable
 from .runner.runner import PRELOAD_ENV, SHARED_HOST_ENV
 
 #: Host variables the runner may see. Everything else (API keys, tokens, cloud credentials) stays out.
@@ -147,12 +147,14 @@ class LocalEnvironment(SandboxEnvironment):
     async def _spawn_runner(self) -> RunnerProcess:
         if self.fork_server:
             return await shared_fork_server(self.python, self._runner_env()).spawn()
+        bundle, bundle_fds = runner_executable()
         try:
             process = await asyncio.create_subprocess_exec(
                 self.python,
                 "-I",
                 "-u",
-                str(runner_bundle_path()),
+                bundle,
+                pass_fds=bundle_fds,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,

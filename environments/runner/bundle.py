@@ -6,6 +6,7 @@ sandbox needs nothing of rlm installed, only Python >= 3.11 with grpcio and prot
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
@@ -35,6 +36,8 @@ from rlm.environments.runner.runner import main
 
 raise SystemExit(main())
 """
+#: How a runner started from the sealed bundle sees its own zipapp (its fd, inherited).
+SEALED_BUNDLE_PREFIX = "/proc/self/fd/"
 _EMPTY_PACKAGES = ("rlm/__init__.py", "rlm/protos/__init__.py", "rlm/environments/__init__.py")
 
 
@@ -64,9 +67,11 @@ def runner_bundle() -> bytes:
     return buffer.getvalue()
 
 
-@cache
 def runner_bundle_path() -> pathlib.Path:
-    """The zipapp written once to a content-addressed file in the temp directory."""
+    """The zipapp as a content-addressed file in the temp directory, for sandboxes that mount it
+    (docker). Checked on every call and rewritten when it differs: a local cell runs as the same
+    user and could have changed it. Local runners do not use it (see :func:`runner_executable`).
+    """
     data = runner_bundle()
     digest = hashlib.sha256(data).hexdigest()[:16]
     path = pathlib.Path(tempfile.gettempdir()) / f"rlm-runner-{digest}.pyz"
@@ -77,3 +82,32 @@ def runner_bundle_path() -> pathlib.Path:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     return path
+
+
+@cache
+def sealed_runner_bundle() -> int | None:
+    """A memfd holding the zipapp, sealed against writes, truncation and growth (Linux), or None
+    where the platform has no sealed memfds. Nothing can change what it holds: not a cell of
+    another local session, which runs as the same user and could rewrite any file of ours."""
+    if not hasattr(os, "memfd_create") or not hasattr(fcntl, "F_ADD_SEALS"):
+        return None
+    data = runner_bundle()
+    try:
+        fd = os.memfd_create("rlm-runner.pyz", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except OSError:
+        return None
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+def runner_executable() -> tuple[str, tuple[int, ...]]:
+    """What a local runner or fork server runs, and the descriptors to pass it: the sealed
+    bundle as ``/proc/self/fd/N`` where there is one, else the file in the temp directory."""
+    fd = sealed_runner_bundle()
+    if fd is None:
+        return str(runner_bundle_path()), ()
+    return f"{SEALED_BUNDLE_PREFIX}{fd}", (fd,)

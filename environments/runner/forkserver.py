@@ -172,6 +172,14 @@ def _report(line: str) -> None:
         data = data[os.write(1, data) :]
 
 
+def _sealed_bundle_fd() -> int | None:
+    """The descriptor of the sealed zipapp this process runs from (``/proc/self/fd/N`` as its
+    script: see ``bundle.runner_executable``), or None when it runs from a file."""
+    prefix = "/proc/self/fd/"
+    script = sys.argv[0] if sys.argv else ""
+    return int(script[len(prefix) :]) if script.startswith(prefix) else None
+
+
 def _become_runner(stdin_fd: int, stderr_fd: int) -> None:
     """In the forked child: detach from the server's descriptors and serve one session."""
     code = 1
@@ -185,7 +193,10 @@ def _become_runner(stdin_fd: int, stderr_fd: int) -> None:
         os.dup2(stdin_fd, 0)
         os.dup2(devnull, 1)
         os.dup2(stderr_fd, 2)
-        os.closerange(3, MAX_FD)
+        bundle = _sealed_bundle_fd()  # lazy imports read the zipapp from it: keep it open
+        os.closerange(3, bundle if bundle is not None else MAX_FD)
+        if bundle is not None:
+            os.closerange(bundle + 1, MAX_FD)
         runner_module.watch_parent(os.getppid())
         code = runner_module.main()
     except BaseException:

@@ -556,3 +556,40 @@ def test_the_token_is_not_in_the_docker_runners_configuration():
     finally:
         run_sync(env.aclose())
         run_sync(broker.aclose())
+
+
+# ---- the code every runner starts from cannot be changed by a cell -----------------------
+
+TAMPER = textwrap.dedent(
+    """
+    import os, sys
+    refused = []
+    try:
+        fd = os.open(sys.argv[0], os.O_RDWR)
+        os.write(fd, b"import os; os._exit(9)\\n")
+    except OSError as error:
+        refused.append(error.errno)
+    with open(COPY, "wb") as handle:  # the user's own file: this works
+        handle.write(b"not a zipapp")
+    print(sys.argv[0], refused)
+    """
+)
+
+
+@pytest.mark.parametrize("fork_server", MODES)
+def test_a_cell_cannot_change_the_code_later_runners_start_from(sessions, fork_server):
+    """Local runners start from a sealed in-memory copy of the runner (a memfd, as
+    /proc/self/fd/N): a cell can neither write it nor, by rewriting the copy in the temp
+    directory (its user's own file), change what the next session or fork server runs."""
+    from rlm.environments.runner.bundle import runner_bundle, runner_bundle_path
+
+    attacker = sessions.start(fork_server=fork_server)
+    copy = runner_bundle_path()  # this process's copy only: others' runs keep theirs
+    script, refused = ok(attacker, f"COPY = {str(copy)!r}\n{TAMPER}").split(" ", 1)
+    assert script.startswith("/proc/self/fd/") and refused.strip() == "[1]"  # EPERM: sealed
+    for server in list(forkserver_module._servers.values()):
+        run_sync(server.aclose())  # the next session starts a new fork server from the bundle
+    victim = sessions.start(fork_server=fork_server)
+    assert ok(victim, "print('still ours')") == "still ours\n"
+    # Docker mounts the file copy: it is checked and rewritten before each use.
+    assert runner_bundle_path().read_bytes() == runner_bundle()

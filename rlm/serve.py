@@ -134,6 +134,16 @@ class APIError(Exception):
         return web.json_response(self.body(), status=self.status, headers=headers)
 
 
+#: How a limit that stopped a run is answered: (error class, HTTP status, type, code); the first
+#: matching row wins, and the last catches every other limit (its code: the limit's name).
+_LIMIT_ANSWERS: list[tuple[type[LimitExceededError], int, str, str | None]] = [
+    (BudgetExceededError, 402, "insufficient_quota", "budget_exceeded"),
+    (TokenLimitExceededError, 429, "insufficient_quota", "tree_tokens_exceeded"),
+    (TimeoutExceededError, 504, "timeout", "max_timeout_exceeded"),
+    (LimitExceededError, 500, "server_error", None),
+]
+
+
 def api_error_for(error: BaseException) -> APIError:
     """The HTTP status for an exception of a run. Limit errors say ``x-should-retry: false``:
     the openai client would otherwise re-run (and re-pay for) the whole tree."""
@@ -141,39 +151,17 @@ def api_error_for(error: BaseException) -> APIError:
     partial = getattr(error, "partial_answer", None)
     if isinstance(error, APIError):
         return error
-    if isinstance(error, BudgetExceededError):
-        return APIError(
-            402,
-            message,
-            type="insufficient_quota",
-            code="budget_exceeded",
-            partial_answer=partial,
-            retry=False,
-        )
-    if isinstance(error, TokenLimitExceededError):
-        return APIError(
-            429,
-            message,
-            type="insufficient_quota",
-            code="tree_tokens_exceeded",
-            partial_answer=partial,
-            retry=False,
-        )
-    if isinstance(error, TimeoutExceededError):
-        return APIError(
-            504,
-            message,
-            type="timeout",
-            code="max_timeout_exceeded",
-            partial_answer=partial,
-            retry=False,
-        )
     if isinstance(error, LimitExceededError):
+        status, kind, code = next(
+            (status, kind, code)
+            for limit, status, kind, code in _LIMIT_ANSWERS
+            if isinstance(error, limit)
+        )
         return APIError(
-            500,
+            status,
             message,
-            type="server_error",
-            code=error.limit_name,
+            type=kind,
+            code=code or error.limit_name,
             partial_answer=partial,
             retry=False,
         )

@@ -55,7 +55,7 @@ from typing import Any
 from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
 
 from .docker_image import REQUIREMENTS
-from .relay import RelayedSandboxEnvironment, RemoteProcess
+from .relay import RelayedSandboxEnvironment, RemoteProcess, upload_timeout
 
 DEFAULT_BASE_IMAGE = "python:3.12-slim"
 STDERR_TAIL = 8192
@@ -227,7 +227,7 @@ class DaytonaEnvironment(RelayedSandboxEnvironment):
         ttl_minutes: int | None = None,
         labels: dict[str, str] | None = None,
         create_timeout: float = 600.0,
-        upload_timeout: int = 600,
+        upload_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -312,7 +312,8 @@ class DaytonaEnvironment(RelayedSandboxEnvironment):
     async def _write_file(self, path: str, data: bytes) -> None:
         sandbox = self._require_sandbox()
         try:
-            await sandbox.fs.upload_file(data, path, timeout=self.upload_timeout)
+            timeout = self.upload_timeout or upload_timeout(len(data))
+            await sandbox.fs.upload_file(data, path, timeout=timeout)
         except self._errors as error:
             raise SandboxError(
                 f"uploading {path} ({len(data)} bytes) to Daytona sandbox {sandbox.id} failed: "

@@ -51,7 +51,7 @@ from typing import Any
 from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
 
 from .docker_image import REQUIREMENTS
-from .relay import REQUIREMENTS_CHECK, RelayedSandboxEnvironment, RemoteProcess
+from .relay import REQUIREMENTS_CHECK, RelayedSandboxEnvironment, RemoteProcess, upload_timeout
 
 DEFAULT_TEMPLATE = "rlm-runner"
 """The template :func:`build_template` builds: Python 3.12 with grpcio and protobuf."""
@@ -337,7 +337,10 @@ class E2BEnvironment(RelayedSandboxEnvironment):
     async def _write_file(self, path: str, data: bytes) -> None:
         sandbox = self._require_sandbox()
         try:
-            await sandbox.files.write(path, data, use_octet_stream=True)
+            # The SDK's request_timeout (60 s) bounds the whole request: scale it to the size.
+            await sandbox.files.write(
+                path, data, use_octet_stream=True, request_timeout=upload_timeout(len(data))
+            )
         except _sdk().SandboxException as error:
             raise SandboxError(
                 f"writing {path} ({len(data)} bytes) into E2B sandbox {self.sandbox_id} failed: "

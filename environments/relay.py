@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
+import json
 import secrets
 from abc import abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
-from rlm.errors import SandboxDiedError
+from rlm.errors import SandboxDiedError, SandboxError
 
 from .base import RunnerProcess, SandboxEnvironment, _encode_context
 from .runner.bundle import runner_bundle
@@ -27,6 +29,32 @@ READ_CHUNK = 48 * 1024
 INLINE_CONTEXT_CHARS = 1 << 20
 #: how long closing a relay waits for its tasks to unwind (and close the provider streams)
 CLOSE_WAIT_SECONDS = 5.0
+#: the largest file one upload carries when the provider sets no lower cap: bigger files go up
+#: in parts (concurrently, each with a deadline of its own) and are joined inside the sandbox
+UPLOAD_PART_BYTES = 8 << 20
+#: parts of one file in flight at once
+UPLOAD_CONCURRENCY = 4
+#: an upload's deadline: this much for the request itself, plus the time the slowest link we
+#: accept (UPLOAD_MIN_BYTES_PER_SECOND) needs for the bytes; an 8 MiB part gets 62 s
+UPLOAD_BASE_SECONDS = 30.0
+UPLOAD_MIN_BYTES_PER_SECOND = 256 * 1024
+#: connection id of the relay's own control frames (joining uploaded parts)
+CONTROL = 0
+
+
+def upload_timeout(size: int) -> float:
+    """Seconds an upload of ``size`` bytes may take before it counts as failed."""
+    return UPLOAD_BASE_SECONDS + size / UPLOAD_MIN_BYTES_PER_SECOND
+
+
+def split_sizes(size: int, part_bytes: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of each part when ``size`` bytes go up in parts of ``part_bytes``."""
+    if part_bytes <= 0:
+        raise ValueError(f"part_bytes must be positive, not {part_bytes}")
+    return [(start, min(start + part_bytes, size)) for start in range(0, size, part_bytes)] or [
+        (0, 0)
+    ]
+
 
 #: A Python one-liner for a provider's exec API that tells whether the image can host the
 #: runner. Exit 0: ready; 1: grpcio/protobuf missing or too old; 2: Python < 3.11.
@@ -66,7 +94,32 @@ class HostRelay:
         self._writers: dict[int, asyncio.StreamWriter] = {}
         self._pumps: set[asyncio.Task[None]] = set()
         self._send_lock = asyncio.Lock()
+        self._requests = itertools.count(1)
+        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.task = asyncio.ensure_future(self._from_sandbox())
+
+    async def join(self, parts: list[str], path: str, timeout: float) -> None:
+        """Has the sandbox end concatenate the uploaded ``parts`` (in order) into ``path`` and
+        delete them; raises :class:`SandboxError` when it cannot."""
+        request_id = next(self._requests)
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[request_id] = reply
+        body = {"id": request_id, "op": "join", "parts": parts, "path": path}
+        try:
+            await self._send(CONTROL, b"J", json.dumps(body).encode())
+            try:
+                answer = await asyncio.wait_for(asyncio.shield(reply), timeout)
+            except TimeoutError:
+                raise SandboxError(
+                    f"the sandbox did not join the {len(parts)} uploaded parts of {path} within "
+                    f"{timeout:.0f} s; its disk may be full or slow"
+                ) from None
+        finally:
+            self._replies.pop(request_id, None)
+        if answer.get("error"):
+            raise SandboxError(
+                f"joining the uploaded parts of {path} in the sandbox failed: {answer['error']}"
+            )
 
     async def _send(self, conn_id: int, kind: bytes, data: bytes = b"") -> None:
         payload = base64.b64encode(data) if data else b"-"
@@ -86,13 +139,18 @@ class HostRelay:
             for writer in self._writers.values():
                 writer.close()
             self._writers.clear()
+            for reply in self._replies.values():
+                if not reply.done():
+                    reply.set_exception(SandboxDiedError("the relay stream ended"))
 
     async def _dispatch(self, line: bytes) -> None:
         parts = line.strip().split(b" ")
         if len(parts) != 3 or not parts[0].isdigit():
             return  # not a frame (e.g. a provider's banner): ignore
         conn_id, kind, payload = int(parts[0]), parts[1], parts[2]
-        if kind == b"O":
+        if conn_id == CONTROL:
+            self._on_control(kind, payload)
+        elif kind == b"O":
             reader, writer = await asyncio.open_unix_connection(self.broker_socket)
             self._writers[conn_id] = writer
             pump = asyncio.ensure_future(self._to_sandbox(conn_id, reader))
@@ -107,6 +165,17 @@ class HostRelay:
             writer = self._writers.pop(conn_id, None)
             if writer is not None:
                 writer.close()
+
+    def _on_control(self, kind: bytes, payload: bytes) -> None:
+        if kind != b"j":
+            return
+        try:
+            answer = json.loads(base64.b64decode(payload))
+            reply = self._replies.get(int(answer["id"]))
+        except (ValueError, KeyError, TypeError):
+            return
+        if reply is not None and not reply.done():
+            reply.set_result(answer if isinstance(answer, dict) else {})
 
     async def _to_sandbox(self, conn_id: int, reader: asyncio.StreamReader) -> None:
         try:
@@ -136,6 +205,10 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
     #: a writable directory inside the sandbox for the runner, its relay socket and context
     #: files (unique per environment, so sandboxes that share a file system never collide)
     sandbox_dir: str = ""
+    #: the provider's cap on one uploaded file, in bytes (None: no cap below UPLOAD_PART_BYTES)
+    max_file_bytes: int | None = None
+    #: how many parts of one file may be uploaded at once
+    upload_concurrency: int = UPLOAD_CONCURRENCY
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -147,11 +220,49 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
 
     @abstractmethod
     async def _write_file(self, path: str, data: bytes) -> None:
-        """Writes ``data`` to ``path`` inside the sandbox (the provider's file API)."""
+        """Writes ``data`` to ``path`` inside the sandbox (the provider's file API); it is
+        never bigger than :meth:`part_bytes` and should be given ``upload_timeout(len(data))``."""
 
     @abstractmethod
     async def _exec(self, argv: list[str]) -> RemoteProcess:
         """Starts ``argv`` in the sandbox with stdin and stdout streaming to and from the host."""
+
+    # ---- files -----------------------------------------------------------------------------
+
+    @classmethod
+    def part_bytes(cls) -> int:
+        """The size of the parts a big file is uploaded in (under the provider's cap)."""
+        return min(UPLOAD_PART_BYTES, cls.max_file_bytes or UPLOAD_PART_BYTES)
+
+    async def _upload(self, path: str, data: bytes) -> None:
+        """Puts ``data`` at ``path`` in the sandbox: one upload when it fits in a part, else
+        parts uploaded concurrently and joined by the sandbox end of the relay."""
+        ranges = split_sizes(len(data), self.part_bytes())
+        if len(ranges) == 1:
+            await self._write_file(path, data)
+            return
+        if self._relay is None:
+            raise SandboxError("the runner is not running: start the environment first")
+        view = memoryview(data)
+        parts = [f"{path}.part{index}" for index in range(len(ranges))]
+        slots = asyncio.Semaphore(max(1, self.upload_concurrency))
+
+        async def put(part: str, start: int, end: int) -> None:
+            async with slots:
+                await self._write_file(part, bytes(view[start:end]))
+
+        uploads = [
+            asyncio.ensure_future(put(part, start, end))
+            for part, (start, end) in zip(parts, ranges, strict=True)
+        ]
+        try:
+            await asyncio.gather(*uploads)
+        except BaseException:
+            for upload in uploads:
+                upload.cancel()
+            await asyncio.gather(*uploads, return_exceptions=True)
+            raise
+        await self._relay.join(parts, path, timeout=upload_timeout(len(data)))
 
     # ---- the relay -------------------------------------------------------------------------
 
@@ -163,7 +274,7 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
 
     async def _launch_runner(self, bootstrap: bytes) -> RunnerProcess:
         bundle = f"{self.sandbox_dir}/runner.pyz"
-        await self._write_file(bundle, runner_bundle())
+        await self._upload(bundle, runner_bundle())
         process = await self._exec([self.python, "-I", "-u", bundle])
         await process.write(bootstrap)
         assert self.broker.socket_path is not None
@@ -190,8 +301,10 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
         connection = self._require_connection()
         self._files += 1
         path = f"{self.sandbox_dir}/context-{self._files}.bin"
-        await self._write_file(path, text.encode("utf-8"))
+        data = text.encode("utf-8")
         del text
+        await self._upload(path, data)
+        del data
         chunk = pb.ContextChunk(name=name, last=True, encoding=encoding, aliases=aliases, path=path)
         await connection.send(pb.HostMessage(context=chunk))
         await self._await_ack(connection, f"context:{name}")

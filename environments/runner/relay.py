@@ -8,6 +8,8 @@ lines, so providers whose exec streams are text-only carry them unchanged::
     <connection id> O -          a connection was opened (sandbox -> host)
     <connection id> D <base64>   bytes for that connection (both ways)
     <connection id> C -          that connection was closed (both ways)
+    0 J <base64 JSON>            host -> sandbox: join uploaded parts into one file
+    0 j <base64 JSON>            sandbox -> host: the join's outcome ({"id", "error"})
 
 The host end (``rlm.environments.relay``) opens one connection to the broker per ``O``.
 """
@@ -17,12 +19,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import itertools
+import json
 import os
+import shutil
 import socket
 import sys
 import threading
 
 CHUNK = 48 * 1024
+#: connection id of the relay's own control frames
+CONTROL = 0
 
 
 class StdioRelay:
@@ -116,6 +122,10 @@ class StdioRelay:
             print(f"rlm-relay: bad frame {line[:80]!r}", file=sys.__stderr__)
             return
         conn_id, kind, payload = int(parts[0]), parts[1], parts[2]
+        if conn_id == CONTROL:
+            if kind == b"J":
+                threading.Thread(target=self._join, args=(payload,), daemon=True).start()
+            return
         connection = self._connections.get(conn_id)
         if connection is None:
             return
@@ -130,6 +140,25 @@ class StdioRelay:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
             connection.close()
+
+    def _join(self, payload: bytes) -> None:
+        """Concatenates uploaded parts (a file the provider could not take whole) in order into
+        the target file, deletes the parts and tells the host how it went."""
+        request: dict = {}
+        error = ""
+        try:
+            request = json.loads(base64.b64decode(payload))
+            with open(request["path"], "wb") as target:
+                for part in request["parts"]:
+                    with open(part, "rb") as source:
+                        shutil.copyfileobj(source, target, 1 << 20)
+            for part in request["parts"]:
+                os.unlink(part)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        answer = {"id": request.get("id") if isinstance(request, dict) else None, "error": error}
+        with contextlib.suppress(OSError):
+            self._send(CONTROL, "j", json.dumps(answer).encode())
 
     def close(self) -> None:
         """The host is gone: every relayed connection ends (the runner then sees its broker

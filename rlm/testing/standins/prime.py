@@ -10,7 +10,7 @@ exercised through the unmodified SDK. Two HTTP servers, as on the real platform:
   ``token``, ``user_ns``, ``job_id``, ``expires_at``) and ``DELETE /sandbox/{id}``; every call needs
   ``Authorization: Bearer <api key>``;
 * the **gateway** (``gateway_url``, handed out by ``/auth``), under ``/{user_ns}/{job_id}``:
-  ``POST /upload?path=`` (multipart field ``file``) and the Connect RPC service
+  ``POST /upload?path=`` (multipart field ``file``, at most 16 MiB: 413 above) and the Connect RPC service
   ``command_session.CommandSession`` with the protobuf codec: ``Start`` and ``Connect`` (server
   streams of ``StartEvent``, ``DataEvent`` stdout/stderr, ``EndEvent``, ``KeepAlive``),
   ``SendInput``, ``SendSignal`` (SIGTERM/SIGKILL, idempotent by uuid) and ``List``; every call needs
@@ -52,6 +52,9 @@ from rlm.testing.standins._server import LoopThreadServer
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEEPALIVE_SECONDS = 15.0
+#: Prime's sandbox files docs: "uploads are limited to 16 MiB per file"; a bigger file gets
+#: 413 Payload Too Large and nothing is written
+MAX_UPLOAD_BYTES = 16 * 1024 * 1024
 READ_CHUNK = 64 * 1024
 _SERVICE = "command_session.CommandSession"
 # Connect error code -> HTTP status for unary errors (the Connect protocol's own table).
@@ -168,6 +171,8 @@ class PrimeStandIn(LoopThreadServer):
         self.provisioning_polls = provisioning_polls
         self.sandboxes: dict[str, Sandbox] = {}
         self.calls: list[str] = []
+        #: the size of every upload the gateway received, refused ones included
+        self.upload_sizes: list[int] = []
         self._by_job: dict[str, Sandbox] = {}
         self._idempotency: dict[str, str] = {}
         self._ids = itertools.count(1)
@@ -418,8 +423,14 @@ class PrimeStandIn(LoopThreadServer):
                 continue
             with open(path, "wb") as handle:
                 while chunk := await part.read_chunk(1 << 20):  # type: ignore[union-attr]
-                    handle.write(chunk)
                     size += len(chunk)
+                    if size <= MAX_UPLOAD_BYTES:
+                        handle.write(chunk)
+            self.upload_sizes.append(size)
+            if size > MAX_UPLOAD_BYTES:
+                os.unlink(path)
+                detail = f"file exceeds the maximum upload size of {MAX_UPLOAD_BYTES} bytes"
+                return web.json_response({"detail": detail}, status=413)
             return web.json_response(
                 {"success": True, "path": path, "size": size, "timestamp": _now()}
             )

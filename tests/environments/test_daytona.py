@@ -161,7 +161,6 @@ def test_missing_sdk_names_the_extra(monkeypatch, broker, handler):
         make_env(broker, handler, {"api_key": "k"})
 
 
-
 def command_logs(server: Any) -> bytes:
     """Everything the stand-in's daemon logged for every command (the relay's stream)."""
     return b"".join(

@@ -10,10 +10,11 @@ through the provider's file API, never through the stream or a command line.
 from __future__ import annotations
 
 import asyncio
-import base64
+import collections
 import contextlib
 import itertools
 import json
+import logging
 import secrets
 from abc import abstractmethod
 from collections.abc import AsyncIterator
@@ -23,6 +24,9 @@ from rlm.errors import SandboxDiedError, SandboxError
 
 from .base import RunnerProcess, SandboxEnvironment, _encode_context
 from .runner.bundle import runner_bundle
+from .runner.relay import ACK_SECONDS, CONTROL, Frame, FrameError, FrameGap, Sequencer
+
+logger = logging.getLogger(__name__)
 
 READ_CHUNK = 48 * 1024
 #: contexts up to this size go through the relayed stream; bigger ones as a file
@@ -38,8 +42,12 @@ UPLOAD_CONCURRENCY = 4
 #: accept (UPLOAD_MIN_BYTES_PER_SECOND) needs for the bytes; an 8 MiB part gets 62 s
 UPLOAD_BASE_SECONDS = 30.0
 UPLOAD_MIN_BYTES_PER_SECOND = 256 * 1024
-#: connection id of the relay's own control frames (joining uploaded parts)
-CONTROL = 0
+#: frames written to the provider in one call, at most (several frames per round trip)
+WRITE_BATCH_BYTES = 1 << 20
+#: pause before a failed write is tried again
+WRITE_RETRY_SECONDS = 0.2
+#: problems a relay remembers (the newest)
+MAX_PROBLEMS = 100
 
 
 def upload_timeout(size: int) -> float:
@@ -82,21 +90,175 @@ class RemoteProcess(RunnerProcess):
 
     @abstractmethod
     def output(self) -> AsyncIterator[bytes]:
-        """The process's stdout, as it arrives; ends when the process ends."""
+        """The process's stdout, as it arrives; ends when the process ends or the stream
+        drops (then :meth:`reattach` may give a fresh one)."""
+
+    async def reattach(self) -> bool:
+        """After :meth:`output` ended with the process still running: attaches to its output
+        again (what it wrote meanwhile may be lost; the relay asks for it again) and returns
+        True, or False where the provider cannot (the runner is then restarted)."""
+        return False
 
 
 class HostRelay:
-    """The host end: one broker connection per relayed connection, bytes pumped both ways."""
+    """The host end: one broker connection per relayed connection, bytes pumped both ways.
+
+    Frames are numbered and acknowledged (:mod:`rlm.environments.runner.relay` describes the
+    protocol); the frames written while the sandbox may not have read them are kept for a
+    resend; a corrupt line or a gap is reported in :attr:`problems` and repaired by a resend;
+    a stream that drops is re-attached where the provider can. Several frames go in one write.
+    """
 
     def __init__(self, process: RemoteProcess, broker_socket: str) -> None:
         self.process = process
         self.broker_socket = broker_socket
         self._writers: dict[int, asyncio.StreamWriter] = {}
         self._pumps: set[asyncio.Task[None]] = set()
-        self._send_lock = asyncio.Lock()
+        self._state = Sequencer()
+        self._room = asyncio.Condition()
+        self._outgoing: collections.deque[bytes] = collections.deque()
+        self._wake = asyncio.Event()
         self._requests = itertools.count(1)
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        #: what went wrong on the stream (corrupt lines, gaps, re-attachments), oldest first
+        self.problems: list[str] = []
+        #: how often the output stream dropped and was re-attached
+        self.reattachments = 0
         self.task = asyncio.ensure_future(self._from_sandbox())
+        self._writer = asyncio.ensure_future(self._write_loop())
+        self._acker = asyncio.ensure_future(self._ack_loop())
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    async def _send(self, conn_id: int, kind: bytes, data: bytes = b"") -> None:
+        async with self._room:
+            await self._room.wait_for(lambda: not self._state.full)
+            self._queue(self._state.stamp(conn_id, kind, data))
+
+    def _queue(self, line: bytes) -> None:
+        self._outgoing.append(line)
+        self._wake.set()
+
+    async def _write_loop(self) -> None:
+        """Writes what is queued, several frames per provider write (each may be a round
+        trip: one unary call per write on Modal and Prime). A failed write is retried while
+        the process lives: the frames are numbered, so a repeat is harmless."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outgoing:
+                batch, size = [], 0
+                while self._outgoing and size < WRITE_BATCH_BYTES:
+                    line = self._outgoing.popleft()
+                    batch.append(line)
+                    size += len(line)
+                try:
+                    await self.process.write(b"".join(batch))
+                except (SandboxError, OSError) as error:
+                    if self.process.exit_code() is not None:
+                        return
+                    self._report(f"writing to the runner failed ({error}); retrying")
+                    self._outgoing.extendleft(reversed(batch))
+                    await asyncio.sleep(WRITE_RETRY_SECONDS)
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ACK_SECONDS)
+            line = self._state.overdue_resend()
+            if line is None and self._state.needs_ack:
+                line = self._state.control(b"K")
+            if line is not None:
+                self._queue(line)
+
+    def _report(self, problem: str) -> None:
+        self.problems.append(problem)
+        del self.problems[:-MAX_PROBLEMS]
+        logger.warning("relay: %s", problem)
+
+    def _ask_resend(self, force: bool = False) -> None:
+        if (request := self._state.resend_request(force)) is not None:
+            self._queue(request)
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    async def _from_sandbox(self) -> None:
+        try:
+            while True:
+                pending = b""
+                async with contextlib.aclosing(self.process.output()) as output:
+                    async for data in output:
+                        pending += data
+                        *lines, pending = pending.split(b"\n")
+                        for line in lines:
+                            await self._on_line(line)
+                # A partial line left by a dropped stream is asked for again below.
+                if not await self._reattach():
+                    return
+        finally:
+            for writer in self._writers.values():
+                writer.close()
+            self._writers.clear()
+            for reply in self._replies.values():
+                if not reply.done():
+                    reply.set_exception(SandboxDiedError("the relay stream ended"))
+
+    async def _reattach(self) -> bool:
+        if self.process.exit_code() is not None:
+            return False
+        try:
+            attached = await self.process.reattach()
+        except (SandboxError, OSError) as error:
+            self._report(f"re-attaching to the runner's output failed: {error}")
+            return False
+        if not attached:
+            self._report("the runner's output stream dropped and the provider cannot re-attach")
+            return False
+        self.reattachments += 1
+        self._report(f"the runner's output stream dropped; re-attached ({self.reattachments})")
+        self._ask_resend(force=True)
+        return True
+
+    async def _on_line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            frame = self._state.receive(line)
+        except (FrameError, FrameGap) as error:
+            self._report(f"{error}; asking the sandbox to resend")
+            self._ask_resend()
+            return
+        async with self._room:
+            self._room.notify_all()  # acknowledgements may have made room
+        if frame is not None:
+            await self._dispatch(frame)
+
+    async def _dispatch(self, frame: Frame) -> None:
+        if frame.kind == b"R":
+            try:
+                lines = self._state.replay_from(int(frame.data))
+            except (FrameError, ValueError) as error:
+                self._report(f"the sandbox asked for a resend that cannot be made: {error}")
+                return
+            self._outgoing = collections.deque(lines)  # everything queued is among them
+            self._wake.set()
+            return
+        if frame.conn == CONTROL:
+            self._on_control(frame.kind, frame.data)
+        elif frame.kind == b"O":
+            reader, writer = await asyncio.open_unix_connection(self.broker_socket)
+            self._writers[frame.conn] = writer
+            pump = asyncio.ensure_future(self._to_sandbox(frame.conn, reader))
+            self._pumps.add(pump)
+            pump.add_done_callback(self._pumps.discard)
+        elif frame.kind == b"D":
+            writer = self._writers.get(frame.conn)
+            if writer is not None:
+                writer.write(frame.data)
+                await writer.drain()
+        elif frame.kind == b"C":
+            writer = self._writers.pop(frame.conn, None)
+            if writer is not None:
+                writer.close()
 
     async def join(self, parts: list[str], path: str, timeout: float) -> None:
         """Has the sandbox end concatenate the uploaded ``parts`` (in order) into ``path`` and
@@ -121,56 +283,11 @@ class HostRelay:
                 f"joining the uploaded parts of {path} in the sandbox failed: {answer['error']}"
             )
 
-    async def _send(self, conn_id: int, kind: bytes, data: bytes = b"") -> None:
-        payload = base64.b64encode(data) if data else b"-"
-        async with self._send_lock:
-            await self.process.write(b"%d %s %s\n" % (conn_id, kind, payload))
-
-    async def _from_sandbox(self) -> None:
-        pending = b""
-        try:
-            async with contextlib.aclosing(self.process.output()) as output:
-                async for data in output:
-                    pending += data
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        await self._dispatch(line)
-        finally:
-            for writer in self._writers.values():
-                writer.close()
-            self._writers.clear()
-            for reply in self._replies.values():
-                if not reply.done():
-                    reply.set_exception(SandboxDiedError("the relay stream ended"))
-
-    async def _dispatch(self, line: bytes) -> None:
-        parts = line.strip().split(b" ")
-        if len(parts) != 3 or not parts[0].isdigit():
-            return  # not a frame (e.g. a provider's banner): ignore
-        conn_id, kind, payload = int(parts[0]), parts[1], parts[2]
-        if conn_id == CONTROL:
-            self._on_control(kind, payload)
-        elif kind == b"O":
-            reader, writer = await asyncio.open_unix_connection(self.broker_socket)
-            self._writers[conn_id] = writer
-            pump = asyncio.ensure_future(self._to_sandbox(conn_id, reader))
-            self._pumps.add(pump)
-            pump.add_done_callback(self._pumps.discard)
-        elif kind == b"D":
-            writer = self._writers.get(conn_id)
-            if writer is not None:
-                writer.write(base64.b64decode(payload))
-                await writer.drain()
-        elif kind == b"C":
-            writer = self._writers.pop(conn_id, None)
-            if writer is not None:
-                writer.close()
-
-    def _on_control(self, kind: bytes, payload: bytes) -> None:
+    def _on_control(self, kind: bytes, data: bytes) -> None:
         if kind != b"j":
             return
         try:
-            answer = json.loads(base64.b64decode(payload))
+            answer = json.loads(data)
             reply = self._replies.get(int(answer["id"]))
         except (ValueError, KeyError, TypeError):
             return
@@ -187,7 +304,7 @@ class HostRelay:
             await self._send(conn_id, b"C")
 
     async def aclose(self) -> None:
-        tasks = {self.task, *self._pumps}
+        tasks = {self.task, self._writer, self._acker, *self._pumps}
         for task in tasks:
             task.cancel()
         for writer in self._writers.values():

@@ -113,6 +113,7 @@ class DaytonaProcess(RemoteProcess):
         self._drained = asyncio.Event()
         self._write_error: SandboxDiedError | None = None
         self._killed = False
+        self._dropped = False
         self._pump_task = asyncio.ensure_future(self._pump())
 
     async def _pump(self) -> None:
@@ -125,12 +126,28 @@ class DaytonaProcess(RemoteProcess):
             self._on_stderr(f"\n[the Daytona log stream broke: {error}]\n")
         finally:
             code = None
+            running = False
             if not self._killed:
                 with contextlib.suppress(Exception):
                     command = await process.get_session_command(self.session_id, self.command_id)
                     code = command.exit_code
-            self._exit_code = code if code is not None else -1
+                    running = code is None
+            # A WebSocket that closes while the command runs is a dropped stream, not an exit
+            # (the daemon treats any close as the end of the log): reattach() opens a new one.
+            self._dropped = running
+            if not running:
+                self._exit_code = code if code is not None else -1
             self._stdout.put_nowait(None)
+
+    async def reattach(self) -> bool:
+        """Follows the command's log again; the daemon sends it from the start, and the relay
+        drops the frames it already has."""
+        if not self._dropped or self._killed:
+            return False
+        self._dropped = False
+        self._stdout = asyncio.Queue()
+        self._pump_task = asyncio.ensure_future(self._pump())
+        return True
 
     def _on_stdout(self, text: str) -> None:
         self._stdout.put_nowait(text.encode("utf-8"))

@@ -205,3 +205,19 @@ def test_only_frames_reach_the_daemon_log_and_fd_output_is_the_cells(daytona, br
         assert b"noise" not in log and b"from a subprocess" not in log
     finally:
         run_sync(env.aclose())
+
+
+def test_a_log_stream_that_closes_mid_session_is_followed_again(broker, handler):
+    """Daytona ends a log stream on any WebSocket close; the runner keeps running, so the
+    adapter follows its log again (from the start: the relay drops what it already has)."""
+    with running_standin(drop_log_stream_after=200_000) as (server, kwargs):
+        env = make_env(broker, handler, kwargs, max_output_chars=1_000_000)
+        try:
+            (runner,) = server.runner_pids()
+            result = run_sync(env.execute("print('d' * 500_000)"))
+            assert result.stdout == "d" * 500_000 + "\n" and not result.restarted
+            assert server.dropped_streams == 1
+            assert env._relay.reattachments == 1
+            assert server.runner_pids() == [runner]
+        finally:
+            run_sync(env.aclose())

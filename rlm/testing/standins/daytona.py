@@ -209,10 +209,17 @@ class DaytonaStandIn(LoopThreadServer):
     Use as a context manager; ``api_url`` goes into ``DAYTONA_API_URL`` (or the adapter's
     ``api_url``) and ``api_key`` into ``DAYTONA_API_KEY``. ``step_delay`` is how long each
     provisioning state lasts; ``kill_grace`` how long a session may take to exit after SIGTERM.
+    ``drop_log_stream_after``: the first following log stream that has sent that many bytes is
+    closed (code 1000, as a proxy or the daemon restarting would) while its command runs.
     """
 
     def __init__(
-        self, *, api_key: str | None = None, step_delay: float = 0.05, kill_grace: float = 2.0
+        self,
+        *,
+        api_key: str | None = None,
+        step_delay: float = 0.05,
+        kill_grace: float = 2.0,
+        drop_log_stream_after: int | None = None,
     ) -> None:
         self.api_key = api_key or f"dtn_standin_{secrets.token_hex(12)}"
         self.organization_id = f"org-{secrets.token_hex(4)}"
@@ -225,6 +232,9 @@ class DaytonaStandIn(LoopThreadServer):
         self.socket_connections: list[dict[str, Any]] = []
         #: bytes received through ``.../input`` (what the host wrote to commands' stdin)
         self.input_bytes = 0
+        self.drop_log_stream_after = drop_log_stream_after
+        #: log streams closed by ``drop_log_stream_after``
+        self.dropped_streams = 0
         self._ids = itertools.count(1)
         super().__init__()
         self._runner: web.AppRunner | None = None
@@ -650,6 +660,12 @@ class DaytonaStandIn(LoopThreadServer):
                     chunk = bytes(command.log[sent : sent + WS_MESSAGE_BYTES])
                     sent += len(chunk)
                     await ws.send_bytes(chunk)
+                    drop = self.drop_log_stream_after
+                    if follow and drop is not None and sent >= drop:
+                        # A WebSocket close ends the SDK's stream as if the command had ended.
+                        self.drop_log_stream_after = None
+                        self.dropped_streams += 1
+                        break
                     continue
                 if command.exit_code is not None or not follow:
                     break

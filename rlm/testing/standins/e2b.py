@@ -152,9 +152,19 @@ class E2BStandIn(LoopThreadServer):
     """
 
     def __init__(
-        self, *, api_key: str | None = None, templates: tuple[str, ...] = DEFAULT_TEMPLATES
+        self,
+        *,
+        api_key: str | None = None,
+        templates: tuple[str, ...] = DEFAULT_TEMPLATES,
+        drop_output_stream_after: int | None = None,
     ) -> None:
         self.api_key = api_key or f"e2b_standin_{secrets.token_hex(12)}"
+        #: the first process event stream that has sent this many output bytes is cut (as a
+        #: proxy or the load balancer would); the process keeps running, and its output is
+        #: dropped until someone connects again (envd keeps none for absent subscribers)
+        self.drop_output_stream_after = drop_output_stream_after
+        #: event streams cut by ``drop_output_stream_after``
+        self.dropped_streams = 0
         self.templates = set(templates)
         self.sandboxes: dict[str, Sandbox] = {}
         #: every request, as ``"POST /v2/sandboxes"`` or ``"envd POST /process.Process/Start"``
@@ -494,7 +504,11 @@ class _ProcessService:
             interval = float(ctx.request_headers.get("keepalive-ping-interval", ""))
         except ValueError:
             interval = KEEPALIVE_DEFAULT
+        from connectrpc.code import Code
+        from connectrpc.errors import ConnectError
+
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        sent = 0
         proc.subscribers.append(queue)
         try:
             yield response(event=pb.ProcessEvent(event=first))
@@ -511,6 +525,13 @@ class _ProcessService:
                 yield response(event=event)
                 if event.event is not None and event.event.field == "end":
                     return
+                if event.event is not None and event.event.field == "data":
+                    sent += len(event.event.value.output.value)
+                    drop = self.standin.drop_output_stream_after
+                    if drop is not None and sent >= drop:
+                        self.standin.drop_output_stream_after = None
+                        self.standin.dropped_streams += 1
+                        raise ConnectError(Code.UNAVAILABLE, "upstream connect error or disconnect")
         finally:
             with contextlib.suppress(ValueError):
                 proc.subscribers.remove(queue)

@@ -167,8 +167,9 @@ class HostRelay:
             line = self._state.overdue_resend()
             if line is None and self._state.needs_ack:
                 line = self._state.control(b"K")
-            if line is not None:
-                self._queue(line)
+            for frame in (line, self._state.probe()):
+                if frame is not None:
+                    self._queue(frame)
 
     def _report(self, problem: str) -> None:
         self.problems.append(problem)

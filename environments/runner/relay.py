@@ -22,7 +22,8 @@ Each side keeps what it sent until the other acknowledges it (a bounded replay b
 one makes the sender wait). A frame out of order (a provider dropped output while nobody was
 attached, or re-attached without replaying it) or a corrupt line (checksum) makes the receiver
 ask for a resend from the first frame it lacks; duplicates (a provider replaying its whole
-log) are dropped. So a stream that drops and re-attaches resumes without a gap.
+log) are dropped. A sender whose frames stay unacknowledged sends its newest frame again, so a
+receiver that lost the last frames before a quiet spell learns of the gap. So a stream that drops and re-attaches resumes without a gap.
 
 The host end (``rlm.environments.relay``) opens one connection to the broker per ``O``.
 """
@@ -54,6 +55,10 @@ ACK_SECONDS = 0.1
 #: a resend request that brought nothing (it or the resent frames were lost too) is repeated
 #: after this long
 RESEND_SECONDS = 0.5
+#: a sender whose frames have gone unacknowledged this long sends its newest one again: a
+#: receiver that lost the frames before it (a stream re-attached without replaying what was
+#: written meanwhile) then sees the gap and asks for them
+PROBE_SECONDS = 1.0
 
 
 class FrameError(ValueError):
@@ -111,6 +116,7 @@ class Sequencer:
         self._buffer: collections.deque[tuple[int, bytes]] = collections.deque()
         self.buffered_bytes = 0
         self._asked = (-1, 0.0)  # (received, when) of the last resend request
+        self._progress_at = time.monotonic()  # when the other side last acknowledged anything
 
     @property
     def full(self) -> bool:
@@ -123,6 +129,8 @@ class Sequencer:
     def stamp(self, conn: int, kind: bytes, data: bytes = b"") -> bytes:
         """A numbered frame, kept for a resend until acknowledged."""
         line = encode_frame(self.next_seq, self.received, conn, kind, data)
+        if not self._buffer:
+            self._progress_at = time.monotonic()
         self._buffer.append((self.next_seq, line))
         self.buffered_bytes += len(line)
         self.next_seq += 1
@@ -172,7 +180,17 @@ class Sequencer:
             raise FrameError(f"frame {seq} was acknowledged and is gone")
         return [line for number, line in self._buffer if number >= seq]
 
+    def probe(self) -> bytes | None:
+        """The newest unacknowledged frame when nothing was acknowledged for PROBE_SECONDS."""
+        now = time.monotonic()
+        if not self._buffer or now - self._progress_at < PROBE_SECONDS:
+            return None
+        self._progress_at = now
+        return self._buffer[-1][1]
+
     def _acknowledged(self, ack: int) -> None:
+        if self._buffer and self._buffer[0][0] <= ack:
+            self._progress_at = time.monotonic()
         while self._buffer and self._buffer[0][0] <= ack:
             self.buffered_bytes -= len(self._buffer.popleft()[1])
 
@@ -236,9 +254,11 @@ class StdioRelay:
                 line = self._state.overdue_resend()
                 if line is None and self._state.needs_ack:
                     line = self._state.control(b"K")
-                if line is not None:
-                    with contextlib.suppress(OSError):
-                        self._write(line)
+                probe = self._state.probe()
+                with contextlib.suppress(OSError):
+                    for frame in (line, probe):
+                        if frame is not None:
+                            self._write(frame)
 
     # ---- connections -------------------------------------------------------------------------
 

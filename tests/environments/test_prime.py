@@ -134,3 +134,20 @@ def test_missing_sdk_names_the_extra(monkeypatch, broker, handler):
     monkeypatch.setitem(sys.modules, "prime_sandboxes", None)
     with pytest.raises(ConfigurationError, match=r"pip install 'rlm\[prime\]'"):
         make_env(broker, handler, {"api_key": "k"})
+
+
+def test_output_lost_while_the_sdk_reattaches_is_resent(broker, handler):
+    """The SDK re-attaches a dropped stream by itself but output emitted meanwhile is gone: a
+    hole in the byte stream. The relay notices the missing frames and has them resent."""
+    with running_standin(drop_stream_after=200_000) as (server, kwargs):
+        env = make_env(broker, handler, kwargs, max_output_chars=1_000_000)
+        try:
+            (runner,) = server.live_pids()
+            result = run_sync(env.execute("print('p' * 500_000)"))
+            assert result.stdout == "p" * 500_000 + "\n" and not result.restarted
+            assert server.dropped_streams == 1
+            assert server.calls.count("POST gateway:/command_session.CommandSession/Connect") == 1
+            assert any("resend" in problem for problem in env._relay.problems)
+            assert server.live_pids() == [runner]
+        finally:
+            run_sync(env.aclose())

@@ -163,12 +163,24 @@ class PrimeStandIn(LoopThreadServer):
 
     Use as a context manager; ``api_url`` goes into ``PRIME_API_BASE_URL`` (or the adapter's
     ``api_url``) and ``api_key`` into ``PRIME_API_KEY``. ``provisioning_polls`` makes that many
-    status polls answer ``PROVISIONING`` before ``RUNNING``.
+    status polls answer ``PROVISIONING`` before ``RUNNING``. ``drop_stream_after``: the first
+    following output stream that has sent that many stdout bytes ends with ``unavailable`` (a
+    link fault): the SDK re-attaches with ``Connect`` and, as on the platform, what the
+    process wrote while nobody was attached is not replayed (``open_process`` docstring).
     """
 
-    def __init__(self, *, api_key: str | None = None, provisioning_polls: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        provisioning_polls: int = 0,
+        drop_stream_after: int | None = None,
+    ) -> None:
         self.api_key = api_key or f"pit_standin_{secrets.token_hex(8)}"
         self.provisioning_polls = provisioning_polls
+        self.drop_stream_after = drop_stream_after
+        #: output streams ended by ``drop_stream_after``
+        self.dropped_streams = 0
         self.sandboxes: dict[str, Sandbox] = {}
         self.calls: list[str] = []
         #: the size of every upload the gateway received, refused ones included
@@ -550,6 +562,7 @@ class PrimeStandIn(LoopThreadServer):
         when the session has already ended)."""
         pb = _pb()
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        sent = 0
         session.subscribers.append(queue)
         response = await _open_stream(request)
         try:
@@ -573,6 +586,13 @@ class PrimeStandIn(LoopThreadServer):
                 await response.write(_frame(kind(event=event)))
                 if event.WhichOneof("event") == "end":
                     break
+                if event.WhichOneof("event") == "data":
+                    sent += len(event.data.stdout)
+                    if self.drop_stream_after is not None and sent >= self.drop_stream_after:
+                        self.drop_stream_after = None
+                        self.dropped_streams += 1
+                        await response.write(_end_frame(RpcError("unavailable", "stream reset")))
+                        return response
             await response.write(_end_frame(None))
         except (ConnectionError, asyncio.CancelledError):
             pass  # the client went away; the process goes on, as on the real platform

@@ -75,6 +75,20 @@ def test_50mb_context_goes_through_the_file_api(cloud, lm_server, make_rlm):
         assert log.inband_bytes(server) < 1024 * 1024, "the context travelled in band"
 
 
+def test_30mb_from_the_runner_reaches_the_host_through_the_relay(cloud, lm_server, make_rlm):
+    """The answer travels back over the exec stream: tens of MB of relay frames, through the
+    provider's output path (and, with RLM_STANDIN_SHAPING, its latency, bandwidth and a drop)."""
+    name, _log, server, kwargs = cloud
+    size = 30 * 1000 * 1000
+    lm_server.set_script(
+        [f'```repl\nanswer["content"] = "y" * {size - 3} + "END"\nanswer["ready"] = True\n```']
+    )
+    rlm = make_rlm(environment=name, environment_kwargs=kwargs)
+    result = rlm.completion("small context")
+    assert len(result.response) == size and result.response.endswith("yEND")
+    assert_all_gone(server)
+
+
 def test_sandbox_removed_when_the_completion_raises(cloud, lm_server, make_rlm):
     name, log, server, kwargs = cloud
     lm_server.set_script(['```repl\nx = 1\nprint("running")\n```', Reply("nope", status=401)])

@@ -64,6 +64,7 @@ from aiohttp import WSMsgType, web
 
 from rlm.testing.standins._processes import alive, first_missing, with_descendants
 from rlm.testing.standins._server import LoopThreadServer
+from rlm.testing.standins._shaping import Shaping
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STDOUT_PREFIX = b"\x01\x01\x01"
@@ -220,6 +221,7 @@ class DaytonaStandIn(LoopThreadServer):
         step_delay: float = 0.05,
         kill_grace: float = 2.0,
         drop_log_stream_after: int | None = None,
+        shaping: Shaping | None = None,
     ) -> None:
         self.api_key = api_key or f"dtn_standin_{secrets.token_hex(12)}"
         self.organization_id = f"org-{secrets.token_hex(4)}"
@@ -232,7 +234,11 @@ class DaytonaStandIn(LoopThreadServer):
         self.socket_connections: list[dict[str, Any]] = []
         #: bytes received through ``.../input`` (what the host wrote to commands' stdin)
         self.input_bytes = 0
-        self.drop_log_stream_after = drop_log_stream_after
+        #: latency, bandwidth and a stream drop (default: RLM_STANDIN_SHAPING, else none)
+        self.shaping = shaping or Shaping.from_env()
+        self.drop_log_stream_after = (
+            drop_log_stream_after if drop_log_stream_after is not None else self.shaping.drop_after
+        )
         #: log streams closed by ``drop_log_stream_after``
         self.dropped_streams = 0
         self._ids = itertools.count(1)
@@ -261,7 +267,8 @@ class DaytonaStandIn(LoopThreadServer):
     async def _serve(self) -> int:
         import socketio
 
-        app = web.Application(client_max_size=1 << 40)
+        shape = [self.shaping.aiohttp_middleware()] if self.shaping.active else []
+        app = web.Application(client_max_size=1 << 40, middlewares=shape)
         sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins="*")
         sio.on("connect", self._socket_connect)
         sio.attach(app, socketio_path="api/socket.io")
@@ -659,6 +666,7 @@ class DaytonaStandIn(LoopThreadServer):
                 if sent < len(command.log):
                     chunk = bytes(command.log[sent : sent + WS_MESSAGE_BYTES])
                     sent += len(chunk)
+                    await self.shaping.carry(len(chunk))
                     await ws.send_bytes(chunk)
                     drop = self.drop_log_stream_after
                     if follow and drop is not None and sent >= drop:

@@ -49,6 +49,7 @@ from aiohttp import web
 
 from rlm.testing.standins._processes import first_missing, signal_group, with_descendants
 from rlm.testing.standins._server import LoopThreadServer
+from rlm.testing.standins._shaping import Shaping
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEEPALIVE_SECONDS = 15.0
@@ -175,10 +176,15 @@ class PrimeStandIn(LoopThreadServer):
         api_key: str | None = None,
         provisioning_polls: int = 0,
         drop_stream_after: int | None = None,
+        shaping: Shaping | None = None,
     ) -> None:
         self.api_key = api_key or f"pit_standin_{secrets.token_hex(8)}"
         self.provisioning_polls = provisioning_polls
-        self.drop_stream_after = drop_stream_after
+        #: latency, bandwidth and a stream drop (default: RLM_STANDIN_SHAPING, else none)
+        self.shaping = shaping or Shaping.from_env()
+        self.drop_stream_after = (
+            drop_stream_after if drop_stream_after is not None else self.shaping.drop_after
+        )
         #: output streams ended by ``drop_stream_after``
         self.dropped_streams = 0
         self.sandboxes: dict[str, Sandbox] = {}
@@ -208,14 +214,15 @@ class PrimeStandIn(LoopThreadServer):
         self.gateway_url = f"http://127.0.0.1:{ports[1]}"
 
     async def _serve(self) -> tuple[int, int]:
-        api = web.Application()
+        shape = [self.shaping.aiohttp_middleware()] if self.shaping.active else []
+        api = web.Application(middlewares=shape)
         api.router.add_post("/api/v1/sandbox", self._create)
         api.router.add_post("/api/v1/sandbox/status:batchGet", self._batch_status)
         api.router.add_get("/api/v1/sandbox/{id}", self._get)
         api.router.add_get("/api/v1/sandbox/{id}/error-context", self._error_context)
         api.router.add_post("/api/v1/sandbox/{id}/auth", self._auth)
         api.router.add_delete("/api/v1/sandbox/{id}", self._delete)
-        gateway = web.Application(client_max_size=1 << 40)
+        gateway = web.Application(client_max_size=1 << 40, middlewares=shape)
         gateway.router.add_post("/{ns}/{job}/upload", self._upload)
         gateway.router.add_post(f"/{{ns}}/{{job}}/{_SERVICE}/{{method}}", self._rpc)
         ports = []
@@ -588,6 +595,7 @@ class PrimeStandIn(LoopThreadServer):
                     break
                 if event.WhichOneof("event") == "data":
                     sent += len(event.data.stdout)
+                    await self.shaping.carry(len(event.data.stdout) + len(event.data.stderr))
                     if self.drop_stream_after is not None and sent >= self.drop_stream_after:
                         self.drop_stream_after = None
                         self.dropped_streams += 1

@@ -21,6 +21,7 @@ import json
 import os
 import pickle
 import queue
+import re
 import signal
 import sys
 import threading
@@ -131,6 +132,35 @@ class _CellOutput(io.TextIOBase):
         return False
 
 
+class _RunnerLogFilter:
+    """Between fd 2 and the cell's stderr: gRPC's own log lines (``I1130 08:16:26.287488 16189
+    fork_posix.cc:71] ...``, e.g. when the cell forks) are the runner's, so they go to its
+    original stderr; everything else is the cell's. Lines are held until complete, and a
+    partial one until the end of the cell."""
+
+    _GRPC_LOG = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ")
+
+    def __init__(self, output: _CellOutput) -> None:
+        self._output = output
+        self._partial = ""
+
+    def write(self, text: str) -> None:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            found = self._GRPC_LOG.search(line)
+            if found is None:
+                self._output.write(line + "\n")
+                continue
+            if found.start():  # the cell's unfinished line, cut by gRPC's
+                self._output.write(line[: found.start()])
+            print(line[found.start() :], file=sys.__stderr__)
+
+    def flush(self) -> None:
+        if self._partial:
+            self._output.write(self._partial)
+            self._partial = ""
+
+
 class _FdCapture:
     """Points fds 1 and 2 at pipes whose bytes become the cell's stdout and stderr, so that what
     subprocesses and C code write is the model's to see and never reaches the runner's own
@@ -151,11 +181,12 @@ class _FdCapture:
             os.dup2(write_end, fd)
             synced = threading.Event()
             self._streams.append((write_end, synced))
+            sink = _RunnerLogFilter(output) if fd == 2 else output
             threading.Thread(
-                target=self._pump, args=(read_end, output, synced), daemon=True, name=f"fd{fd}"
+                target=self._pump, args=(read_end, sink, synced), daemon=True, name=f"fd{fd}"
             ).start()
 
-    def _pump(self, read_end: int, output: _CellOutput, synced: threading.Event) -> None:
+    def _pump(self, read_end: int, output: Any, synced: threading.Event) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         pending = b""
         while data := os.read(read_end, 1 << 16):
@@ -163,6 +194,7 @@ class _FdCapture:
             while (at := pending.find(self._marker)) != -1:
                 if at:
                     output.write(decoder.decode(pending[:at]))
+                output.flush()
                 pending = pending[at + len(self._marker) :]
                 synced.set()
             # Keep a tail that may be the start of a marker split across reads.

@@ -203,3 +203,24 @@ def test_a_provider_that_cannot_reattach_restarts_the_runner_with_a_note(broker,
         assert run_sync(env.execute("print('back')")).stdout == "back\n"
     finally:
         run_sync(env.aclose())
+
+
+def test_fd_output_of_a_cell_is_the_cells_and_grpc_log_lines_are_not(broker, handler):
+    """What a cell's subprocesses and forks write to fds 1 and 2 is its output (with the relay,
+    nothing else may reach the runner's stdout); gRPC's own log line about the fork is not."""
+    env = start(StdioRelayEnvironment, broker, handler)
+    try:
+        code = (
+            "import os, subprocess\n"
+            "_ = subprocess.run(['sh', '-c', 'echo out; echo err >&2; printf tail >&2'])\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    os.write(1, b'from the child\\n')\n"
+            "    os._exit(0)\n"
+            "_ = os.waitpid(pid, 0)\n"
+        )
+        result = run_sync(env.execute(code))
+        assert result.stdout == "out\nfrom the child\n"
+        assert result.stderr == "err\ntail"
+    finally:
+        run_sync(env.aclose())

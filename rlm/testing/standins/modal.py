@@ -355,6 +355,12 @@ class _Router(_RouterBase):
     async def _request(self, stream: Stream[Any, Any], name: str) -> Any:
         self.s.calls.append(name)
         await self.s.shaping.round_trip()
+        # Unary calls only: the SDK honours a retry policy there (call_with_retries_on_
+        # transient_errors); its stdio read stream retries no RESOURCE_EXHAUSTED at all.
+        if name != "TaskExecStdioRead" and self.s.shaping.throttled():
+            self.s.throttled_calls += 1
+            policy = api_pb2.RPCRetryPolicy(retry_after_secs=self.s.shaping.retry_after)
+            raise GRPCError(Status.RESOURCE_EXHAUSTED, "rate limit exceeded", [policy])
         request = await stream.recv_message()
         assert request is not None
         self._authorize(stream, request.task_id)
@@ -486,6 +492,8 @@ class ModalStandIn:
         )
         #: stdout streams ended by ``drop_stdout_stream_after``
         self.dropped_streams = 0
+        #: router calls answered RESOURCE_EXHAUSTED by the shaping's throttling
+        self.throttled_calls = 0
         self.jwt = _Jwt()
         self.router_jwt_seconds = router_jwt_seconds
         self.calls: list[str] = []
@@ -532,7 +540,11 @@ class ModalStandIn:
             raise RuntimeError("the Modal stand-in did not start within 10s")
 
     async def _start_server(self) -> None:
-        self._server = Server([_ControlPlane(self), _Router(self)])
+        from grpclib.encoding.proto import ProtoStatusDetailsCodec
+
+        self._server = Server(
+            [_ControlPlane(self), _Router(self)], status_details_codec=ProtoStatusDetailsCodec()
+        )
         await self._server.start("127.0.0.1", 0)
         sockets = self._server._server.sockets if self._server._server else []
         self.port = sockets[0].getsockname()[1]

@@ -55,7 +55,7 @@ from typing import Any
 from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
 
 from .docker_image import REQUIREMENTS
-from .relay import RelayedSandboxEnvironment, RemoteProcess
+from .relay import RelayedSandboxEnvironment, RemoteProcess, upload_timeout
 
 DEFAULT_BASE_IMAGE = "python:3.12-slim"
 STDERR_TAIL = 8192
@@ -113,6 +113,7 @@ class DaytonaProcess(RemoteProcess):
         self._drained = asyncio.Event()
         self._write_error: SandboxDiedError | None = None
         self._killed = False
+        self._dropped = False
         self._pump_task = asyncio.ensure_future(self._pump())
 
     async def _pump(self) -> None:
@@ -125,12 +126,28 @@ class DaytonaProcess(RemoteProcess):
             self._on_stderr(f"\n[the Daytona log stream broke: {error}]\n")
         finally:
             code = None
+            running = False
             if not self._killed:
                 with contextlib.suppress(Exception):
                     command = await process.get_session_command(self.session_id, self.command_id)
                     code = command.exit_code
-            self._exit_code = code if code is not None else -1
+                    running = code is None
+            # A WebSocket that closes while the command runs is a dropped stream, not an exit
+            # (the daemon treats any close as the end of the log): reattach() opens a new one.
+            self._dropped = running
+            if not running:
+                self._exit_code = code if code is not None else -1
             self._stdout.put_nowait(None)
+
+    async def reattach(self) -> bool:
+        """Follows the command's log again; the daemon sends it from the start, and the relay
+        drops the frames it already has."""
+        if not self._dropped or self._killed:
+            return False
+        self._dropped = False
+        self._stdout = asyncio.Queue()
+        self._pump_task = asyncio.ensure_future(self._pump())
+        return True
 
     def _on_stdout(self, text: str) -> None:
         self._stdout.put_nowait(text.encode("utf-8"))
@@ -227,7 +244,7 @@ class DaytonaEnvironment(RelayedSandboxEnvironment):
         ttl_minutes: int | None = None,
         labels: dict[str, str] | None = None,
         create_timeout: float = 600.0,
-        upload_timeout: int = 600,
+        upload_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -312,7 +329,8 @@ class DaytonaEnvironment(RelayedSandboxEnvironment):
     async def _write_file(self, path: str, data: bytes) -> None:
         sandbox = self._require_sandbox()
         try:
-            await sandbox.fs.upload_file(data, path, timeout=self.upload_timeout)
+            timeout = self.upload_timeout or upload_timeout(len(data))
+            await sandbox.fs.upload_file(data, path, timeout=timeout)
         except self._errors as error:
             raise SandboxError(
                 f"uploading {path} ({len(data)} bytes) to Daytona sandbox {sandbox.id} failed: "

@@ -51,7 +51,7 @@ from typing import Any
 from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
 
 from .docker_image import REQUIREMENTS
-from .relay import REQUIREMENTS_CHECK, RelayedSandboxEnvironment, RemoteProcess
+from .relay import REQUIREMENTS_CHECK, RelayedSandboxEnvironment, RemoteProcess, upload_timeout
 
 DEFAULT_TEMPLATE = "rlm-runner"
 """The template :func:`build_template` builds: Python 3.12 with grpcio and protobuf."""
@@ -120,6 +120,7 @@ class E2BProcess(RemoteProcess):
         self._stderr: deque[str] = deque()
         self._stderr_size = 0
         self._ended = False
+        self._dropped = False
 
     def attach(self, handle: Any, stdin: Any) -> None:
         """Takes the SDK's command handle and input stream once the process has started."""
@@ -131,8 +132,36 @@ class E2BProcess(RemoteProcess):
         # wait() raises for a non-zero exit or a broken stream; the exit code is on the handle.
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await self._handle.wait()
-        self._ended = True
+        # No end event: the stream broke (a proxy, the load balancer), maybe not the process.
+        # envd drops output while nobody is subscribed; reattach() connects again and the
+        # relay asks for what was lost.
+        self._dropped = self._handle.exit_code is None and not self._environment.closing
+        self._ended = not self._dropped
         self._stdout.put_nowait(None)
+
+    async def reattach(self) -> bool:
+        """Connects to the runner again (``commands.connect`` by pid) after its output stream
+        broke; False when it is gone."""
+        if not self._dropped:
+            return False
+        self._dropped = False
+        sandbox = self._environment._require_sandbox()
+        self._stdout = asyncio.Queue()
+        try:
+            handle = await sandbox.commands.connect(
+                self._handle.pid,
+                timeout=0,
+                on_stdout=self.on_stdout,
+                on_stderr=self.on_stderr,
+                retain_output=False,
+            )
+        except _sdk().SandboxException as error:
+            self.on_stderr(f"\n[re-attaching to the runner failed: {error}]\n")
+            self._ended = True
+            return False
+        self._handle = handle
+        self._waiter = asyncio.ensure_future(self._wait())
+        return True
 
     def on_stdout(self, text: str) -> None:
         self._stdout.put_nowait(text.encode("utf-8"))
@@ -337,7 +366,10 @@ class E2BEnvironment(RelayedSandboxEnvironment):
     async def _write_file(self, path: str, data: bytes) -> None:
         sandbox = self._require_sandbox()
         try:
-            await sandbox.files.write(path, data, use_octet_stream=True)
+            # The SDK's request_timeout (60 s) bounds the whole request: scale it to the size.
+            await sandbox.files.write(
+                path, data, use_octet_stream=True, request_timeout=upload_timeout(len(data))
+            )
         except _sdk().SandboxException as error:
             raise SandboxError(
                 f"writing {path} ({len(data)} bytes) into E2B sandbox {self.sandbox_id} failed: "

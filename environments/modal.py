@@ -41,7 +41,7 @@ from typing import Any
 from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
 
 from .docker_image import REQUIREMENTS
-from .relay import RelayedSandboxEnvironment, RemoteProcess
+from .relay import RelayedSandboxEnvironment, RemoteProcess, upload_timeout
 
 STDERR_TAIL = 8192
 KILL_WAIT_SECONDS = 5.0
@@ -327,7 +327,10 @@ class ModalEnvironment(RelayedSandboxEnvironment):
     async def _write_file(self, path: str, data: bytes) -> None:
         sandbox = self._require_sandbox()
         try:
-            await sandbox.filesystem.write_bytes.aio(data, path)
+            # The SDK sets no deadline of its own on a write.
+            await asyncio.wait_for(
+                sandbox.filesystem.write_bytes.aio(data, path), upload_timeout(len(data))
+            )
         except Exception as error:
             raise SandboxError(
                 f"writing {path} ({len(data)} bytes) into Modal sandbox {self.sandbox_id} failed: "

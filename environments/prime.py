@@ -4,7 +4,8 @@ Only provider calls live here; the runner, its relay and the protocol are shared
 (:mod:`rlm.environments.relay`). Through the ``prime-sandboxes`` SDK's ``AsyncSandboxClient``:
 ``create`` + ``wait_for_creation`` make the sandbox, one ``execute_command`` prepares it (the
 working directory, the runner's two dependencies), ``upload_bytes`` is the file API (the runner
-zipapp, contexts above 1 MiB), ``open_process`` runs the runner with its stdin and stdout streamed
+zipapp, contexts above 1 MiB, in parts under the platform's 16 MiB per-file cap),
+``open_process`` runs the runner with its stdin and stdout streamed
 (the relay carries its gRPC connection to the host broker over them: the sandbox never dials the
 host), and ``delete`` ends it. Neither the API key nor the broker token enters the sandbox: the
 key stays in the host's SDK client, the token goes over the process's stdin.
@@ -43,7 +44,7 @@ from typing import Any
 from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
 
 from .docker_image import REQUIREMENTS
-from .relay import REQUIREMENTS_CHECK, RelayedSandboxEnvironment, RemoteProcess
+from .relay import REQUIREMENTS_CHECK, RelayedSandboxEnvironment, RemoteProcess, upload_timeout
 
 DEFAULT_IMAGE = "python:3.12-slim"
 """A stock image; the runner's dependencies are pip-installed into it on start."""
@@ -137,6 +138,8 @@ class PrimeEnvironment(RelayedSandboxEnvironment):
     """The runner in a Prime Intellect sandbox, reached through the exec stream."""
 
     name = "prime"
+    #: Prime's sandbox files docs: uploads are capped at 16 MiB per file (413 above)
+    max_file_bytes = 16 * 1024 * 1024
 
     def __init__(
         self,
@@ -159,7 +162,7 @@ class PrimeEnvironment(RelayedSandboxEnvironment):
         region: str | None = None,
         creation_attempts: int = 60,
         setup_timeout: int = 300,
-        upload_timeout: int = 300,
+        upload_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -281,7 +284,11 @@ class PrimeEnvironment(RelayedSandboxEnvironment):
         client, sandbox_id = self._require_sandbox()
         try:
             await client.upload_bytes(
-                sandbox_id, path, data, os.path.basename(path), timeout=self.upload_timeout
+                sandbox_id,
+                path,
+                data,
+                os.path.basename(path),
+                timeout=self.upload_timeout or upload_timeout(len(data)),
             )
         except self._errors as error:
             raise SandboxError(

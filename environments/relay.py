@@ -10,23 +10,59 @@ through the provider's file API, never through the stream or a command line.
 from __future__ import annotations
 
 import asyncio
-import base64
+import collections
 import contextlib
+import itertools
+import json
+import logging
 import secrets
 from abc import abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
-from rlm.errors import SandboxDiedError
+from rlm.errors import SandboxDiedError, SandboxError
 
 from .base import RunnerProcess, SandboxEnvironment, _encode_context
 from .runner.bundle import runner_bundle
+from .runner.relay import ACK_SECONDS, CONTROL, Frame, FrameError, FrameGap, Sequencer
+
+logger = logging.getLogger(__name__)
 
 READ_CHUNK = 48 * 1024
 #: contexts up to this size go through the relayed stream; bigger ones as a file
 INLINE_CONTEXT_CHARS = 1 << 20
 #: how long closing a relay waits for its tasks to unwind (and close the provider streams)
 CLOSE_WAIT_SECONDS = 5.0
+#: the largest file one upload carries when the provider sets no lower cap: bigger files go up
+#: in parts (concurrently, each with a deadline of its own) and are joined inside the sandbox
+UPLOAD_PART_BYTES = 8 << 20
+#: parts of one file in flight at once
+UPLOAD_CONCURRENCY = 4
+#: an upload's deadline: this much for the request itself, plus the time the slowest link we
+#: accept (UPLOAD_MIN_BYTES_PER_SECOND) needs for the bytes; an 8 MiB part gets 62 s
+UPLOAD_BASE_SECONDS = 30.0
+UPLOAD_MIN_BYTES_PER_SECOND = 256 * 1024
+#: frames written to the provider in one call, at most (several frames per round trip)
+WRITE_BATCH_BYTES = 1 << 20
+#: pause before a failed write is tried again
+WRITE_RETRY_SECONDS = 0.2
+#: problems a relay remembers (the newest)
+MAX_PROBLEMS = 100
+
+
+def upload_timeout(size: int) -> float:
+    """Seconds an upload of ``size`` bytes may take before it counts as failed."""
+    return UPLOAD_BASE_SECONDS + size / UPLOAD_MIN_BYTES_PER_SECOND
+
+
+def split_sizes(size: int, part_bytes: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of each part when ``size`` bytes go up in parts of ``part_bytes``."""
+    if part_bytes <= 0:
+        raise ValueError(f"part_bytes must be positive, not {part_bytes}")
+    return [(start, min(start + part_bytes, size)) for start in range(0, size, part_bytes)] or [
+        (0, 0)
+    ]
+
 
 #: A Python one-liner for a provider's exec API that tells whether the image can host the
 #: runner. Exit 0: ready; 1: grpcio/protobuf missing or too old; 2: Python < 3.11.
@@ -54,59 +90,210 @@ class RemoteProcess(RunnerProcess):
 
     @abstractmethod
     def output(self) -> AsyncIterator[bytes]:
-        """The process's stdout, as it arrives; ends when the process ends."""
+        """The process's stdout, as it arrives; ends when the process ends or the stream
+        drops (then :meth:`reattach` may give a fresh one)."""
+
+    async def reattach(self) -> bool:
+        """After :meth:`output` ended with the process still running: attaches to its output
+        again (what it wrote meanwhile may be lost; the relay asks for it again) and returns
+        True, or False where the provider cannot (the runner is then restarted)."""
+        return False
 
 
 class HostRelay:
-    """The host end: one broker connection per relayed connection, bytes pumped both ways."""
+    """The host end: one broker connection per relayed connection, bytes pumped both ways.
+
+    Frames are numbered and acknowledged (:mod:`rlm.environments.runner.relay` describes the
+    protocol); the frames written while the sandbox may not have read them are kept for a
+    resend; a corrupt line or a gap is reported in :attr:`problems` and repaired by a resend;
+    a stream that drops is re-attached where the provider can. Several frames go in one write.
+    """
 
     def __init__(self, process: RemoteProcess, broker_socket: str) -> None:
         self.process = process
         self.broker_socket = broker_socket
         self._writers: dict[int, asyncio.StreamWriter] = {}
         self._pumps: set[asyncio.Task[None]] = set()
-        self._send_lock = asyncio.Lock()
+        self._state = Sequencer()
+        self._room = asyncio.Condition()
+        self._outgoing: collections.deque[bytes] = collections.deque()
+        self._wake = asyncio.Event()
+        self._requests = itertools.count(1)
+        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        #: what went wrong on the stream (corrupt lines, gaps, re-attachments), oldest first
+        self.problems: list[str] = []
+        #: how often the output stream dropped and was re-attached
+        self.reattachments = 0
         self.task = asyncio.ensure_future(self._from_sandbox())
+        self._writer = asyncio.ensure_future(self._write_loop())
+        self._acker = asyncio.ensure_future(self._ack_loop())
+
+    # ---- writing ---------------------------------------------------------------------------
 
     async def _send(self, conn_id: int, kind: bytes, data: bytes = b"") -> None:
-        payload = base64.b64encode(data) if data else b"-"
-        async with self._send_lock:
-            await self.process.write(b"%d %s %s\n" % (conn_id, kind, payload))
+        async with self._room:
+            await self._room.wait_for(lambda: not self._state.full)
+            self._queue(self._state.stamp(conn_id, kind, data))
+
+    def _queue(self, line: bytes) -> None:
+        self._outgoing.append(line)
+        self._wake.set()
+
+    async def _write_loop(self) -> None:
+        """Writes what is queued, several frames per provider write (each may be a round
+        trip: one unary call per write on Modal and Prime). A failed write is retried while
+        the process lives: the frames are numbered, so a repeat is harmless."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outgoing:
+                batch, size = [], 0
+                while self._outgoing and size < WRITE_BATCH_BYTES:
+                    line = self._outgoing.popleft()
+                    batch.append(line)
+                    size += len(line)
+                try:
+                    await self.process.write(b"".join(batch))
+                except (SandboxError, OSError) as error:
+                    if self.process.exit_code() is not None:
+                        return
+                    self._report(f"writing to the runner failed ({error}); retrying")
+                    self._outgoing.extendleft(reversed(batch))
+                    await asyncio.sleep(WRITE_RETRY_SECONDS)
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ACK_SECONDS)
+            line = self._state.overdue_resend()
+            if line is None and self._state.needs_ack:
+                line = self._state.control(b"K")
+            for frame in (line, self._state.probe()):
+                if frame is not None:
+                    self._queue(frame)
+
+    def _report(self, problem: str) -> None:
+        self.problems.append(problem)
+        del self.problems[:-MAX_PROBLEMS]
+        logger.warning("relay: %s", problem)
+
+    def _ask_resend(self, force: bool = False) -> None:
+        if (request := self._state.resend_request(force)) is not None:
+            self._queue(request)
+
+    # ---- reading ---------------------------------------------------------------------------
 
     async def _from_sandbox(self) -> None:
-        pending = b""
         try:
-            async with contextlib.aclosing(self.process.output()) as output:
-                async for data in output:
-                    pending += data
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        await self._dispatch(line)
+            while True:
+                pending = b""
+                async with contextlib.aclosing(self.process.output()) as output:
+                    async for data in output:
+                        pending += data
+                        *lines, pending = pending.split(b"\n")
+                        for line in lines:
+                            await self._on_line(line)
+                # A partial line left by a dropped stream is asked for again below.
+                if not await self._reattach():
+                    return
         finally:
             for writer in self._writers.values():
                 writer.close()
             self._writers.clear()
+            for reply in self._replies.values():
+                if not reply.done():
+                    reply.set_exception(SandboxDiedError("the relay stream ended"))
 
-    async def _dispatch(self, line: bytes) -> None:
-        parts = line.strip().split(b" ")
-        if len(parts) != 3 or not parts[0].isdigit():
-            return  # not a frame (e.g. a provider's banner): ignore
-        conn_id, kind, payload = int(parts[0]), parts[1], parts[2]
-        if kind == b"O":
+    async def _reattach(self) -> bool:
+        if self.process.exit_code() is not None:
+            return False
+        try:
+            attached = await self.process.reattach()
+        except (SandboxError, OSError) as error:
+            self._report(f"re-attaching to the runner's output failed: {error}")
+            return False
+        if not attached:
+            self._report("the runner's output stream dropped and the provider cannot re-attach")
+            return False
+        self.reattachments += 1
+        self._report(f"the runner's output stream dropped; re-attached ({self.reattachments})")
+        self._ask_resend(force=True)
+        return True
+
+    async def _on_line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            frame = self._state.receive(line)
+        except (FrameError, FrameGap) as error:
+            self._report(f"{error}; asking the sandbox to resend")
+            self._ask_resend()
+            return
+        async with self._room:
+            self._room.notify_all()  # acknowledgements may have made room
+        if frame is not None:
+            await self._dispatch(frame)
+
+    async def _dispatch(self, frame: Frame) -> None:
+        if frame.kind == b"R":
+            try:
+                lines = self._state.replay_from(int(frame.data))
+            except (FrameError, ValueError) as error:
+                self._report(f"the sandbox asked for a resend that cannot be made: {error}")
+                return
+            self._outgoing = collections.deque(lines)  # everything queued is among them
+            self._wake.set()
+            return
+        if frame.conn == CONTROL:
+            self._on_control(frame.kind, frame.data)
+        elif frame.kind == b"O":
             reader, writer = await asyncio.open_unix_connection(self.broker_socket)
-            self._writers[conn_id] = writer
-            pump = asyncio.ensure_future(self._to_sandbox(conn_id, reader))
+            self._writers[frame.conn] = writer
+            pump = asyncio.ensure_future(self._to_sandbox(frame.conn, reader))
             self._pumps.add(pump)
             pump.add_done_callback(self._pumps.discard)
-        elif kind == b"D":
-            writer = self._writers.get(conn_id)
+        elif frame.kind == b"D":
+            writer = self._writers.get(frame.conn)
             if writer is not None:
-                writer.write(base64.b64decode(payload))
+                writer.write(frame.data)
                 await writer.drain()
-        elif kind == b"C":
-            writer = self._writers.pop(conn_id, None)
+        elif frame.kind == b"C":
+            writer = self._writers.pop(frame.conn, None)
             if writer is not None:
                 writer.close()
+
+    async def join(self, parts: list[str], path: str, timeout: float) -> None:
+        """Has the sandbox end concatenate the uploaded ``parts`` (in order) into ``path`` and
+        delete them; raises :class:`SandboxError` when it cannot."""
+        request_id = next(self._requests)
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[request_id] = reply
+        body = {"id": request_id, "op": "join", "parts": parts, "path": path}
+        try:
+            await self._send(CONTROL, b"J", json.dumps(body).encode())
+            try:
+                answer = await asyncio.wait_for(asyncio.shield(reply), timeout)
+            except TimeoutError:
+                raise SandboxError(
+                    f"the sandbox did not join the {len(parts)} uploaded parts of {path} within "
+                    f"{timeout:.0f} s; its disk may be full or slow"
+                ) from None
+        finally:
+            self._replies.pop(request_id, None)
+        if answer.get("error"):
+            raise SandboxError(
+                f"joining the uploaded parts of {path} in the sandbox failed: {answer['error']}"
+            )
+
+    def _on_control(self, kind: bytes, data: bytes) -> None:
+        if kind != b"j":
+            return
+        try:
+            answer = json.loads(data)
+            reply = self._replies.get(int(answer["id"]))
+        except (ValueError, KeyError, TypeError):
+            return
+        if reply is not None and not reply.done():
+            reply.set_result(answer if isinstance(answer, dict) else {})
 
     async def _to_sandbox(self, conn_id: int, reader: asyncio.StreamReader) -> None:
         try:
@@ -118,7 +305,7 @@ class HostRelay:
             await self._send(conn_id, b"C")
 
     async def aclose(self) -> None:
-        tasks = {self.task, *self._pumps}
+        tasks = {self.task, self._writer, self._acker, *self._pumps}
         for task in tasks:
             task.cancel()
         for writer in self._writers.values():
@@ -136,6 +323,10 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
     #: a writable directory inside the sandbox for the runner, its relay socket and context
     #: files (unique per environment, so sandboxes that share a file system never collide)
     sandbox_dir: str = ""
+    #: the provider's cap on one uploaded file, in bytes (None: no cap below UPLOAD_PART_BYTES)
+    max_file_bytes: int | None = None
+    #: how many parts of one file may be uploaded at once
+    upload_concurrency: int = UPLOAD_CONCURRENCY
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -147,11 +338,49 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
 
     @abstractmethod
     async def _write_file(self, path: str, data: bytes) -> None:
-        """Writes ``data`` to ``path`` inside the sandbox (the provider's file API)."""
+        """Writes ``data`` to ``path`` inside the sandbox (the provider's file API); it is
+        never bigger than :meth:`part_bytes` and should be given ``upload_timeout(len(data))``."""
 
     @abstractmethod
     async def _exec(self, argv: list[str]) -> RemoteProcess:
         """Starts ``argv`` in the sandbox with stdin and stdout streaming to and from the host."""
+
+    # ---- files -----------------------------------------------------------------------------
+
+    @classmethod
+    def part_bytes(cls) -> int:
+        """The size of the parts a big file is uploaded in (under the provider's cap)."""
+        return min(UPLOAD_PART_BYTES, cls.max_file_bytes or UPLOAD_PART_BYTES)
+
+    async def _upload(self, path: str, data: bytes) -> None:
+        """Puts ``data`` at ``path`` in the sandbox: one upload when it fits in a part, else
+        parts uploaded concurrently and joined by the sandbox end of the relay."""
+        ranges = split_sizes(len(data), self.part_bytes())
+        if len(ranges) == 1:
+            await self._write_file(path, data)
+            return
+        if self._relay is None:
+            raise SandboxError("the runner is not running: start the environment first")
+        view = memoryview(data)
+        parts = [f"{path}.part{index}" for index in range(len(ranges))]
+        slots = asyncio.Semaphore(max(1, self.upload_concurrency))
+
+        async def put(part: str, start: int, end: int) -> None:
+            async with slots:
+                await self._write_file(part, bytes(view[start:end]))
+
+        uploads = [
+            asyncio.ensure_future(put(part, start, end))
+            for part, (start, end) in zip(parts, ranges, strict=True)
+        ]
+        try:
+            await asyncio.gather(*uploads)
+        except BaseException:
+            for upload in uploads:
+                upload.cancel()
+            await asyncio.gather(*uploads, return_exceptions=True)
+            raise
+        await self._relay.join(parts, path, timeout=upload_timeout(len(data)))
 
     # ---- the relay -------------------------------------------------------------------------
 
@@ -163,7 +392,7 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
 
     async def _launch_runner(self, bootstrap: bytes) -> RunnerProcess:
         bundle = f"{self.sandbox_dir}/runner.pyz"
-        await self._write_file(bundle, runner_bundle())
+        await self._upload(bundle, runner_bundle())
         process = await self._exec([self.python, "-I", "-u", bundle])
         await process.write(bootstrap)
         assert self.broker.socket_path is not None
@@ -190,8 +419,10 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
         connection = self._require_connection()
         self._files += 1
         path = f"{self.sandbox_dir}/context-{self._files}.bin"
-        await self._write_file(path, text.encode("utf-8"))
+        data = text.encode("utf-8")
         del text
+        await self._upload(path, data)
+        del data
         chunk = pb.ContextChunk(name=name, last=True, encoding=encoding, aliases=aliases, path=path)
         await connection.send(pb.HostMessage(context=chunk))
         await self._await_ack(connection, f"context:{name}")

@@ -248,10 +248,11 @@ def _print_completion(parser: argparse.ArgumentParser) -> int:
 def _extensions() -> list[Any]:
     """Sub-commands that live with their feature (imported lazily by their own modules)."""
     from rlm.environments.docker_cli import add_cli as docker_cli
+    from rlm.providers_check import add_cli as providers_cli
     from rlm.serve import add_cli as serve_cli
     from rlm.viewer import add_cli as view_cli
 
-    return [docker_cli, serve_cli, view_cli]
+    return [docker_cli, serve_cli, view_cli, providers_cli]
 
 
 _CLI_WORDS = (

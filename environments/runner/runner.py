@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import codecs
 import collections
 import contextlib
 import io
@@ -20,6 +21,7 @@ import json
 import os
 import pickle
 import queue
+import re
 import signal
 import sys
 import threading
@@ -134,6 +136,89 @@ class _CellOutput(io.TextIOBase):
 
     def isatty(self) -> bool:
         return False
+
+
+class _RunnerLogFilter:
+    """Between fd 2 and the cell's stderr: gRPC's own log lines (``I1130 08:16:26.287488 16189
+    fork_posix.cc:71] ...``, e.g. when the cell forks) are the runner's, so they go to its
+    original stderr; everything else is the cell's. Lines are held until complete, and a
+    partial one until the end of the cell."""
+
+    _GRPC_LOG = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ")
+
+    def __init__(self, output: _CellOutput) -> None:
+        self._output = output
+        self._partial = ""
+
+    def write(self, text: str) -> None:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            found = self._GRPC_LOG.search(line)
+            if found is None:
+                self._output.write(line + "\n")
+                continue
+            if found.start():  # the cell's unfinished line, cut by gRPC's
+                self._output.write(line[: found.start()])
+            print(line[found.start() :], file=sys.__stderr__)
+
+    def flush(self) -> None:
+        if self._partial:
+            self._output.write(self._partial)
+            self._partial = ""
+
+
+class _FdCapture:
+    """Points fds 1 and 2 at pipes whose bytes become the cell's stdout and stderr, so that what
+    subprocesses and C code write is the model's to see and never reaches the runner's own
+    stdout/stderr (with the stdio relay, the provider's stream: only relay frames may go there;
+    on Daytona both streams share one log). The runner's own messages keep the original fd 2
+    through ``sys.__stderr__``."""
+
+    #: how long the end of a cell waits for the pipes to be read up to that point
+    SYNC_SECONDS = 2.0
+
+    def __init__(self, outputs: dict[int, _CellOutput]) -> None:
+        self._marker = b"\0rlm-sync-" + os.urandom(8).hex().encode() + b"\0"
+        self._streams: list[tuple[int, threading.Event]] = []
+        diagnostics = os.dup(2)
+        sys.__stderr__ = open(diagnostics, "w", buffering=1, closefd=False)  # noqa: SIM115
+        for fd, output in outputs.items():
+            read_end, write_end = os.pipe()
+            os.dup2(write_end, fd)
+            synced = threading.Event()
+            self._streams.append((write_end, synced))
+            sink = _RunnerLogFilter(output) if fd == 2 else output
+            threading.Thread(
+                target=self._pump, args=(read_end, sink, synced), daemon=True, name=f"fd{fd}"
+            ).start()
+
+    def _pump(self, read_end: int, output: Any, synced: threading.Event) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        pending = b""
+        while data := os.read(read_end, 1 << 16):
+            pending += data
+            while (at := pending.find(self._marker)) != -1:
+                if at:
+                    output.write(decoder.decode(pending[:at]))
+                output.flush()
+                pending = pending[at + len(self._marker) :]
+                synced.set()
+            # Keep a tail that may be the start of a marker split across reads.
+            keep = len(self._marker) - 1
+            if len(pending) > keep:
+                output.write(decoder.decode(pending[:-keep]))
+                pending = pending[-keep:]
+
+    def sync(self) -> None:
+        """Returns once everything written to fds 1 and 2 before the call has reached the
+        cell's outputs (bounded: a writer that holds the pipe full cannot stall the runner)."""
+        for write_end, synced in self._streams:
+            synced.clear()
+            try:
+                os.write(write_end, self._marker)
+            except OSError:
+                continue
+            synced.wait(self.SYNC_SECONDS)
 
 
 def _import_ipython() -> Any:
@@ -294,6 +379,7 @@ class Runner:
         self._work: queue.SimpleQueue[pb.HostMessage | None] = queue.SimpleQueue()
         self._stdout = _CellOutput()
         self._stderr = _CellOutput()
+        self._fd_capture: _FdCapture | None = None
         self._cell_id = 0
         self._in_cell = threading.Event()
         self._cell_deadline = 0.0
@@ -577,6 +663,8 @@ class Runner:
         finally:
             self._in_cell.clear()
         result.seconds = time.perf_counter() - started
+        if self._fd_capture is not None:
+            self._fd_capture.sync()
         stdout, result.stdout_dropped_chars = self._stdout.end()
         stderr, result.stderr_dropped_chars = self._stderr.end()
         result.stdout, result.stderr = wire_text(stdout), wire_text(stderr)
@@ -638,6 +726,7 @@ class Runner:
         )
         threading.Thread(target=self._read_host, args=(responses,), daemon=True).start()
         sys.stdout, sys.stderr = self._stdout, self._stderr
+        self._fd_capture = _FdCapture({1: self._stdout, 2: self._stderr})
         sys.stdin = io.StringIO("")
         while True:
             try:

@@ -9,6 +9,7 @@ behaviour (request fields, kill mechanics, credentials) stays in ``test_<name>.p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -18,6 +19,7 @@ from conftest import CLOUD_PROVIDERS, start_environment, usable_cloud_fixture
 from test_e2e import depth_script
 
 from rlm.broker.loop import run_sync
+from rlm.environments import environment_class
 from rlm.errors import LMAuthenticationError
 from rlm.testing import Reply
 from rlm.testing.leaks import alive
@@ -66,9 +68,25 @@ def test_50mb_context_goes_through_the_file_api(cloud, lm_server, make_rlm):
     result = rlm.completion(context)
     assert result.response == f"{CONTEXT_BYTES} NEEDLE"
     uploads = log.file_uploads(server)
-    assert len(uploads) == 2, uploads  # the runner zipapp and the context file
+    # The runner zipapp, then the context in parts under the provider's per-file cap.
+    parts = math.ceil(CONTEXT_BYTES / environment_class(name).part_bytes())
+    assert parts > 1 and len(uploads) == 1 + parts, uploads
     if hasattr(log, "inband_bytes"):
         assert log.inband_bytes(server) < 1024 * 1024, "the context travelled in band"
+
+
+def test_30mb_from_the_runner_reaches_the_host_through_the_relay(cloud, lm_server, make_rlm):
+    """The answer travels back over the exec stream: tens of MB of relay frames, through the
+    provider's output path (and, with RLM_STANDIN_SHAPING, its latency, bandwidth and a drop)."""
+    name, _log, server, kwargs = cloud
+    size = 30 * 1000 * 1000
+    lm_server.set_script(
+        [f'```repl\nanswer["content"] = "y" * {size - 3} + "END"\nanswer["ready"] = True\n```']
+    )
+    rlm = make_rlm(environment=name, environment_kwargs=kwargs)
+    result = rlm.completion("small context")
+    assert len(result.response) == size and result.response.endswith("yEND")
+    assert_all_gone(server)
 
 
 def test_sandbox_removed_when_the_completion_raises(cloud, lm_server, make_rlm):

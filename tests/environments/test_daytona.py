@@ -159,3 +159,65 @@ def test_missing_sdk_names_the_extra(monkeypatch, broker, handler):
     monkeypatch.setitem(sys.modules, "daytona", None)
     with pytest.raises(ConfigurationError, match=r"pip install 'rlm\[daytona\]'"):
         make_env(broker, handler, {"api_key": "k"})
+
+
+def command_logs(server: Any) -> bytes:
+    """Everything the stand-in's daemon logged for every command (the relay's stream)."""
+    return b"".join(
+        bytes(command.log)
+        for sandbox in server.sandboxes.values()
+        for session in sandbox.sessions.values()
+        for command in session.commands.values()
+    )
+
+
+def test_only_frames_reach_the_daemon_log_and_fd_output_is_the_cells(daytona, broker, handler):
+    """The daemon labels stdout and stderr line by line into one log file, and writes a long
+    frame line in several pieces: bytes written to fd 2 (by a subprocess, or by C code) while
+    frames are on their way can land inside a frame. So nothing but frames may reach the
+    runner's stdout or stderr: what user code and its subprocesses write to fds 1 and 2 is the
+    cell's output."""
+    server, kwargs = daytona
+    env = make_env(broker, handler, kwargs, max_output_chars=2_000_000)
+    try:
+        code = (
+            "import os, subprocess, threading\n"
+            "noise = subprocess.Popen(['sh', '-c', 'yes stderr-noise | head -c 200000 >&2'])\n"
+            "def c_level():\n"
+            "    for _ in range(2000):\n"
+            "        os.write(2, b'fd-2-noise\\n')\n"
+            "spew = threading.Thread(target=c_level)\n"
+            "spew.start()\n"
+            "for i in range(6):\n"
+            "    print(str(i) * 200_000)\n"
+            "noise.wait()\n"
+            "spew.join()\n"
+            "_ = subprocess.run(['echo', 'from a subprocess'])\n"
+        )
+        result = run_sync(env.execute(code, timeout=120))
+        expected = "".join(str(i) * 200_000 + "\n" for i in range(6))
+        assert result.stdout == expected + "from a subprocess\n"
+        assert result.stderr.count("stderr-noise\n") == 200_000 // len("stderr-noise\n")
+        assert result.stderr.count("fd-2-noise\n") == 2000
+        assert not result.restarted
+        assert run_sync(env.execute("print('still here')")).stdout == "still here\n"
+        log = command_logs(server)
+        assert b"noise" not in log and b"from a subprocess" not in log
+    finally:
+        run_sync(env.aclose())
+
+
+def test_a_log_stream_that_closes_mid_session_is_followed_again(broker, handler):
+    """Daytona ends a log stream on any WebSocket close; the runner keeps running, so the
+    adapter follows its log again (from the start: the relay drops what it already has)."""
+    with running_standin(drop_log_stream_after=200_000) as (server, kwargs):
+        env = make_env(broker, handler, kwargs, max_output_chars=1_000_000)
+        try:
+            (runner,) = server.runner_pids()
+            result = run_sync(env.execute("print('d' * 500_000)"))
+            assert result.stdout == "d" * 500_000 + "\n" and not result.restarted
+            assert server.dropped_streams == 1
+            assert env._relay.reattachments == 1
+            assert server.runner_pids() == [runner]
+        finally:
+            run_sync(env.aclose())

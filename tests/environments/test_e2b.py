@@ -232,3 +232,21 @@ def test_template_definition_uses_python_with_the_runner_dependencies():
         "grpcio>=1.85.1",
         "protobuf>=7.35",
     ]
+
+
+def test_a_cut_output_stream_is_reconnected_and_the_lost_output_resent(broker, handler):
+    """E2B's SDK does not reconnect a broken event stream, and envd drops the output of a
+    process nobody is subscribed to: the adapter connects again by pid and the relay asks the
+    runner for the frames that were lost meanwhile."""
+    with running_standin(drop_output_stream_after=200_000) as (server, kwargs):
+        env = start_environment("e2b", broker, handler, max_output_chars=1_000_000, **kwargs)
+        try:
+            (runner,) = server.live_pids()
+            result = run_sync(env.execute("print('e' * 500_000)"))
+            assert result.stdout == "e" * 500_000 + "\n" and not result.restarted
+            assert server.dropped_streams == 1
+            assert env._relay.reattachments == 1
+            assert server.live_pids() == [runner]
+            assert len([c for c in server.calls if c.endswith("/process.Process/Connect")]) == 1
+        finally:
+            run_sync(env.aclose())

@@ -222,3 +222,32 @@ def test_missing_sdk_names_the_extra(monkeypatch, broker, handler):
     monkeypatch.setitem(sys.modules, "modal", None)
     with pytest.raises(ConfigurationError, match=r"pip install 'rlm\[modal\]'"):
         make_env(broker, handler, {"token_id": "a", "token_secret": "b"})
+
+
+def test_a_dropped_stdout_stream_resumes_from_its_offset(broker, handler):
+    """Modal's stdout stream reconnects at its byte offset (the SDK reads again from there):
+    the relay sees no gap."""
+    with running_standin(drop_stdout_stream_after=200_000) as (server, kwargs):
+        env = start_environment("modal", broker, handler, max_output_chars=1_000_000, **kwargs)
+        try:
+            result = run_sync(env.execute("print('m' * 500_000)"))
+            assert result.stdout == "m" * 500_000 + "\n" and not result.restarted
+            assert server.dropped_streams == 1
+            assert env._relay.reattachments == 0
+        finally:
+            run_sync(env.aclose())
+
+
+def test_throttled_router_calls_are_waited_out(broker, handler):
+    """Modal throttles with RESOURCE_EXHAUSTED and a retry policy: the SDK waits and retries,
+    and the session goes on."""
+    from rlm.testing.standins._shaping import Shaping
+
+    with running_standin(shaping=Shaping(throttle_every=3, retry_after=0.1)) as (server, kwargs):
+        env = start_environment("modal", broker, handler, **kwargs)
+        try:
+            for i in range(5):
+                assert run_sync(env.execute(f"print({i})")).stdout == f"{i}\n"
+            assert server.throttled_calls > 0
+        finally:
+            run_sync(env.aclose())

@@ -101,6 +101,28 @@ def test_provisioning_is_polled_and_expired_gateway_tokens_are_renewed(broker, h
             run_sync(env.aclose())
 
 
+def test_uploads_above_16_mib_are_refused_and_big_contexts_go_in_parts(prime, broker, handler):
+    """Prime caps uploads at 16 MiB per file: the stand-in answers 413 above it, as the platform
+    does, and a 40 MiB context still arrives, in parts that each fit."""
+    import prime_sandboxes
+
+    server, kwargs = prime
+    env = make_env(broker, handler, kwargs)
+    try:
+        too_big = b"z" * ((16 << 20) + 1)
+        with pytest.raises(prime_sandboxes.APIError, match="413"):
+            run_sync(
+                env._client.upload_bytes(env.sandbox_id, f"{env.sandbox_dir}/big", too_big, "big")
+            )
+        del too_big
+        server.upload_sizes.clear()
+        run_sync(env.load_context("q" * (40 << 20)))
+        assert run_sync(env.execute("print(len(context))")).stdout == f"{40 << 20}\n"
+        assert len(server.upload_sizes) == 5 and max(server.upload_sizes) <= 16 << 20
+    finally:
+        run_sync(env.aclose())
+
+
 def test_missing_api_key_is_a_configuration_error(prime, broker, handler):
     server, kwargs = prime
     with pytest.raises(ConfigurationError, match="PRIME_API_KEY"):
@@ -112,3 +134,20 @@ def test_missing_sdk_names_the_extra(monkeypatch, broker, handler):
     monkeypatch.setitem(sys.modules, "prime_sandboxes", None)
     with pytest.raises(ConfigurationError, match=r"pip install 'rlm\[prime\]'"):
         make_env(broker, handler, {"api_key": "k"})
+
+
+def test_output_lost_while_the_sdk_reattaches_is_resent(broker, handler):
+    """The SDK re-attaches a dropped stream by itself but output emitted meanwhile is gone: a
+    hole in the byte stream. The relay notices the missing frames and has them resent."""
+    with running_standin(drop_stream_after=200_000) as (server, kwargs):
+        env = make_env(broker, handler, kwargs, max_output_chars=1_000_000)
+        try:
+            (runner,) = server.live_pids()
+            result = run_sync(env.execute("print('p' * 500_000)"))
+            assert result.stdout == "p" * 500_000 + "\n" and not result.restarted
+            assert server.dropped_streams == 1
+            assert server.calls.count("POST gateway:/command_session.CommandSession/Connect") == 1
+            assert any("resend" in problem for problem in env._relay.problems)
+            assert server.live_pids() == [runner]
+        finally:
+            run_sync(env.aclose())

@@ -24,10 +24,14 @@ exercised through the unmodified SDK. One HTTP server carries the three surfaces
 
 Sessions behave like the daemon's: each is a long-lived ``bash`` in its own process group, with
 the sandbox's environment (a fresh one: a base ``PATH``/``HOME``, ``DAYTONA_SANDBOX_*`` and the
-create request's ``env``; never the host's). A command is written to that shell wrapped so that
-its stdin, stdout and stderr are FIFOs in a per-command directory and its exit status lands in a
-file, so commands in one session run one after another, and ``cd`` or exported variables carry
-over. Deleting a session sends SIGTERM to its process group, then SIGKILL after ``kill_grace``
+create request's ``env``; never the host's). A command is written to that shell wrapped as the
+daemon wraps it (``session/execute.go``): its stdout and stderr go to two FIFOs, each read by a
+bash ``while IFS= read -r line`` loop that ``printf``s every line behind its stream marker into
+one shared log file (bash reads a pipe a byte at a time, and ``printf`` writes a long line in
+several ``write`` calls, so a long stdout line can be split by stderr lines); its exit status
+lands in a file. The log file is tailed every 20 ms and streamed in 1 KiB WebSocket messages
+(``util/log_reader.go``). Commands in one session run one after another, and ``cd`` or exported
+variables carry over. Deleting a session sends SIGTERM to its process group, then SIGKILL after ``kill_grace``
 seconds. Each sandbox's home is a fresh temporary directory; uploads are written at the absolute
 path they name. Deleting a sandbox kills all its sessions and removes its home and the
 directories its uploads created.
@@ -60,6 +64,7 @@ from aiohttp import WSMsgType, web
 
 from rlm.testing.standins._processes import alive, first_missing, with_descendants
 from rlm.testing.standins._server import LoopThreadServer
+from rlm.testing.standins._shaping import Shaping
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STDOUT_PREFIX = b"\x01\x01\x01"
@@ -67,6 +72,10 @@ STDERR_PREFIX = b"\x02\x02\x02"
 READ_CHUNK = 256 * 1024
 PIPE_SIZE = 1 << 20
 EXIT_POLL_SECONDS = 0.02
+#: the daemon's log reader polls the command's log file every 20 ms (util/log_reader.go, v0.190)
+LOG_POLL_SECONDS = 0.02
+#: and sends what it read in WebSocket messages of at most 1 KiB (same file)
+WS_MESSAGE_BYTES = 1024
 _F_SETPIPE_SZ = 1031
 
 
@@ -201,10 +210,18 @@ class DaytonaStandIn(LoopThreadServer):
     Use as a context manager; ``api_url`` goes into ``DAYTONA_API_URL`` (or the adapter's
     ``api_url``) and ``api_key`` into ``DAYTONA_API_KEY``. ``step_delay`` is how long each
     provisioning state lasts; ``kill_grace`` how long a session may take to exit after SIGTERM.
+    ``drop_log_stream_after``: the first following log stream that has sent that many bytes is
+    closed (code 1000, as a proxy or the daemon restarting would) while its command runs.
     """
 
     def __init__(
-        self, *, api_key: str | None = None, step_delay: float = 0.05, kill_grace: float = 2.0
+        self,
+        *,
+        api_key: str | None = None,
+        step_delay: float = 0.05,
+        kill_grace: float = 2.0,
+        drop_log_stream_after: int | None = None,
+        shaping: Shaping | None = None,
     ) -> None:
         self.api_key = api_key or f"dtn_standin_{secrets.token_hex(12)}"
         self.organization_id = f"org-{secrets.token_hex(4)}"
@@ -217,6 +234,13 @@ class DaytonaStandIn(LoopThreadServer):
         self.socket_connections: list[dict[str, Any]] = []
         #: bytes received through ``.../input`` (what the host wrote to commands' stdin)
         self.input_bytes = 0
+        #: latency, bandwidth and a stream drop (default: RLM_STANDIN_SHAPING, else none)
+        self.shaping = shaping or Shaping.from_env()
+        self.drop_log_stream_after = (
+            drop_log_stream_after if drop_log_stream_after is not None else self.shaping.drop_after
+        )
+        #: log streams closed by ``drop_log_stream_after``
+        self.dropped_streams = 0
         self._ids = itertools.count(1)
         super().__init__()
         self._runner: web.AppRunner | None = None
@@ -243,7 +267,8 @@ class DaytonaStandIn(LoopThreadServer):
     async def _serve(self) -> int:
         import socketio
 
-        app = web.Application(client_max_size=1 << 40)
+        shape = [self.shaping.aiohttp_middleware()] if self.shaping.active else []
+        app = web.Application(client_max_size=1 << 40, middlewares=shape)
         sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins="*")
         sio.on("connect", self._socket_connect)
         sio.attach(app, socketio_path="api/socket.io")
@@ -540,10 +565,8 @@ class DaytonaStandIn(LoopThreadServer):
         self._open_fifos(command)
         session.commands[command.id] = command
         q = {name: shlex.quote(os.path.join(command.directory, name)) for name in _FILES}
-        wrapped = (
-            f"{{\n{text}\n}} < {q['stdin']} > {q['stdout']} 2> {q['stderr']}\n"
-            f"echo $? > {q['exit.tmp']} && mv {q['exit.tmp']} {q['exit']}\n"
-        )
+        open(os.path.join(command.directory, "output.log"), "wb").close()
+        wrapped = _daemon_wrapper(text, q)
         assert session.shell.stdin is not None
         try:
             session.shell.stdin.write(wrapped.encode())
@@ -551,7 +574,7 @@ class DaytonaStandIn(LoopThreadServer):
         except (BrokenPipeError, ConnectionResetError) as error:
             self._close_command(command)
             raise _error(410, "session process has exited", request) from error
-        self._background(self._watch_exit(command))
+        self._background(self._tail(command))
         if body.get("runAsync") or body.get("async"):
             return web.json_response({"cmdId": command.id}, status=202)
         while command.exit_code is None:
@@ -569,55 +592,49 @@ class DaytonaStandIn(LoopThreadServer):
         )
 
     def _open_fifos(self, command: Command) -> None:
-        """The command's stdin/stdout/stderr FIFOs, held open read-write by the stand-in (so the
-        shell's opens never block and a reader never sees a premature EOF)."""
-        loop = asyncio.get_running_loop()
-        for name in ("stdin", "stdout", "stderr"):
-            path = os.path.join(command.directory, name)
-            os.mkfifo(path, 0o600)
-            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
-            command.fds[name] = fd
-        for name, prefix in (("stdout", STDOUT_PREFIX), ("stderr", STDERR_PREFIX)):
-            loop.add_reader(command.fds[name], self._drain, command, name, prefix)
-
-    def _drain(self, command: Command, name: str, prefix: bytes) -> None:
-        fd = command.fds.get(name)
-        while fd is not None:
-            try:
-                data = os.read(fd, READ_CHUNK)
-            except BlockingIOError:
-                return
-            if not data:
-                return
-            command.append(prefix + data)
+        """The command's stdin FIFO, held open read-write by the stand-in (so the shell's open
+        never blocks); its stdout and stderr FIFOs belong to the wrapper's labellers."""
+        path = os.path.join(command.directory, "stdin")
+        os.mkfifo(path, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+        command.fds["stdin"] = fd
 
     def _close_command(self, command: Command) -> None:
-        loop = asyncio.get_running_loop()
-        for name, fd in list(command.fds.items()):
-            if name != "stdin":
-                loop.remove_reader(fd)
+        for fd in command.fds.values():
             os.close(fd)
         command.fds.clear()
 
-    async def _watch_exit(self, command: Command) -> None:
-        """Waits for the exit-status file the wrapper writes (the daemon polls it too), then
-        drains what is left in the FIFOs and ends the command's log."""
-        path = os.path.join(command.directory, "exit")
+    async def _tail(self, command: Command) -> None:
+        """Polls the command's log file as the daemon does (every 20 ms), appending what the
+        labellers wrote; after the exit-status file appears, reads the rest and ends the log."""
+        log_path = os.path.join(command.directory, "output.log")
+        exit_path = os.path.join(command.directory, "exit")
+        offset = 0
+
+        def read_new() -> bytes:
+            with open(log_path, "rb") as handle:
+                handle.seek(offset)
+                return handle.read()
+
         while command.fds:
+            code: int | None = None
+            with contextlib.suppress(FileNotFoundError, ValueError), open(exit_path) as handle:
+                code = int(handle.read().strip() or "-1")
             try:
-                with open(path) as handle:
-                    code = int(handle.read().strip() or "-1")
-            except FileNotFoundError:
-                await asyncio.sleep(EXIT_POLL_SECONDS)
-                continue
-            self._drain(command, "stdout", STDOUT_PREFIX)
-            self._drain(command, "stderr", STDERR_PREFIX)
-            self._close_command(command)
-            command.exit_code = code
-            command.notify()
-            return
+                data = read_new()
+            except FileNotFoundError:  # the session was deleted
+                return
+            if data:
+                offset += len(data)
+                command.append(data)
+            if code is not None:
+                self._close_command(command)
+                command.exit_code = code
+                command.notify()
+                return
+            await asyncio.sleep(LOG_POLL_SECONDS)
 
     async def _get_command(self, request: web.Request) -> web.Response:
         sandbox = self._started(request)
@@ -647,9 +664,16 @@ class DaytonaStandIn(LoopThreadServer):
             while not ws.closed:
                 updated = command.updated
                 if sent < len(command.log):
-                    chunk = bytes(command.log[sent:])
+                    chunk = bytes(command.log[sent : sent + WS_MESSAGE_BYTES])
                     sent += len(chunk)
+                    await self.shaping.carry(len(chunk))
                     await ws.send_bytes(chunk)
+                    drop = self.drop_log_stream_after
+                    if follow and drop is not None and sent >= drop:
+                        # A WebSocket close ends the SDK's stream as if the command had ended.
+                        self.drop_log_stream_after = None
+                        self.dropped_streams += 1
+                        break
                     continue
                 if command.exit_code is not None or not follow:
                     break
@@ -721,7 +745,34 @@ class DaytonaStandIn(LoopThreadServer):
                     loop.remove_writer(fd)
 
 
-_FILES = ("stdin", "stdout", "stderr", "exit", "exit.tmp")
+_FILES = ("stdin", "stdout", "stderr", "output.log", "exit", "exit.tmp")
+
+
+def _daemon_wrapper(text: str, q: dict[str, str]) -> str:
+    """The command as the daemon runs it (session/execute.go, v0.190): one labeller per stream,
+    both appending to the shared log file; the exit status published after both are done."""
+
+    def labeller(pipe: str, marker: str) -> str:
+        return (
+            f'(while IFS= read -r line || [[ -n "$line" ]]; do printf \'{marker}%s\\n\' "$line"; '
+            f"done < {pipe}) >> {q['output.log']} &"
+        )
+
+    stdout_labeller = labeller(q["stdout"], r"\x01\x01\x01")
+    stderr_labeller = labeller(q["stderr"], r"\x02\x02\x02")
+    return (
+        "{\n"
+        f"mkfifo {q['stdout']} {q['stderr']}\n"
+        f"{stdout_labeller}\n"
+        "rlm_out=$!\n"
+        f"{stderr_labeller}\n"
+        "rlm_err=$!\n"
+        f"{{\n{text}\n}} < {q['stdin']} > {q['stdout']} 2> {q['stderr']}\n"
+        "rlm_rc=$?\n"
+        "wait $rlm_out $rlm_err\n"
+        f"echo $rlm_rc > {q['exit.tmp']} && mv {q['exit.tmp']} {q['exit']}\n"
+        "}\n"
+    )
 
 
 def _demux(log: bytes) -> tuple[bytes, bytes]:

@@ -57,6 +57,7 @@ from multidict import CIMultiDict
 
 from rlm.testing.standins._processes import first_missing, signal_group, with_descendants
 from rlm.testing.standins._server import LoopThreadServer
+from rlm.testing.standins._shaping import Shaping
 
 #: the envd version the stand-in reports: the lowest whose features it implements (octet-stream
 #: uploads, closing stdin, the default user), so the SDK uses exactly those
@@ -152,9 +153,26 @@ class E2BStandIn(LoopThreadServer):
     """
 
     def __init__(
-        self, *, api_key: str | None = None, templates: tuple[str, ...] = DEFAULT_TEMPLATES
+        self,
+        *,
+        api_key: str | None = None,
+        templates: tuple[str, ...] = DEFAULT_TEMPLATES,
+        drop_output_stream_after: int | None = None,
+        shaping: Shaping | None = None,
     ) -> None:
         self.api_key = api_key or f"e2b_standin_{secrets.token_hex(12)}"
+        #: the first process event stream that has sent this many output bytes is cut (as a
+        #: proxy or the load balancer would); the process keeps running, and its output is
+        #: dropped until someone connects again (envd keeps none for absent subscribers)
+        #: latency, bandwidth and a stream drop (default: RLM_STANDIN_SHAPING, else none)
+        self.shaping = shaping or Shaping.from_env()
+        self.drop_output_stream_after = (
+            drop_output_stream_after
+            if drop_output_stream_after is not None
+            else self.shaping.drop_after
+        )
+        #: event streams cut by ``drop_output_stream_after``
+        self.dropped_streams = 0
         self.templates = set(templates)
         self.sandboxes: dict[str, Sandbox] = {}
         #: every request, as ``"POST /v2/sandboxes"`` or ``"envd POST /process.Process/Start"``
@@ -184,13 +202,14 @@ class E2BStandIn(LoopThreadServer):
     async def _serve(self) -> tuple[int, int]:
         from e2b.envd.process.process_connect import ProcessASGIApplication
 
-        api = web.Application(middlewares=[self._api_auth])
+        shape = [self.shaping.aiohttp_middleware()] if self.shaping.active else []
+        api = web.Application(middlewares=[*shape, self._api_auth])
         api.router.add_post("/v2/sandboxes", self._create)
         api.router.add_get("/sandboxes/{id}", self._get)
         api.router.add_delete("/sandboxes/{id}", self._delete)
 
         self._process_app = ProcessASGIApplication(_ProcessService(self))
-        envd = web.Application(middlewares=[self._proxy], client_max_size=1 << 40)
+        envd = web.Application(middlewares=[*shape, self._proxy], client_max_size=1 << 40)
         envd.router.add_get("/health", self._health)
         envd.router.add_post("/files", self._upload)
         envd.router.add_get("/files", self._download)
@@ -494,7 +513,11 @@ class _ProcessService:
             interval = float(ctx.request_headers.get("keepalive-ping-interval", ""))
         except ValueError:
             interval = KEEPALIVE_DEFAULT
+        from connectrpc.code import Code
+        from connectrpc.errors import ConnectError
+
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        sent = 0
         proc.subscribers.append(queue)
         try:
             yield response(event=pb.ProcessEvent(event=first))
@@ -511,6 +534,14 @@ class _ProcessService:
                 yield response(event=event)
                 if event.event is not None and event.event.field == "end":
                     return
+                if event.event is not None and event.event.field == "data":
+                    sent += len(event.event.value.output.value)
+                    await self.standin.shaping.carry(len(event.event.value.output.value))
+                    drop = self.standin.drop_output_stream_after
+                    if drop is not None and sent >= drop:
+                        self.standin.drop_output_stream_after = None
+                        self.standin.dropped_streams += 1
+                        raise ConnectError(Code.UNAVAILABLE, "upstream connect error or disconnect")
         finally:
             with contextlib.suppress(ValueError):
                 proc.subscribers.remove(queue)
@@ -548,6 +579,7 @@ class _ProcessService:
             raise ConnectError(Code.FAILED_PRECONDITION, "stdin is not enabled or closed")
         if data is None or data.input is None or data.input.field != "stdin":
             raise ConnectError(Code.INVALID_ARGUMENT, "only stdin input is supported (no PTY)")
+        await self.standin.shaping.carry(len(data.input.value))
         try:
             stdin.write(data.input.value)
             await stdin.drain()

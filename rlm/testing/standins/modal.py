@@ -68,6 +68,8 @@ from modal_proto import task_command_router_pb2 as sr_pb2
 from modal_proto.api_grpc import ModalClientBase
 from modal_proto.task_command_router_grpc import TaskCommandRouterBase
 
+from rlm.testing.standins._shaping import Shaping
+
 FS_TOOLS_PATH = "/__modal/.bin/modal-sandbox-fs-tools"
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IMAGE_BUILDER_VERSION = "2025.06"
@@ -352,6 +354,13 @@ class _Router(_RouterBase):
 
     async def _request(self, stream: Stream[Any, Any], name: str) -> Any:
         self.s.calls.append(name)
+        await self.s.shaping.round_trip()
+        # Unary calls only: the SDK honours a retry policy there (call_with_retries_on_
+        # transient_errors); its stdio read stream retries no RESOURCE_EXHAUSTED at all.
+        if name != "TaskExecStdioRead" and self.s.shaping.throttled():
+            self.s.throttled_calls += 1
+            policy = api_pb2.RPCRetryPolicy(retry_after_secs=self.s.shaping.retry_after)
+            raise GRPCError(Status.RESOURCE_EXHAUSTED, "rate limit exceeded", [policy])
         request = await stream.recv_message()
         assert request is not None
         self._authorize(stream, request.task_id)
@@ -419,11 +428,19 @@ class _Router(_RouterBase):
             else execution.stdout
         )
         offset = request.offset
+        sent = 0
         while True:
             if offset < len(output.data):
                 chunk = bytes(output.data[offset : offset + READ_CHUNK])
                 offset += len(chunk)
+                sent += len(chunk)
+                await self.s.shaping.carry(len(chunk))
                 await stream.send_message(sr_pb2.TaskExecStdioReadResponse(data=chunk))
+                drop = self.s.drop_stdout_stream_after
+                if output is execution.stdout and drop is not None and sent >= drop:
+                    self.s.drop_stdout_stream_after = None
+                    self.s.dropped_streams += 1
+                    raise GRPCError(Status.UNAVAILABLE, "upstream connect error or disconnect")
             elif output.closed:
                 return
             else:
@@ -457,7 +474,26 @@ class ModalStandIn:
     :meth:`live_pids` let tests see what the SDK asked for and what is still running.
     """
 
-    def __init__(self, *, router_jwt_seconds: float = JWT_SECONDS) -> None:
+    def __init__(
+        self,
+        *,
+        router_jwt_seconds: float = JWT_SECONDS,
+        drop_stdout_stream_after: int | None = None,
+        shaping: Shaping | None = None,
+    ) -> None:
+        #: latency, bandwidth and a stream drop (default: RLM_STANDIN_SHAPING, else none)
+        self.shaping = shaping or Shaping.from_env()
+        #: the first stdout stream that has sent this many bytes ends with UNAVAILABLE (the
+        #: SDK reads again from its offset: TaskExecStdioRead resumes anywhere)
+        self.drop_stdout_stream_after = (
+            drop_stdout_stream_after
+            if drop_stdout_stream_after is not None
+            else self.shaping.drop_after
+        )
+        #: stdout streams ended by ``drop_stdout_stream_after``
+        self.dropped_streams = 0
+        #: router calls answered RESOURCE_EXHAUSTED by the shaping's throttling
+        self.throttled_calls = 0
         self.jwt = _Jwt()
         self.router_jwt_seconds = router_jwt_seconds
         self.calls: list[str] = []
@@ -504,7 +540,11 @@ class ModalStandIn:
             raise RuntimeError("the Modal stand-in did not start within 10s")
 
     async def _start_server(self) -> None:
-        self._server = Server([_ControlPlane(self), _Router(self)])
+        from grpclib.encoding.proto import ProtoStatusDetailsCodec
+
+        self._server = Server(
+            [_ControlPlane(self), _Router(self)], status_details_codec=ProtoStatusDetailsCodec()
+        )
         await self._server.start("127.0.0.1", 0)
         sockets = self._server._server.sockets if self._server._server else []
         self.port = sockets[0].getsockname()[1]
@@ -686,6 +726,7 @@ class ModalStandIn:
     async def write_stdin(self, execution: _Exec, offset: int, data: bytes, eof: bool) -> None:
         """Appends to an exec's stdin; bytes before ``stdin_written`` were delivered already
         (a retried write), a gap is refused."""
+        await self.shaping.carry(len(data))
         if offset > execution.stdin_written:
             raise GRPCError(
                 Status.OUT_OF_RANGE,

@@ -10,7 +10,7 @@ exercised through the unmodified SDK. Two HTTP servers, as on the real platform:
   ``token``, ``user_ns``, ``job_id``, ``expires_at``) and ``DELETE /sandbox/{id}``; every call needs
   ``Authorization: Bearer <api key>``;
 * the **gateway** (``gateway_url``, handed out by ``/auth``), under ``/{user_ns}/{job_id}``:
-  ``POST /upload?path=`` (multipart field ``file``) and the Connect RPC service
+  ``POST /upload?path=`` (multipart field ``file``, at most 16 MiB: 413 above) and the Connect RPC service
   ``command_session.CommandSession`` with the protobuf codec: ``Start`` and ``Connect`` (server
   streams of ``StartEvent``, ``DataEvent`` stdout/stderr, ``EndEvent``, ``KeepAlive``),
   ``SendInput``, ``SendSignal`` (SIGTERM/SIGKILL, idempotent by uuid) and ``List``; every call needs
@@ -49,9 +49,13 @@ from aiohttp import web
 
 from rlm.testing.standins._processes import first_missing, signal_group, with_descendants
 from rlm.testing.standins._server import LoopThreadServer
+from rlm.testing.standins._shaping import Shaping
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEEPALIVE_SECONDS = 15.0
+#: Prime's sandbox files docs: "uploads are limited to 16 MiB per file"; a bigger file gets
+#: 413 Payload Too Large and nothing is written
+MAX_UPLOAD_BYTES = 16 * 1024 * 1024
 READ_CHUNK = 64 * 1024
 _SERVICE = "command_session.CommandSession"
 # Connect error code -> HTTP status for unary errors (the Connect protocol's own table).
@@ -160,14 +164,33 @@ class PrimeStandIn(LoopThreadServer):
 
     Use as a context manager; ``api_url`` goes into ``PRIME_API_BASE_URL`` (or the adapter's
     ``api_url``) and ``api_key`` into ``PRIME_API_KEY``. ``provisioning_polls`` makes that many
-    status polls answer ``PROVISIONING`` before ``RUNNING``.
+    status polls answer ``PROVISIONING`` before ``RUNNING``. ``drop_stream_after``: the first
+    following output stream that has sent that many stdout bytes ends with ``unavailable`` (a
+    link fault): the SDK re-attaches with ``Connect`` and, as on the platform, what the
+    process wrote while nobody was attached is not replayed (``open_process`` docstring).
     """
 
-    def __init__(self, *, api_key: str | None = None, provisioning_polls: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        provisioning_polls: int = 0,
+        drop_stream_after: int | None = None,
+        shaping: Shaping | None = None,
+    ) -> None:
         self.api_key = api_key or f"pit_standin_{secrets.token_hex(8)}"
         self.provisioning_polls = provisioning_polls
+        #: latency, bandwidth and a stream drop (default: RLM_STANDIN_SHAPING, else none)
+        self.shaping = shaping or Shaping.from_env()
+        self.drop_stream_after = (
+            drop_stream_after if drop_stream_after is not None else self.shaping.drop_after
+        )
+        #: output streams ended by ``drop_stream_after``
+        self.dropped_streams = 0
         self.sandboxes: dict[str, Sandbox] = {}
         self.calls: list[str] = []
+        #: the size of every upload the gateway received, refused ones included
+        self.upload_sizes: list[int] = []
         self._by_job: dict[str, Sandbox] = {}
         self._idempotency: dict[str, str] = {}
         self._ids = itertools.count(1)
@@ -191,14 +214,15 @@ class PrimeStandIn(LoopThreadServer):
         self.gateway_url = f"http://127.0.0.1:{ports[1]}"
 
     async def _serve(self) -> tuple[int, int]:
-        api = web.Application()
+        shape = [self.shaping.aiohttp_middleware()] if self.shaping.active else []
+        api = web.Application(middlewares=shape)
         api.router.add_post("/api/v1/sandbox", self._create)
         api.router.add_post("/api/v1/sandbox/status:batchGet", self._batch_status)
         api.router.add_get("/api/v1/sandbox/{id}", self._get)
         api.router.add_get("/api/v1/sandbox/{id}/error-context", self._error_context)
         api.router.add_post("/api/v1/sandbox/{id}/auth", self._auth)
         api.router.add_delete("/api/v1/sandbox/{id}", self._delete)
-        gateway = web.Application(client_max_size=1 << 40)
+        gateway = web.Application(client_max_size=1 << 40, middlewares=shape)
         gateway.router.add_post("/{ns}/{job}/upload", self._upload)
         gateway.router.add_post(f"/{{ns}}/{{job}}/{_SERVICE}/{{method}}", self._rpc)
         ports = []
@@ -418,8 +442,14 @@ class PrimeStandIn(LoopThreadServer):
                 continue
             with open(path, "wb") as handle:
                 while chunk := await part.read_chunk(1 << 20):  # type: ignore[union-attr]
-                    handle.write(chunk)
                     size += len(chunk)
+                    if size <= MAX_UPLOAD_BYTES:
+                        handle.write(chunk)
+            self.upload_sizes.append(size)
+            if size > MAX_UPLOAD_BYTES:
+                os.unlink(path)
+                detail = f"file exceeds the maximum upload size of {MAX_UPLOAD_BYTES} bytes"
+                return web.json_response({"detail": detail}, status=413)
             return web.json_response(
                 {"success": True, "path": path, "size": size, "timestamp": _now()}
             )
@@ -539,6 +569,7 @@ class PrimeStandIn(LoopThreadServer):
         when the session has already ended)."""
         pb = _pb()
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        sent = 0
         session.subscribers.append(queue)
         response = await _open_stream(request)
         try:
@@ -562,6 +593,14 @@ class PrimeStandIn(LoopThreadServer):
                 await response.write(_frame(kind(event=event)))
                 if event.WhichOneof("event") == "end":
                     break
+                if event.WhichOneof("event") == "data":
+                    sent += len(event.data.stdout)
+                    await self.shaping.carry(len(event.data.stdout) + len(event.data.stderr))
+                    if self.drop_stream_after is not None and sent >= self.drop_stream_after:
+                        self.drop_stream_after = None
+                        self.dropped_streams += 1
+                        await response.write(_end_frame(RpcError("unavailable", "stream reset")))
+                        return response
             await response.write(_end_frame(None))
         except (ConnectionError, asyncio.CancelledError):
             pass  # the client went away; the process goes on, as on the real platform

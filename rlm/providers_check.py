@@ -1,0 +1,280 @@
+"""``rlm providers check [NAME...]``: one comparable row per cloud provider.
+
+For each provider it starts a sandbox with the adapter the library uses and runs a short smoke:
+the first cell, a trivial cell's round trip, a sub-call's round trip (``llm_query`` back to the
+host), a 10 MB and a 50 MB context through the provider's file API, a runaway cell interrupted,
+and the teardown. With the provider's credentials in the environment it runs against the real
+service (and is billed); without them it runs against the wire-level stand-in
+(:mod:`rlm.testing.standins`, driven through the same SDK) and every row says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from rlm.errors import RLMError
+
+PROVIDERS = ("modal", "e2b", "daytona", "prime")
+#: what each provider's SDK reads for credentials; all present = a live check
+CREDENTIALS = {
+    "modal": ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET"),
+    "e2b": ("E2B_API_KEY",),
+    "daytona": ("DAYTONA_API_KEY",),
+    "prime": ("PRIME_API_KEY",),
+}
+SMOKE_CONTEXT_MB = (10, 50)
+ROUND_TRIPS = 5
+
+
+@dataclass
+class Row:
+    """One provider's results; a failed step leaves the later measurements empty."""
+
+    provider: str
+    target: str
+    create_to_first_cell_s: float | None = None
+    cell_rtt_ms: float | None = None
+    callback_rtt_ms: float | None = None
+    upload_mb_s: float | None = None
+    teardown_s: float | None = None
+    failed_step: str | None = None
+    error: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.failed_step is None
+
+
+HEADER = (
+    f"{'provider':<9} {'target':<30} {'create->cell':>12} {'cell RTT':>9} {'callback RTT':>12} "
+    f"{'upload':>11} {'teardown':>9}  result"
+)
+
+
+def format_row(row: Row) -> str:
+    def number(value: float | None, unit: str, digits: int = 2) -> str:
+        return "-" if value is None else f"{value:.{digits}f} {unit}"
+
+    result = "pass" if row.passed else f"FAIL at {row.failed_step}: {row.error}"
+    return (
+        f"{row.provider:<9} {row.target:<30} {number(row.create_to_first_cell_s, 's'):>12} "
+        f"{number(row.cell_rtt_ms, 'ms', 1):>9} {number(row.callback_rtt_ms, 'ms', 1):>12} "
+        f"{number(row.upload_mb_s, 'MB/s', 1):>11} {number(row.teardown_s, 's'):>9}  {result}"
+    )
+
+
+def has_credentials(name: str) -> bool:
+    return all(os.environ.get(variable) for variable in CREDENTIALS[name])
+
+
+class _EchoHandler:
+    """Answers the smoke's sub-calls without a model."""
+
+    async def complete(self, request: Any) -> Any:
+        from rlm.protos import rlm_sandbox_pb2 as pb
+
+        return pb.CompleteReply(text=f"echo:{request.prompt}", input_tokens=1, output_tokens=1)
+
+    async def subcall(self, request: Any) -> Any:
+        return await self.complete(request)
+
+    async def call_tool(self, request: Any) -> Any:
+        raise RLMError(f"the providers check registers no tools (asked for {request.name!r})")
+
+
+@contextlib.contextmanager
+def _only_environ(prefix: str, values: dict[str, str]) -> Iterator[None]:
+    """Hides the caller's ``prefix*`` variables (and HOME when set in ``values``) so that a
+    stand-in run cannot reach or bill the real provider; restores them afterwards."""
+    names = [k for k in os.environ if k.startswith(prefix) or k in values]
+    saved = {k: os.environ.pop(k) for k in names}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name in [k for k in os.environ if k.startswith(prefix) or k in values]:
+            del os.environ[name]
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def standin(name: str) -> Iterator[dict[str, Any]]:
+    """The provider's stand-in, running, and the environment_kwargs that reach it."""
+    python = {"python": sys.executable}
+    if name == "modal":
+        from rlm.testing.standins.modal import ModalStandIn
+
+        with tempfile.TemporaryDirectory(prefix="modal-home-") as home, ModalStandIn() as server:
+            values = {
+                "HOME": home,
+                "MODAL_CONFIG_PATH": os.path.join(home, ".modal.toml"),
+                "MODAL_SERVER_URL": server.server_url,
+                "MODAL_TOKEN_ID": "ak-standin",
+                "MODAL_TOKEN_SECRET": "as-standin-secret",
+            }
+            with _only_environ("MODAL_", values):
+                yield {**python, "server_url": server.server_url}
+    elif name == "e2b":
+        from rlm.testing.standins.e2b import E2BStandIn
+
+        with _only_environ("E2B_", {}), E2BStandIn() as server:
+            yield {
+                **python,
+                "api_key": server.api_key,
+                "api_url": server.api_url,
+                "sandbox_url": server.envd_url,
+            }
+    elif name == "daytona":
+        from rlm.testing.standins.daytona import DaytonaStandIn
+
+        with _only_environ("DAYTONA_", {}), DaytonaStandIn() as server:
+            yield {**python, "api_url": server.api_url, "api_key": server.api_key}
+    elif name == "prime":
+        from rlm.testing.standins.prime import PrimeStandIn
+
+        with (
+            tempfile.TemporaryDirectory(prefix="prime-home-") as home,
+            _only_environ("PRIME_", {"HOME": home}),
+            PrimeStandIn() as server,
+        ):
+            yield {**python, "api_url": server.api_url, "api_key": server.api_key}
+    else:
+        raise RLMError(f"no stand-in for {name!r}; choose from {', '.join(PROVIDERS)}")
+
+
+async def _smoke(name: str, row: Row, kwargs: dict[str, Any]) -> None:
+    """Runs the smoke, filling ``row``; the step under way is in ``row.failed_step`` until it
+    passes."""
+    from rlm.broker.server import BrokerServer
+    from rlm.environments import environment_class
+
+    broker = BrokerServer()
+    await broker.start()
+    env: Any = None
+    try:
+        row.failed_step = "create"
+        started = time.perf_counter()
+        env = environment_class(name)(
+            broker=broker, handler=_EchoHandler(), label="check", **kwargs
+        )
+        await env.start()
+        row.failed_step = "first cell"
+        await _expect(env, "print('ready')", "ready\n")
+        row.create_to_first_cell_s = time.perf_counter() - started
+
+        row.failed_step = "cell"
+        row.cell_rtt_ms = await _median_ms(env, "print(1)", "1\n")
+        row.failed_step = "callback"
+        row.callback_rtt_ms = await _median_ms(env, "print(llm_query('p'))", "echo:p\n")
+
+        row.failed_step = "upload"
+        rates = []
+        for megabytes in SMOKE_CONTEXT_MB:
+            size = megabytes * 1_000_000
+            started = time.perf_counter()
+            await env.load_context("u" * (size - 3) + "END")
+            await _expect(env, "print(len(context), context[-3:])", f"{size} END\n")
+            rates.append(megabytes / (time.perf_counter() - started))
+        row.upload_mb_s = max(rates)
+
+        row.failed_step = "kill"
+        result = await env.execute("while True: pass", timeout=1.0)
+        if not (result.interrupted or result.restarted):
+            raise RLMError(f"a runaway cell was not stopped: {result}")
+        await _expect(env, "print('alive')", "alive\n")
+
+        row.failed_step = "teardown"
+        started = time.perf_counter()
+        env, closing = None, env
+        await closing.aclose()
+        row.teardown_s = time.perf_counter() - started
+        row.failed_step = None
+    finally:
+        if env is not None:
+            with contextlib.suppress(Exception):
+                await env.aclose()
+        await broker.aclose()
+
+
+async def _expect(env: Any, code: str, stdout: str) -> None:
+    result = await env.execute(code)
+    if result.stdout != stdout:
+        raise RLMError(f"expected {stdout!r}, got {result.stdout[:200]!r} {result.error or ''}")
+
+
+async def _median_ms(env: Any, code: str, stdout: str) -> float:
+    times = []
+    for _ in range(ROUND_TRIPS):
+        started = time.perf_counter()
+        await _expect(env, code, stdout)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def check(name: str, *, force_standin: bool = False) -> Row:
+    """Runs the smoke for one provider: live with its credentials, else on its stand-in."""
+    from rlm.broker.loop import run_sync
+
+    live = has_credentials(name) and not force_standin
+    missing = " / ".join(CREDENTIALS[name])
+    row = Row(name, "live" if live else f"stand-in (no {missing})"[:30])
+    try:
+        if live:
+            run_sync(_smoke(name, row, {}))
+        else:
+            with standin(name) as kwargs:
+                run_sync(_smoke(name, row, kwargs))
+    except ImportError as error:
+        row.failed_step = row.failed_step or "sdk"
+        row.error = f"{error}; pip install 'rlm[{name}]'"
+    except (TimeoutError, RLMError, OSError) as error:
+        row.failed_step = row.failed_step or "setup"
+        row.error = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+    return row
+
+
+def _command(args: argparse.Namespace) -> int:
+    names = args.names or list(PROVIDERS)
+    unknown = [name for name in names if name not in PROVIDERS]
+    if unknown:
+        print(f"unknown provider {unknown[0]!r}: choose from {', '.join(PROVIDERS)}")
+        return 2
+    print(HEADER, flush=True)
+    rows = []
+    for name in names:
+        row = check(name, force_standin=args.standin)
+        rows.append(row)
+        print(format_row(row), flush=True)
+    return 0 if all(row.passed for row in rows) else 1
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Registers ``rlm providers check``."""
+    parser = subparsers.add_parser(
+        "providers",
+        help="check the cloud sandbox providers (one comparable row each)",
+        description="Cloud sandbox providers: `check` runs a short smoke on each.",
+    )
+    commands = parser.add_subparsers(dest="providers_command", required=True)
+    check_parser = commands.add_parser(
+        "check",
+        help="create a sandbox per provider and time the smoke",
+        description="For each provider (default: all): create a sandbox, run the first cell, "
+        "time a cell and a sub-call round trip, upload a 10 MB and a 50 MB context, interrupt a "
+        "runaway cell and tear down. Live where the provider's credentials are set (billed), "
+        "else against its local stand-in, as each row says.",
+    )
+    check_parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(PROVIDERS))
+    check_parser.add_argument(
+        "--standin", action="store_true", help="use the stand-ins even where credentials are set"
+    )
+    check_parser.set_defaults(handler=_command)

@@ -1,0 +1,46 @@
+"""``rlm providers check``: the smoke against the stand-ins, and what each row says."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlm.cli import main
+from rlm.providers_check import HEADER, Row, check, format_row
+
+
+@pytest.fixture(autouse=True)
+def no_credentials(monkeypatch):
+    for name in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "E2B_API_KEY", "DAYTONA_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("PRIME_API_KEY", raising=False)
+
+
+def test_without_credentials_the_smoke_runs_on_the_standin_and_says_so():
+    pytest.importorskip("modal")
+    row = check("modal")
+    assert row.passed, row
+    assert row.target.startswith("stand-in")
+    for value in (
+        row.create_to_first_cell_s,
+        row.cell_rtt_ms,
+        row.callback_rtt_ms,
+        row.upload_mb_s,
+        row.teardown_s,
+    ):
+        assert value is not None and value > 0
+
+
+def test_every_row_names_its_target_and_a_failure_names_its_step(capsys):
+    pytest.importorskip("daytona")
+    assert main(["providers", "check", "daytona"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == HEADER
+    assert lines[1].startswith("daytona") and "stand-in (no DAYTONA_API_KEY)" in lines[1]
+    assert lines[1].endswith("pass")
+    failed = Row("e2b", "stand-in", failed_step="upload", error="413")
+    assert format_row(failed).endswith("FAIL at upload: 413")
+
+
+def test_an_unknown_provider_is_refused_with_the_choices(capsys):
+    assert main(["providers", "check", "modall"]) == 2
+    assert "modal, e2b, daytona, prime" in capsys.readouterr().out

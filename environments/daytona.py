@@ -49,7 +49,7 @@ import math
 import secrets
 import shlex
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
@@ -193,7 +193,7 @@ class DaytonaProcess(RemoteProcess):
             self._pending_size = sum(len(item) for item in self._pending)
             self._drained.set()
 
-    async def output(self) -> AsyncIterator[bytes]:
+    async def output(self) -> AsyncGenerator[bytes, None]:
         while (data := await self._stdout.get()) is not None:
             yield data
         self._stdout.put_nowait(None)  # a second reader ends too

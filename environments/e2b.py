@@ -45,7 +45,7 @@ import importlib.metadata
 import re
 import shlex
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
@@ -184,7 +184,7 @@ class E2BProcess(RemoteProcess):
                 f"{'; its stderr: ' + details[-1000:] if details else ''}"
             ) from error
 
-    async def output(self) -> AsyncIterator[bytes]:
+    async def output(self) -> AsyncGenerator[bytes, None]:
         while (data := await self._stdout.get()) is not None:
             yield data
 

@@ -35,7 +35,7 @@ import contextlib
 import importlib
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
@@ -173,7 +173,7 @@ class ModalProcess(RemoteProcess):
                 f"{'; its stderr: ' + details[-1000:] if details else ''}"
             ) from error
 
-    async def output(self) -> AsyncIterator[bytes]:
+    async def output(self) -> AsyncGenerator[bytes, None]:
         async with _closing_stream(self._process.stdout) as stream:
             async for data in stream:
                 yield data

@@ -38,7 +38,7 @@ import re
 import secrets
 import shlex
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
@@ -108,7 +108,7 @@ class PrimeProcess(RemoteProcess):
                 f"writing to the Prime sandbox process failed: {error}"
             ) from error
 
-    async def output(self) -> AsyncIterator[bytes]:
+    async def output(self) -> AsyncGenerator[bytes, None]:
         try:
             async for data in self._process.stdout:
                 yield data

@@ -17,7 +17,7 @@ import json
 import logging
 import secrets
 from abc import abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from rlm.errors import SandboxDiedError, SandboxError
@@ -89,7 +89,7 @@ class RemoteProcess(RunnerProcess):
         """Writes to the process's stdin."""
 
     @abstractmethod
-    def output(self) -> AsyncIterator[bytes]:
+    def output(self) -> AsyncGenerator[bytes, None]:
         """The process's stdout, as it arrives; ends when the process ends or the stream
         drops (then :meth:`reattach` may give a fresh one)."""
 
@@ -252,14 +252,14 @@ class HostRelay:
             self._pumps.add(pump)
             pump.add_done_callback(self._pumps.discard)
         elif frame.kind == b"D":
-            writer = self._writers.get(frame.conn)
-            if writer is not None:
-                writer.write(frame.data)
-                await writer.drain()
+            open_writer = self._writers.get(frame.conn)
+            if open_writer is not None:
+                open_writer.write(frame.data)
+                await open_writer.drain()
         elif frame.kind == b"C":
-            writer = self._writers.pop(frame.conn, None)
-            if writer is not None:
-                writer.close()
+            closed_writer = self._writers.pop(frame.conn, None)
+            if closed_writer is not None:
+                closed_writer.close()
 
     async def join(self, parts: list[str], path: str, timeout: float) -> None:
         """Has the sandbox end concatenate the uploaded ``parts`` (in order) into ``path`` and

@@ -17,11 +17,14 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlm.errors import RLMError
+
+if TYPE_CHECKING:
+    from rlm.environments.base import Environment
 
 PROVIDERS = ("modal", "e2b", "daytona", "prime")
 #: what each provider's SDK reads for credentials; all present = a live check
@@ -163,9 +166,8 @@ async def _smoke(name: str, row: Row, kwargs: dict[str, Any]) -> None:
     try:
         row.failed_step = "create"
         started = time.perf_counter()
-        env = environment_class(name)(
-            broker=broker, handler=_EchoHandler(), label="check", **kwargs
-        )
+        make: Callable[..., Environment] = environment_class(name)
+        env = make(broker=broker, handler=_EchoHandler(), label="check", **kwargs)
         await env.start()
         row.failed_step = "first cell"
         await _expect(env, "print('ready')", "ready\n")

@@ -286,7 +286,9 @@ class AsyncSandbox:
             ) from error
 
 
-async def _call_on_thread(function: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+async def _call_on_thread(
+    function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Runs a user callable off the event loop; awaits what it returns if that is awaitable."""
     if inspect.iscoroutinefunction(function):
         return await function(*args, **kwargs)

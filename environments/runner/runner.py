@@ -181,7 +181,8 @@ class _FdCapture:
         self._marker = b"\0rlm-sync-" + os.urandom(8).hex().encode() + b"\0"
         self._streams: list[tuple[int, threading.Event]] = []
         diagnostics = os.dup(2)
-        sys.__stderr__ = open(diagnostics, "w", buffering=1, closefd=False)  # noqa: SIM115
+        # sys.__stderr__ is the runner's own: its messages keep going to the original fd 2.
+        setattr(sys, "__stderr__", open(diagnostics, "w", buffering=1, closefd=False))  # noqa: B010, SIM115
         for fd, output in outputs.items():
             read_end, write_end = os.pipe()
             os.dup2(write_end, fd)

@@ -462,7 +462,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- one LM call ---------------------------------------------------------------------------
 
-    def _serve(self, api: str, model: str, messages: list[dict[str, Any]], body: dict) -> None:
+    def _serve(
+        self, api: str, model: str, messages: list[dict[str, Any]], body: dict[str, Any]
+    ) -> None:
         lm = self.server.lm_server
         headers = {k.lower(): v for k, v in self.headers.items()}
         request = RecordedRequest(model, messages, body, time.monotonic(), api=api, headers=headers)

@@ -42,12 +42,14 @@ class Cell:
     async def llm_query(self, prompt: str, model: str | None = None) -> str:
         """A plain sub-LM call through the session's handler (router, ledger, trajectory)."""
         request = pb.CompleteRequest(prompt=prompt, model=model or "", cell_id=self.number)
-        return (await self.environment.handler.complete(request)).text
+        reply: pb.CompleteReply = await self.environment.handler.complete(request)
+        return reply.text
 
     async def rlm_query(self, prompt: str, model: str | None = None) -> str:
         """A child RLM (a plain call at ``max_depth``) through the session's handler."""
         request = pb.SubcallRequest(prompt=prompt, model=model or "", cell_id=self.number)
-        return (await self.environment.handler.subcall(request)).text
+        reply: pb.CompleteReply = await self.environment.handler.subcall(request)
+        return reply.text
 
     def answer(self, text: str) -> CellResult:
         """The result of a cell that sets ``answer = {"content": text, "ready": True}``."""

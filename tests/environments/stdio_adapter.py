@@ -11,7 +11,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from rlm.environments.relay import RelayedSandboxEnvironment, RemoteProcess
@@ -26,7 +26,7 @@ class PipeProcess(RemoteProcess):
         self._process.stdin.write(data)
         await self._process.stdin.drain()
 
-    async def output(self) -> AsyncIterator[bytes]:
+    async def output(self) -> AsyncGenerator[bytes, None]:
         assert self._process.stdout is not None
         while data := await self._process.stdout.read(65536):
             yield data

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -114,7 +114,7 @@ class FaultyPipe(PipeProcess):
         self._written += len(data)
         await super().write(data)
 
-    async def output(self) -> AsyncIterator[bytes]:
+    async def output(self) -> AsyncGenerator[bytes, None]:
         async for data in super().output():
             if self._discard:  # bytes written while detached are gone
                 self._discard = False

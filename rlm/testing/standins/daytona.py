@@ -735,7 +735,12 @@ class DaytonaStandIn(LoopThreadServer):
             except BlockingIOError:
                 pass
             ready = loop.create_future()
-            loop.add_writer(fd, lambda f=ready: f.done() or f.set_result(None))
+
+            def writable(future: asyncio.Future[None] = ready) -> None:
+                if not future.done():
+                    future.set_result(None)
+
+            loop.add_writer(fd, writable)
             ended = asyncio.ensure_future(command.updated.wait())
             try:
                 await asyncio.wait([ready, ended], timeout=0.5, return_when=asyncio.FIRST_COMPLETED)

@@ -546,7 +546,8 @@ class ModalStandIn:
             [_ControlPlane(self), _Router(self)], status_details_codec=ProtoStatusDetailsCodec()
         )
         await self._server.start("127.0.0.1", 0)
-        sockets = self._server._server.sockets if self._server._server else []
+        listening: Any = self._server._server  # an asyncio Server once started
+        sockets = listening.sockets if listening else []
         self.port = sockets[0].getsockname()[1]
 
     def stop(self) -> None:

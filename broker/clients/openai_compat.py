@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import openai
-from openai.types.chat import ChatCompletion
+from openai import _base_client
+from openai._models import FinalRequestOptions
 
 from rlm.broker.clients.base import (
     LMClient,
@@ -149,13 +151,14 @@ class OpenAIClient(LMClient):
         extra_body = {**(self.extra_body or {}), **(sampling.pop("extra_body", None) or {})}
         body = {"model": self.model_name, "messages": messages, **sampling, **extra_body}
         try:
-            # The SDK's low-level post() keeps its HTTP client, errors and response model but
-            # skips the per-call walk over every message that create() does to check the
-            # request against its TypedDicts: that walk costs milliseconds per root iteration
-            # and grows with the conversation. The messages are plain dicts we built ourselves.
-            completion = await self._client.post(
-                "/chat/completions", body=body, cast_to=ChatCompletion
-            )
+            # The SDK's request() keeps its HTTP client, auth, Azure deployment URLs and error
+            # classes; three things it would do per call are skipped, all CPU on the broker's one
+            # loop: create()'s walk over every message to check it against its TypedDicts (we
+            # built the messages), building the request options from defaults (one prepared
+            # set is copied with this body), and the pydantic ChatCompletion model (the body is
+            # read with _parse_completion, which takes only what LMResponse holds).
+            options = _CHAT_OPTIONS.model_copy(update={"json_data": body})
+            response = await self._client.request(_RAW_RESPONSE, options)
         except openai.APIStatusError as exc:
             raise ProviderError.from_status(
                 exc.status_code,
@@ -174,18 +177,11 @@ class OpenAIClient(LMClient):
                     refused=True,
                 ) from exc
             raise TransientError(_connection_message(exc), connection=True) from exc
-        except openai.APIError as exc:  # e.g. a response that does not parse
+        except openai.APIError as exc:
             raise PermanentError(f"{type(exc).__name__}: {exc.message}") from exc
-        choices = getattr(completion, "choices", None)
-        if not choices:
-            # OpenRouter can answer 200 with an "error" object when the upstream provider fails.
-            error = (getattr(completion, "model_extra", None) or {}).get("error")
-            raise TransientError(f"the response had no choices: {error or completion!r}")
-        text = choices[0].message.content or ""
+        result = _parse_completion(response.content, self.model_name)
         self._answered = True
-        return LMResponse(
-            text=text, model=completion.model or self.model_name, usage=_usage(completion)
-        )
+        return result
 
     async def _aclose(self) -> None:
         await self._client.close()
@@ -218,15 +214,85 @@ def _http_client() -> Any:
         return None
 
 
-def _usage(completion: Any) -> LMUsage:
-    usage = getattr(completion, "usage", None)
-    if usage is None:
+_RAW_RESPONSE: Any = (getattr(_base_client, "httpx2", None) or _base_client.httpx).Response
+"""The response class of the SDK's HTTP layer (httpx2 from openai 3, httpx before): as ``cast_to``
+it makes ``request()`` return the HTTP response itself, body read, with no model built."""
+
+_CHAT_OPTIONS = FinalRequestOptions.construct(method="post", url="/chat/completions")
+"""The request options of every chat completion but its body; each call copies it shallowly."""
+
+_EXCERPT = 300
+"""Characters of a malformed body quoted in an error message."""
+
+
+def _parse_completion(content: bytes, asked_model: str) -> LMResponse:
+    """An ``LMResponse`` from the JSON body of a chat completion (HTTP 200).
+
+    ``TransientError`` for a body with no choices (OpenRouter answers 200 with an ``error`` object
+    when the upstream provider fails); ``PermanentError`` for a body that is not a chat completion
+    at all (not JSON, or a choice that is not an object).
+    """
+    try:
+        data = json.loads(content)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+        raise _malformed("is not JSON", content) from None
+    if not isinstance(data, dict):
+        raise _malformed("is not a JSON object", content)
+    choices = data.get("choices")
+    if not choices:
+        error = data.get("error")
+        raise TransientError(f"the response had no choices: {error or _excerpt(content)}")
+    choice = choices[0] if isinstance(choices, list) else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise _malformed("has a choice without a message object", content)
+    text = message.get("content")
+    if text is None:
+        text = ""  # a reply of tool calls only
+    elif not isinstance(text, str):
+        raise _malformed("has a message content that is not a string", content)
+    model = data.get("model")
+    return LMResponse(
+        text=text,
+        model=model if isinstance(model, str) and model else asked_model,
+        usage=_usage(data.get("usage")),
+    )
+
+
+def _usage(usage: Any) -> LMUsage:
+    """Tokens and reported cost from a body's ``usage``; what is missing or not a count is 0."""
+    if not isinstance(usage, dict):
         return LMUsage()
-    cost = getattr(usage, "cost", None)
+    cost = usage.get("cost")
     return LMUsage(
-        input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-        output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-        cost=float(cost) if isinstance(cost, int | float) else None,
+        input_tokens=_count(usage.get("prompt_tokens")),
+        output_tokens=_count(usage.get("completion_tokens")),
+        cost=float(cost) if _is_number(cost) and cost >= 0 else None,
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value: Any) -> int:
+    """A token count: a non-negative finite number or numeric string, else 0."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return 0
+    return max(0, int(value)) if _is_number(value) else 0
+
+
+def _excerpt(content: bytes) -> str:
+    text = content[:_EXCERPT].decode("utf-8", "replace")
+    return text + ("..." if len(content) > _EXCERPT else "")
+
+
+def _malformed(what: str, content: bytes) -> PermanentError:
+    return PermanentError(
+        f"malformed chat completion: the response body {what}: {_excerpt(content)!r}"
     )
 
 

@@ -71,6 +71,7 @@ class CannedServer:
             for status, body in replies
         ]
         self.posts = 0
+        self.paths: list[str] = []
         canned = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -80,6 +81,7 @@ class CannedServer:
                 self.rfile.read(int(self.headers.get("content-length") or 0))
                 status, body = canned.replies[min(canned.posts, len(canned.replies) - 1)]
                 canned.posts += 1
+                canned.paths.append(self.path)
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
@@ -125,6 +127,40 @@ def canned_call(server: CannedServer, **kwargs: Any) -> LMResponse:
     kwargs.setdefault("initial_backoff", 0.0)
     client = OpenAIClient("asked-model", base_url=server.base_url, **kwargs)
     return run(lambda: complete(client, user("x")))
+
+
+def test_the_shared_request_options_are_never_changed_by_a_call() -> None:
+    """Every call copies one prepared set of options: a new base_url, or the deployment path
+    Azure puts in front of the URL, must not leak into the next call."""
+    with ScriptedLMServer(["one", "two"]) as first, ScriptedLMServer(["three"]) as second:
+
+        async def calls() -> list[str]:
+            client = openai_client(first)
+            try:
+                texts = [(await client.acomplete(user("x"))).text for _ in range(2)]
+                client._client.base_url = second.base_url
+                return [*texts, (await client.acomplete(user("x"))).text]
+            finally:
+                await client.aclose()
+
+        assert run(calls) == ["one", "two", "three"]
+        assert [len(first.requests), len(second.requests)] == [2, 1]
+
+    with CannedServer((200, chat_body())) as server:
+        endpoint = server.base_url.removesuffix("/v1")
+        for model in ("gpt-x", "gpt-y", "gpt-x"):
+            kwargs = {"model_name": model, "api_key": "k", "azure_endpoint": endpoint}
+            kwargs["api_version"] = "2024-02-01"
+            azure = create_client("azure_openai", kwargs)
+            assert run(lambda: complete(azure, user("x"))).text == "hello"  # noqa: B023
+        plain = OpenAIClient("plain", base_url=server.base_url)
+        assert run(lambda: complete(plain, user("x"))).text == "hello"
+    assert server.paths == [
+        "/openai/deployments/gpt-x/chat/completions?api-version=2024-02-01",
+        "/openai/deployments/gpt-y/chat/completions?api-version=2024-02-01",
+        "/openai/deployments/gpt-x/chat/completions?api-version=2024-02-01",
+        "/v1/chat/completions",
+    ]
 
 
 def test_text_model_usage_and_cost_are_read_from_the_body() -> None:

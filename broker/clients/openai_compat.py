@@ -112,6 +112,7 @@ class OpenAIClient(LMClient):
             base_url=base_url,
             **self._sdk_arguments(extra_headers, client_options),
         )
+        _keep_request_urls(self._client)
 
     @classmethod
     def sdk_options(cls) -> frozenset[str]:
@@ -214,12 +215,43 @@ def _http_client() -> Any:
         return None
 
 
-_RAW_RESPONSE: Any = (getattr(_base_client, "httpx2", None) or _base_client.httpx).Response
+_SDK_HTTP = vars(_base_client)
+_RAW_RESPONSE: Any = (_SDK_HTTP.get("httpx2") or _SDK_HTTP["httpx"]).Response
 """The response class of the SDK's HTTP layer (httpx2 from openai 3, httpx before): as ``cast_to``
 it makes ``request()`` return the HTTP response itself, body read, with no model built."""
 
 _CHAT_OPTIONS = FinalRequestOptions.construct(method="post", url="/chat/completions")
 """The request options of every chat completion but its body; each call copies it shallowly."""
+
+_URLS_KEPT = 64
+"""Request URLs one SDK client keeps: one per path (a path per Azure deployment, say)."""
+
+
+def _keep_request_urls(client: Any) -> None:
+    """Make ``client`` build the URL of a path once per base URL, not once per request.
+
+    For every request the SDK parses the path and rebuilds it on top of ``base_url`` (two URL
+    parses); the result depends on those two alone, so it is kept per path and built again when
+    ``base_url`` is replaced. An SDK without this method is left as it is.
+    """
+    build = getattr(client, "_prepare_url", None)
+    if build is None:
+        return
+    kept: dict[str, tuple[Any, Any]] = {}
+
+    def prepare_url(url: str) -> Any:
+        base = client.base_url
+        entry = kept.get(url)
+        if entry is not None and entry[0] is base:
+            return entry[1]
+        if len(kept) >= _URLS_KEPT:
+            kept.clear()
+        prepared = build(url)
+        kept[url] = (base, prepared)
+        return prepared
+
+    client._prepare_url = prepare_url
+
 
 _EXCERPT = 300
 """Characters of a malformed body quoted in an error message."""
@@ -263,7 +295,7 @@ def _usage(usage: Any) -> LMUsage:
     """Tokens and reported cost from a body's ``usage``; what is missing or not a count is 0."""
     if not isinstance(usage, dict):
         return LMUsage()
-    cost = usage.get("cost")
+    cost: Any = usage.get("cost")
     return LMUsage(
         input_tokens=_count(usage.get("prompt_tokens")),
         output_tokens=_count(usage.get("completion_tokens")),
@@ -480,6 +512,7 @@ class AzureOpenAIClient(OpenAIClient):
                 azure_deployment=self.azure_deployment,
                 **arguments,
             )
+        _keep_request_urls(self._client)
         self.base_url = str(self._client.base_url)
 
     @classmethod

@@ -201,6 +201,24 @@ def test_negative_or_garbage_token_counts_count_as_zero() -> None:
     assert response.usage == LMUsage(0, 0, None)
 
 
+def test_out_of_range_numbers_in_usage_do_not_break_the_call() -> None:
+    huge = 10**400  # valid JSON; float() of it overflows
+    body = json.dumps(
+        chat_body(usage={"prompt_tokens": 3, "completion_tokens": "1e999", "cost": huge})
+    )
+    with CannedServer((200, body.encode())) as server:
+        response = canned_call(server)
+    assert response.usage == LMUsage(3, 0, None)
+
+
+def test_a_long_error_object_is_cut_short_in_the_message() -> None:
+    error = {"error": {"message": "upstream failed " + "x" * 5000}}
+    with CannedServer((200, error)) as server, pytest.raises(LMError) as info:
+        canned_call(server, max_retries=0)
+    assert "upstream failed" in str(info.value)
+    assert "x" * 400 not in str(info.value)
+
+
 def test_a_200_with_an_error_object_and_no_choices_is_retried_then_reported() -> None:
     error = {"error": {"message": "upstream provider overloaded", "code": 502}}
     with CannedServer((200, error), (200, error), (200, chat_body())) as server:

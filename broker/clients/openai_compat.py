@@ -273,7 +273,8 @@ def _parse_completion(content: bytes, asked_model: str) -> LMResponse:
     choices = data.get("choices")
     if not choices:
         error = data.get("error")
-        raise TransientError(f"the response had no choices: {error or _excerpt(content)}")
+        detail = _shorten(str(error)) if error else _excerpt(content)
+        raise TransientError(f"the response had no choices: {detail}")
     choice = choices[0] if isinstance(choices, list) else None
     message = choice.get("message") if isinstance(choice, dict) else None
     if not isinstance(message, dict):
@@ -295,31 +296,32 @@ def _usage(usage: Any) -> LMUsage:
     """Tokens and reported cost from a body's ``usage``; what is missing or not a count is 0."""
     if not isinstance(usage, dict):
         return LMUsage()
-    cost: Any = usage.get("cost")
     return LMUsage(
-        input_tokens=_count(usage.get("prompt_tokens")),
-        output_tokens=_count(usage.get("completion_tokens")),
-        cost=float(cost) if _is_number(cost) and cost >= 0 else None,
+        input_tokens=int(_amount(usage.get("prompt_tokens")) or 0),
+        output_tokens=int(_amount(usage.get("completion_tokens")) or 0),
+        cost=_amount(usage.get("cost"), strings=False),
     )
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _count(value: Any) -> int:
-    """A token count: a non-negative finite number or numeric string, else 0."""
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return 0
-    return max(0, int(value)) if _is_number(value) else 0
+def _amount(value: Any, *, strings: bool = True) -> float | None:
+    """``value`` as a finite number >= 0 (a numeric string too, if ``strings``), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    if isinstance(value, str) and not strings:
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 def _excerpt(content: bytes) -> str:
-    text = content[:_EXCERPT].decode("utf-8", "replace")
-    return text + ("..." if len(content) > _EXCERPT else "")
+    return _shorten(content[: _EXCERPT + 1].decode("utf-8", "replace"))
+
+
+def _shorten(text: str) -> str:
+    return text[:_EXCERPT] + "..." if len(text) > _EXCERPT else text
 
 
 def _malformed(what: str, content: bytes) -> PermanentError:

@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="bench/out", help="folder for results.md/.json/.png")
     parser.add_argument("--load-sizes", help="comma-separated context sizes in characters")
     parser.add_argument(
+        "--batch-sizes", help="comma-separated llm_query_batched sizes (default 8,64,256)"
+    )
+    parser.add_argument(
         "--only", default=",".join(WORKLOADS), help=f"comma-separated: {', '.join(WORKLOADS)}"
     )
     return parser.parse_args(argv)
@@ -48,6 +51,8 @@ def config_from(args: argparse.Namespace) -> SuiteConfig:
         config.repeats = args.repeats
     if args.load_sizes:
         config.load_sizes = [int(float(x)) for x in args.load_sizes.split(",")]
+    if args.batch_sizes:
+        config.batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
     only = tuple(w.strip() for w in args.only.split(",") if w.strip())
     unknown = set(only) - set(WORKLOADS)
     if unknown:

@@ -268,3 +268,11 @@ def test_missing_data_packages_fall_back_to_generated_filler(
 def test_parse_size() -> None:
     assert parse_size("32k") == 32_000 and parse_size("1m") == 1_000_000
     assert parse_size("500") == 500
+
+
+def test_batch_sizes_can_be_chosen_on_the_command_line() -> None:
+    from bench.__main__ import config_from, parse_args
+
+    assert config_from(parse_args(["--batch-sizes", "64"])).batch_sizes == [64]
+    assert config_from(parse_args(["--batch-sizes", "8, 256"])).batch_sizes == [8, 256]
+    assert config_from(parse_args([])).batch_sizes == [8, 64, 256]

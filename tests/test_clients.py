@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
+import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -56,6 +59,210 @@ def free_port() -> int:
 
 
 # -- OpenAI-compatible ---------------------------------------------------------------------------
+
+
+class CannedServer:
+    """A loopback HTTP server that answers every POST with the next canned (status, body) reply,
+    the last one repeated: for bodies ScriptedLMServer never sends (malformed JSON, odd usage)."""
+
+    def __init__(self, *replies: tuple[int, bytes | dict[str, Any]]) -> None:
+        self.replies = [
+            (status, body if isinstance(body, bytes) else json.dumps(body).encode())
+            for status, body in replies
+        ]
+        self.posts = 0
+        self.paths: list[str] = []
+        canned = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                status, body = canned.replies[min(canned.posts, len(canned.replies) - 1)]
+                canned.posts += 1
+                canned.paths.append(self.path)
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> CannedServer:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def chat_body(**fields: Any) -> dict[str, Any]:
+    """An OpenAI chat completion body; ``fields`` replace its top-level keys."""
+    body: dict[str, Any] = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "served-model",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "hello"},
+            }
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17},
+    }
+    body.update(fields)
+    return body
+
+
+def canned_call(server: CannedServer, **kwargs: Any) -> LMResponse:
+    kwargs.setdefault("initial_backoff", 0.0)
+    client = OpenAIClient("asked-model", base_url=server.base_url, **kwargs)
+    return run(lambda: complete(client, user("x")))
+
+
+def test_the_shared_request_options_are_never_changed_by_a_call() -> None:
+    """Every call copies one prepared set of options: a new base_url, or the deployment path
+    Azure puts in front of the URL, must not leak into the next call."""
+    with ScriptedLMServer(["one", "two"]) as first, ScriptedLMServer(["three"]) as second:
+
+        async def calls() -> list[str]:
+            client = openai_client(first)
+            try:
+                texts = [(await client.acomplete(user("x"))).text for _ in range(2)]
+                client._client.base_url = second.base_url
+                return [*texts, (await client.acomplete(user("x"))).text]
+            finally:
+                await client.aclose()
+
+        assert run(calls) == ["one", "two", "three"]
+        assert [len(first.requests), len(second.requests)] == [2, 1]
+
+    with CannedServer((200, chat_body())) as server:
+        endpoint = server.base_url.removesuffix("/v1")
+        for model in ("gpt-x", "gpt-y", "gpt-x"):
+            kwargs = {"model_name": model, "api_key": "k", "azure_endpoint": endpoint}
+            kwargs["api_version"] = "2024-02-01"
+            azure = create_client("azure_openai", kwargs)
+            assert run(lambda: complete(azure, user("x"))).text == "hello"  # noqa: B023
+        plain = OpenAIClient("plain", base_url=server.base_url)
+        assert run(lambda: complete(plain, user("x"))).text == "hello"
+    assert server.paths == [
+        "/openai/deployments/gpt-x/chat/completions?api-version=2024-02-01",
+        "/openai/deployments/gpt-y/chat/completions?api-version=2024-02-01",
+        "/openai/deployments/gpt-x/chat/completions?api-version=2024-02-01",
+        "/v1/chat/completions",
+    ]
+
+
+def test_text_model_usage_and_cost_are_read_from_the_body() -> None:
+    usage = {
+        "prompt_tokens": 12,
+        "completion_tokens": 5,
+        "total_tokens": 17,
+        "cost": 0.25,
+        "prompt_tokens_details": {"cached_tokens": 8},
+        "completion_tokens_details": {"reasoning_tokens": 2},
+    }
+    with CannedServer((200, chat_body(usage=usage))) as server:
+        response = canned_call(server)
+    assert response == LMResponse("hello", "served-model", LMUsage(12, 5, 0.25))
+
+
+def test_integer_cost_counts_and_a_non_numeric_one_is_ignored() -> None:
+    with CannedServer((200, chat_body(usage={"prompt_tokens": 1, "cost": 2}))) as server:
+        assert canned_call(server).usage == LMUsage(1, 0, 2.0)
+    with CannedServer((200, chat_body(usage={"completion_tokens": 3, "cost": "0.1"}))) as server:
+        assert canned_call(server).usage == LMUsage(0, 3, None)
+
+
+def test_null_content_and_missing_model_and_usage() -> None:
+    """A reply of tool calls only has content null; no model or usage falls back to nothing."""
+    choice = {"index": 0, "finish_reason": "tool_calls", "message": {"content": None}}
+    body = chat_body(choices=[choice])
+    del body["model"], body["usage"]
+    with CannedServer((200, body)) as server:
+        response = canned_call(server)
+    assert response == LMResponse("", "asked-model", LMUsage())
+
+
+def test_negative_or_garbage_token_counts_count_as_zero() -> None:
+    usage = {"prompt_tokens": -40, "completion_tokens": "many", "cost": -1.5}
+    with CannedServer((200, chat_body(usage=usage))) as server:
+        response = canned_call(server)
+    assert response.usage == LMUsage(0, 0, None)
+
+
+def test_out_of_range_numbers_in_usage_do_not_break_the_call() -> None:
+    huge = 10**400  # valid JSON; float() of it overflows
+    body = json.dumps(
+        chat_body(usage={"prompt_tokens": 3, "completion_tokens": "1e999", "cost": huge})
+    )
+    with CannedServer((200, body.encode())) as server:
+        response = canned_call(server)
+    assert response.usage == LMUsage(3, 0, None)
+
+
+def test_a_long_error_object_is_cut_short_in_the_message() -> None:
+    error = {"error": {"message": "upstream failed " + "x" * 5000}}
+    with CannedServer((200, error)) as server, pytest.raises(LMError) as info:
+        canned_call(server, max_retries=0)
+    assert "upstream failed" in str(info.value)
+    assert "x" * 400 not in str(info.value)
+
+
+def test_a_200_with_an_error_object_and_no_choices_is_retried_then_reported() -> None:
+    error = {"error": {"message": "upstream provider overloaded", "code": 502}}
+    with CannedServer((200, error), (200, error), (200, chat_body())) as server:
+        assert canned_call(server).text == "hello"
+        assert server.posts == 3
+    with CannedServer((200, error)) as server, pytest.raises(LMError) as info:
+        canned_call(server, max_retries=1)
+    assert server.posts == 2
+    assert "no choices" in str(info.value)
+    assert "upstream provider overloaded" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>gateway says hello</html>",
+        b"[1, 2]",
+        json.dumps(chat_body(choices=["not an object"])).encode(),
+        json.dumps(chat_body(choices=[{"message": "not an object"}])).encode(),
+        json.dumps(chat_body(choices=[{"message": {"content": ["a", "list"]}}])).encode(),
+    ],
+)
+def test_a_malformed_200_body_is_a_permanent_lm_error(body: bytes) -> None:
+    with CannedServer((200, body)) as server, pytest.raises(LMError) as info:
+        canned_call(server)
+    assert server.posts == 1  # not retried: the same request would get the same answer
+    assert info.value.status is None
+    assert "malformed" in str(info.value)
+
+
+def test_error_bodies_give_their_message_and_status() -> None:
+    openai_error = {"error": {"message": "max_tokens is too large", "type": "invalid_request"}}
+    with CannedServer((400, openai_error)) as server, pytest.raises(LMError) as info:
+        canned_call(server)
+    assert info.value.status == 400
+    assert "max_tokens is too large" in str(info.value)
+    with CannedServer((502, b"Bad gateway"), (200, chat_body())) as server:
+        assert canned_call(server).text == "hello"  # a 5xx with a text body is retried
+        assert server.posts == 2
+    with CannedServer((429, b"slow down")) as server, pytest.raises(LMError) as info:
+        canned_call(server, max_retries=0)
+    assert info.value.status == 429
+    assert "slow down" in str(info.value)
+    assert "Rate limited" in str(info.value)
 
 
 def test_success_returns_text_model_and_this_calls_usage() -> None:

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import openai
-from openai.types.chat import ChatCompletion
+from openai import _base_client
+from openai._models import FinalRequestOptions
 
 from rlm.broker.clients.base import (
     LMClient,
@@ -110,6 +112,7 @@ class OpenAIClient(LMClient):
             base_url=base_url,
             **self._sdk_arguments(extra_headers, client_options),
         )
+        _keep_request_urls(self._client)
 
     @classmethod
     def sdk_options(cls) -> frozenset[str]:
@@ -149,13 +152,14 @@ class OpenAIClient(LMClient):
         extra_body = {**(self.extra_body or {}), **(sampling.pop("extra_body", None) or {})}
         body = {"model": self.model_name, "messages": messages, **sampling, **extra_body}
         try:
-            # The SDK's low-level post() keeps its HTTP client, errors and response model but
-            # skips the per-call walk over every message that create() does to check the
-            # request against its TypedDicts: that walk costs milliseconds per root iteration
-            # and grows with the conversation. The messages are plain dicts we built ourselves.
-            completion = await self._client.post(
-                "/chat/completions", body=body, cast_to=ChatCompletion
-            )
+            # The SDK's request() keeps its HTTP client, auth, Azure deployment URLs and error
+            # classes; three things it would do per call are skipped, all CPU on the broker's one
+            # loop: create()'s walk over every message to check it against its TypedDicts (we
+            # built the messages), building the request options from defaults (one prepared
+            # set is copied with this body), and the pydantic ChatCompletion model (the body is
+            # read with _parse_completion, which takes only what LMResponse holds).
+            options = _CHAT_OPTIONS.model_copy(update={"json_data": body})
+            response = await self._client.request(_RAW_RESPONSE, options)
         except openai.APIStatusError as exc:
             raise ProviderError.from_status(
                 exc.status_code,
@@ -174,18 +178,11 @@ class OpenAIClient(LMClient):
                     refused=True,
                 ) from exc
             raise TransientError(_connection_message(exc), connection=True) from exc
-        except openai.APIError as exc:  # e.g. a response that does not parse
+        except openai.APIError as exc:
             raise PermanentError(f"{type(exc).__name__}: {exc.message}") from exc
-        choices = getattr(completion, "choices", None)
-        if not choices:
-            # OpenRouter can answer 200 with an "error" object when the upstream provider fails.
-            error = (getattr(completion, "model_extra", None) or {}).get("error")
-            raise TransientError(f"the response had no choices: {error or completion!r}")
-        text = choices[0].message.content or ""
+        result = _parse_completion(response.content, self.model_name)
         self._answered = True
-        return LMResponse(
-            text=text, model=completion.model or self.model_name, usage=_usage(completion)
-        )
+        return result
 
     async def _aclose(self) -> None:
         await self._client.close()
@@ -218,15 +215,118 @@ def _http_client() -> Any:
         return None
 
 
-def _usage(completion: Any) -> LMUsage:
-    usage = getattr(completion, "usage", None)
-    if usage is None:
+_SDK_HTTP = vars(_base_client)
+_RAW_RESPONSE: Any = (_SDK_HTTP.get("httpx2") or _SDK_HTTP["httpx"]).Response
+"""The response class of the SDK's HTTP layer (httpx2 from openai 3, httpx before): as ``cast_to``
+it makes ``request()`` return the HTTP response itself, body read, with no model built."""
+
+_CHAT_OPTIONS = FinalRequestOptions.construct(method="post", url="/chat/completions")
+"""The request options of every chat completion but its body; each call copies it shallowly."""
+
+_URLS_KEPT = 64
+"""Request URLs one SDK client keeps: one per path (a path per Azure deployment, say)."""
+
+
+def _keep_request_urls(client: Any) -> None:
+    """Make ``client`` build the URL of a path once per base URL, not once per request.
+
+    For every request the SDK parses the path and rebuilds it on top of ``base_url`` (two URL
+    parses); the result depends on those two alone, so it is kept per path and built again when
+    ``base_url`` is replaced. An SDK without this method is left as it is.
+    """
+    build = getattr(client, "_prepare_url", None)
+    if build is None:
+        return
+    kept: dict[str, tuple[Any, Any]] = {}
+
+    def prepare_url(url: str) -> Any:
+        base = client.base_url
+        entry = kept.get(url)
+        if entry is not None and entry[0] is base:
+            return entry[1]
+        if len(kept) >= _URLS_KEPT:
+            kept.clear()
+        prepared = build(url)
+        kept[url] = (base, prepared)
+        return prepared
+
+    client._prepare_url = prepare_url
+
+
+_EXCERPT = 300
+"""Characters of a malformed body quoted in an error message."""
+
+
+def _parse_completion(content: bytes, asked_model: str) -> LMResponse:
+    """An ``LMResponse`` from the JSON body of a chat completion (HTTP 200).
+
+    ``TransientError`` for a body with no choices (OpenRouter answers 200 with an ``error`` object
+    when the upstream provider fails); ``PermanentError`` for a body that is not a chat completion
+    at all (not JSON, or a choice that is not an object).
+    """
+    try:
+        data = json.loads(content)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+        raise _malformed("is not JSON", content) from None
+    if not isinstance(data, dict):
+        raise _malformed("is not a JSON object", content)
+    choices = data.get("choices")
+    if not choices:
+        error = data.get("error")
+        detail = _shorten(str(error)) if error else _excerpt(content)
+        raise TransientError(f"the response had no choices: {detail}")
+    choice = choices[0] if isinstance(choices, list) else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise _malformed("has a choice without a message object", content)
+    text = message.get("content")
+    if text is None:
+        text = ""  # a reply of tool calls only
+    elif not isinstance(text, str):
+        raise _malformed("has a message content that is not a string", content)
+    model = data.get("model")
+    return LMResponse(
+        text=text,
+        model=model if isinstance(model, str) and model else asked_model,
+        usage=_usage(data.get("usage")),
+    )
+
+
+def _usage(usage: Any) -> LMUsage:
+    """Tokens and reported cost from a body's ``usage``; what is missing or not a count is 0."""
+    if not isinstance(usage, dict):
         return LMUsage()
-    cost = getattr(usage, "cost", None)
     return LMUsage(
-        input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-        output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-        cost=float(cost) if isinstance(cost, int | float) else None,
+        input_tokens=int(_amount(usage.get("prompt_tokens")) or 0),
+        output_tokens=int(_amount(usage.get("completion_tokens")) or 0),
+        cost=_amount(usage.get("cost"), strings=False),
+    )
+
+
+def _amount(value: Any, *, strings: bool = True) -> float | None:
+    """``value`` as a finite number >= 0 (a numeric string too, if ``strings``), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    if isinstance(value, str) and not strings:
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _excerpt(content: bytes) -> str:
+    return _shorten(content[: _EXCERPT + 1].decode("utf-8", "replace"))
+
+
+def _shorten(text: str) -> str:
+    return text[:_EXCERPT] + "..." if len(text) > _EXCERPT else text
+
+
+def _malformed(what: str, content: bytes) -> PermanentError:
+    return PermanentError(
+        f"malformed chat completion: the response body {what}: {_excerpt(content)!r}"
     )
 
 
@@ -414,6 +514,7 @@ class AzureOpenAIClient(OpenAIClient):
                 azure_deployment=self.azure_deployment,
                 **arguments,
             )
+        _keep_request_urls(self._client)
         self.base_url = str(self._client.base_url)
 
     @classmethod

@@ -82,7 +82,10 @@ def single_call(params: dict) -> dict:
     return {"samples": json.loads(result.response)}
 
 
-RUNNER_MARKER = b"rlm-runner-"
+def is_runner_command(cmdline: bytes) -> bool:
+    """Our local runner: started from its zipapp file (``rlm-runner-*.pyz``) or its sealed copy
+    (``-X rlm_runner``). (Not imported from rlm: this also runs in the reference's venv.)"""
+    return b"rlm-runner-" in cmdline or b"rlm_runner" in cmdline.split(b"\0")
 
 
 class ChildPeakRSS:
@@ -135,7 +138,7 @@ class ChildPeakRSS:
                     # Only our runner (a zipapp named rlm-runner-*.pyz), and only once it has
                     # exec'd: between fork and exec a child's VmHWM is still the host's.
                     with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                        if RUNNER_MARKER not in handle.read():
+                        if not is_runner_command(handle.read()):
                             continue
                     with open(f"/proc/{pid}/status") as handle:
                         for line in handle:

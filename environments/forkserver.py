@@ -280,7 +280,7 @@ class ForkServer:
                 self.python,
                 "-I",
                 "-u",
-                bundle,
+                *bundle,
                 "--fork-server",
                 str(os.getpid()),
                 stdin=server_end.fileno(),

@@ -153,7 +153,7 @@ class LocalEnvironment(SandboxEnvironment):
                 self.python,
                 "-I",
                 "-u",
-                bundle,
+                *bundle,
                 pass_fds=bundle_fds,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.DEVNULL,

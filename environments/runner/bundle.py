@@ -38,6 +38,8 @@ raise SystemExit(main())
 """
 #: How a runner started from the sealed bundle sees its own zipapp (its fd, inherited).
 SEALED_BUNDLE_PREFIX = "/proc/self/fd/"
+#: In the command line of every local runner and fork server started from the sealed bundle.
+RUNNER_MARK = "rlm_runner"
 _EMPTY_PACKAGES = ("rlm/__init__.py", "rlm/protos/__init__.py", "rlm/environments/__init__.py")
 
 
@@ -104,10 +106,12 @@ def sealed_runner_bundle() -> int | None:
     return fd
 
 
-def runner_executable() -> tuple[str, tuple[int, ...]]:
-    """What a local runner or fork server runs, and the descriptors to pass it: the sealed
-    bundle as ``/proc/self/fd/N`` where there is one, else the file in the temp directory."""
+def runner_executable() -> tuple[list[str], tuple[int, ...]]:
+    """The interpreter arguments that run a local runner or fork server (the script and what
+    names it), and the descriptors to pass it: the sealed bundle as ``/proc/self/fd/N`` where
+    there is one, else the file in the temp directory. ``-X rlm_runner`` (an option CPython
+    keeps and ignores) marks the process as ours in its command line, as the file name did."""
     fd = sealed_runner_bundle()
     if fd is None:
-        return str(runner_bundle_path()), ()
-    return f"{SEALED_BUNDLE_PREFIX}{fd}", (fd,)
+        return [str(runner_bundle_path())], ()
+    return ["-X", RUNNER_MARK, f"{SEALED_BUNDLE_PREFIX}{fd}"], (fd,)

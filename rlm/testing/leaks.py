@@ -24,7 +24,14 @@ def _comm(pid: int | str) -> bytes:
 
 
 def _is_bundle(cmdline: bytes) -> bool:
-    return b"runner.pyz" in cmdline or (b"rlm-runner-" in cmdline and b".pyz" in cmdline)
+    """Runs our runner zipapp: its file (``runner.pyz``, ``rlm-runner-*.pyz``) or its sealed
+    in-memory copy (``-X rlm_runner /proc/self/fd/N``)."""
+    args = cmdline.split(b"\0")
+    return (
+        b"runner.pyz" in cmdline
+        or (b"rlm-runner-" in cmdline and b".pyz" in cmdline)
+        or b"rlm_runner" in args
+    )
 
 
 def _is_fork_server(pid: int | str, cmdline: bytes) -> bool:

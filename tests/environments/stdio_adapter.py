@@ -38,6 +38,11 @@ class PipeProcess(RemoteProcess):
         if self._process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, signal.SIGKILL)
+        # Read what is left: a reader that stopped early (a dropped stream) leaves asyncio's
+        # transport paused with a full buffer, and wait() would never see the pipe's end.
+        if self._process.stdout is not None:
+            while await self._process.stdout.read(1 << 16):
+                pass
         await self._process.wait()
 
 

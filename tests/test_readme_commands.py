@@ -50,6 +50,10 @@ COMMANDS: dict[str, str] = {
     "python -m bench": "tests/test_bench.py::test_quick_bench_writes_every_row",
     "python -m bench.eval": "tests/test_bench.py::test_eval_scripted_end_to_end",
     "python protos/generate.py": "tests/test_protos.py::test_generated_code_is_fresh",
+    "rlm providers check": (
+        "tests/test_providers_check.py::"
+        "test_without_credentials_the_smoke_runs_on_the_standin_and_says_so"
+    ),
     "vf-eval @ docs/verifiers-rlm-oolong.toml": (
         "tests/integrations/test_verifiers.py::test_the_readme_vf_eval_command_runs"
     ),

@@ -76,16 +76,24 @@ def test_50mb_context_goes_through_the_file_api(cloud, lm_server, make_rlm):
 
 
 def test_30mb_from_the_runner_reaches_the_host_through_the_relay(cloud, lm_server, make_rlm):
-    """The answer travels back over the exec stream: tens of MB of relay frames, through the
-    provider's output path (and, with RLM_STANDIN_SHAPING, its latency, bandwidth and a drop)."""
+    """A 30 MB sub-call prompt travels back over the exec stream: tens of MB of relay frames,
+    through the provider's output path (and, with RLM_STANDIN_SHAPING, its latency, bandwidth
+    and a drop). (An answer is capped at 16 MiB: the prompt of an llm_query carries more.)"""
     name, _log, server, kwargs = cloud
     size = 30 * 1000 * 1000
-    lm_server.set_script(
-        [f'```repl\nanswer["content"] = "y" * {size - 3} + "END"\nanswer["ready"] = True\n```']
-    )
+
+    def script(request):
+        if not any(m.get("role") == "system" for m in request.messages):
+            return f"{len(request.prompt)} {request.prompt[-4:]}"
+        return (
+            f'```repl\nanswer["content"] = llm_query("y" * {size - 3} + "END")\n'
+            'answer["ready"] = True\n```'
+        )
+
+    lm_server.set_script(script)
     rlm = make_rlm(environment=name, environment_kwargs=kwargs)
     result = rlm.completion("small context")
-    assert len(result.response) == size and result.response.endswith("yEND")
+    assert result.response == f"{size} yEND"
     assert_all_gone(server)
 
 

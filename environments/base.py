@@ -25,6 +25,8 @@ from rlm.broker.server import BrokerServer, RunnerConnection, Session, SessionHa
 from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
 from rlm.protos import rlm_sandbox_pb2 as pb
 
+from .runner.bootstrap import Bootstrap
+
 #: characters per context message: small enough that the few in flight add little to the host's
 #: peak memory (a 40 MB context peaks 3.7 MiB lower than with 1 MiB chunks), at the same speed
 CHUNK_CHARS = 1 << 18
@@ -387,9 +389,10 @@ class SandboxEnvironment(Environment):
     async def _destroy_sandbox(self) -> None:
         """Destroys the sandbox and everything in it; safe to call twice."""
 
-    def _bootstrap_extras(self) -> dict[str, Any]:
-        """Provider additions to the runner's bootstrap line (workdir, parent pid...)."""
-        return {}
+    def _bootstrap(self, bootstrap: Bootstrap) -> Bootstrap:
+        """The runner's bootstrap with this provider's fields set (work directory, parent pid,
+        relay...): ``dataclasses.replace(bootstrap, ...)``."""
+        return bootstrap
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -408,21 +411,22 @@ class SandboxEnvironment(Environment):
     async def _start_runner(self) -> None:
         assert self._session is not None
         self._session.expect_runner()
-        bootstrap = {
-            "address": self._broker_address(),
-            "token": self._session.token,
-            "limits": {
-                "memory_bytes": self.memory_mb * 1024 * 1024,
-                "file_bytes": self.max_file_mb * 1024 * 1024,
-            },
-            "shell": self.shell,
-            **self._bootstrap_extras(),
-        }
+        bootstrap = self._bootstrap(
+            Bootstrap(
+                address=self._broker_address(),
+                token=self._session.token,
+                limits={
+                    "memory_bytes": self.memory_mb * 1024 * 1024,
+                    "file_bytes": self.max_file_mb * 1024 * 1024,
+                },
+                shell=self.shell,
+            )
+        )
         if self._slots is not None and not self._holds_slot:
             await self._slots.acquire(self.startup_timeout, self.name)
             self._holds_slot = True
         try:
-            self._process = await self._launch_runner(json.dumps(bootstrap).encode() + b"\n")
+            self._process = await self._launch_runner(bootstrap.to_line())
         except SandboxDiedError as error:
             raise SandboxStartError(
                 f"the runner in the {self.name} sandbox failed to start: {error}"

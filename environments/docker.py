@@ -44,6 +44,7 @@ from rlm.errors import ConfigurationError, SandboxStartError
 from .base import RunnerProcess, SandboxEnvironment
 from .docker_image import DEFAULT_IMAGE, SANDBOX_PYTHON, SANDBOX_UID
 from .forkserver import StreamForkServer, StreamRunnerProcess
+from .runner.bootstrap import Bootstrap
 from .runner.bundle import runner_bundle_path
 from .runner.runner import SHARED_HOST_ENV
 
@@ -425,17 +426,18 @@ class DockerEnvironment(SandboxEnvironment):
     def _broker_address(self) -> str:
         return f"unix:{SOCKET_MOUNT}/broker.sock"
 
-    def _bootstrap_extras(self) -> dict[str, Any]:
+    def _bootstrap(self, bootstrap: Bootstrap) -> Bootstrap:
         if self.tree is None:
-            return {"workdir": "/work"}
+            return dataclasses.replace(bootstrap, workdir="/work")
         # A directory of its own in the shared /work (removed when its runner ends); tempfile
         # goes there too, not to the /tmp every session of the container shares.
         workdir = self.tree.next_workdir()
-        return {
-            "workdir": workdir,
-            "make_workdir": True,
-            "env": {"HOME": workdir, "TMPDIR": workdir},
-        }
+        return dataclasses.replace(
+            bootstrap,
+            workdir=workdir,
+            make_workdir=True,
+            env={"HOME": workdir, "TMPDIR": workdir},
+        )
 
     def pool_key(self) -> tuple[Any, ...] | None:
         return self.spec.key() if self.tree is None else None

@@ -15,6 +15,7 @@ It still runs as the host's user: for untrusted code on a shared machine use ``d
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import sys
@@ -25,6 +26,7 @@ from rlm.errors import ConfigurationError, SandboxStartError
 
 from .base import RunnerProcess, SandboxEnvironment
 from .forkserver import KILL_WAIT, StderrTail, kill_process_tree, shared_fork_server
+from .runner.bootstrap import Bootstrap
 from .runner.bundle import runner_executable
 from .runner.runner import PRELOAD_ENV, SHARED_HOST_ENV
 
@@ -136,13 +138,14 @@ class LocalEnvironment(SandboxEnvironment):
     def _broker_address(self) -> str:
         return self.broker.address
 
-    def _bootstrap_extras(self) -> dict[str, Any]:
+    def _bootstrap(self, bootstrap: Bootstrap) -> Bootstrap:
         assert self.workdir is not None
-        return {
-            "workdir": self.workdir,
-            "env": {"HOME": self.workdir, "TMPDIR": self.workdir},
-            "parent_pid": os.getpid(),
-        }
+        return dataclasses.replace(
+            bootstrap,
+            workdir=self.workdir,
+            env={"HOME": self.workdir, "TMPDIR": self.workdir},
+            parent_pid=os.getpid(),
+        )
 
     async def _spawn_runner(self) -> RunnerProcess:
         if self.fork_server:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -23,6 +24,7 @@ from typing import Any
 from rlm.errors import SandboxDiedError, SandboxError
 
 from .base import RunnerProcess, SandboxEnvironment, _encode_context
+from .runner.bootstrap import Bootstrap
 from .runner.bundle import runner_bundle
 from .runner.relay import ACK_SECONDS, CONTROL, Frame, FrameError, FrameGap, Sequencer
 
@@ -387,8 +389,10 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
     def _broker_address(self) -> str:
         return f"unix:{self.sandbox_dir}/relay.sock"
 
-    def _bootstrap_extras(self) -> dict[str, Any]:
-        return {"relay": "stdio", "relay_socket": f"{self.sandbox_dir}/relay.sock"}
+    def _bootstrap(self, bootstrap: Bootstrap) -> Bootstrap:
+        return dataclasses.replace(
+            bootstrap, relay="stdio", relay_socket=f"{self.sandbox_dir}/relay.sock"
+        )
 
     async def _launch_runner(self, bootstrap: bytes) -> RunnerProcess:
         bundle = f"{self.sandbox_dir}/runner.pyz"

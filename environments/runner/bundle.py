@@ -17,6 +17,7 @@ from functools import cache
 
 from rlm.protos import rlm_sandbox_pb2, rlm_sandbox_pb2_grpc
 
+from . import bootstrap as bootstrap_module
 from . import forkserver as forkserver_module
 from . import relay as relay_module
 from . import runner as runner_module
@@ -50,6 +51,7 @@ def runner_bundle() -> bytes:
         "__main__.py": _MAIN,
         "rlm/environments/runner/__init__.py": "",
         "rlm/environments/runner/runner.py": pathlib.Path(runner_module.__file__).read_text(),
+        "rlm/environments/runner/bootstrap.py": pathlib.Path(bootstrap_module.__file__).read_text(),
         "rlm/environments/runner/relay.py": pathlib.Path(relay_module.__file__).read_text(),
         "rlm/environments/runner/forkserver.py": pathlib.Path(
             forkserver_module.__file__

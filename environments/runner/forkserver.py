@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterable
 
 from rlm.environments.runner import runner as runner_module
+from rlm.environments.runner.bootstrap import Bootstrap
 
 MAX_FD = 65536
 PR_SET_PDEATHSIG = 1
@@ -322,14 +323,12 @@ class _StdioRunner:
 def _owned_workdir(bootstrap: bytes) -> str | None:
     """The session's own work directory, when the bootstrap asks the runner to make it (it is
     removed when the runner ends); only directories directly below ``/work`` or ``/tmp``."""
-    import json
-
     try:
-        config = json.loads(bootstrap)
+        boot = Bootstrap.from_line(bootstrap)
     except ValueError:
         return None
-    workdir = config.get("workdir") if isinstance(config, dict) else None
-    if not config.get("make_workdir") or not isinstance(workdir, str):
+    workdir = boot.workdir
+    if not boot.make_workdir or workdir is None:
         return None
     parent, name = os.path.split(os.path.normpath(workdir))
     return workdir if parent in ("/work", "/tmp") and name not in ("", ".", "..") else None

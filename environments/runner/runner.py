@@ -33,6 +33,7 @@ from typing import Any
 
 import grpc
 
+from rlm.environments.runner.bootstrap import Bootstrap
 from rlm.protos import rlm_sandbox_pb2 as pb
 from rlm.protos import rlm_sandbox_pb2_grpc as pb_grpc
 
@@ -905,31 +906,35 @@ def main() -> int:
     if not line.strip():
         print("rlm-runner: expected a bootstrap JSON line on stdin", file=sys.stderr)
         return 2
-    config = json.loads(line)
-    del line  # the token stays in the channel's interceptor only
+    try:
+        boot = Bootstrap.from_line(line)
+    except ValueError as error:
+        print(f"rlm-runner: bad bootstrap line: {error}", file=sys.stderr)
+        return 2
+    del line
     contain_process(before_bootstrap=False)
-    if config.get("relay") == "stdio":
+    if boot.relay == "stdio" and boot.relay_socket:
         from rlm.environments.runner.relay import StdioRelay
 
-        relay = StdioRelay.over_stdio(config["relay_socket"])
+        relay = StdioRelay.over_stdio(boot.relay_socket)
         relay.start()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # too-big files fail with EFBIG, not a kill
-    _apply_limits(config.get("limits", {}))
-    if config.get("parent_pid") and not _parent_watched:  # a forked runner watches its server
-        watch_parent(int(config["parent_pid"]))
-    os.environ.update(config.get("env") or {})
-    if config.get("workdir"):
-        if config.get("make_workdir"):  # a session of a shared sandbox: a directory of its own
-            os.makedirs(config["workdir"], mode=0o700, exist_ok=True)
-        os.chdir(config["workdir"])
+    _apply_limits(boot.limits)
+    if boot.parent_pid and not _parent_watched:  # a forked runner watches its server
+        watch_parent(boot.parent_pid)
+    os.environ.update(boot.env)
+    if boot.workdir:
+        if boot.make_workdir:  # a session of a shared sandbox: a directory of its own
+            os.makedirs(boot.workdir, mode=0o700, exist_ok=True)
+        os.chdir(boot.workdir)
     try:
-        runner = Runner(
-            config["address"], config.pop("token"), shell=config.get("shell") or "python"
-        )
+        runner = Runner(boot.address, boot.token, shell=boot.shell or "python")
     except (ShellUnavailableError, ValueError) as error:
         print(f"rlm-runner: {error}", file=sys.stderr, flush=True)
         return 2
+    finally:
+        del boot  # the token stays in the channel's interceptor only
     threading.Thread(target=_exit_when_orphaned, args=(runner.broker_gone,), daemon=True).start()
     try:
         return runner.serve()

@@ -1,13 +1,122 @@
 """What sandbox code can make the host hold is capped: call-back request bytes in flight (a
-refused call comes back to the code as an "Error: ..." string, the run goes on)."""
+refused call comes back to the code as an "Error: ..." string, the run goes on), and what one
+open call makes gRPC buffer before the broker sees it (one message of at most 2 MiB; bigger
+requests travel in parts, admitted on their declared size before a part is read)."""
 
 from __future__ import annotations
 
+import queue
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from test_batch_rpc import MIB, Broker, ScriptedHandler, auth, stub_for
+
 import rlm.broker.server as broker_server
 import rlm.run as run_module
+from rlm.broker.loop import run_sync
+from rlm.environments.runner.runner import PART_BYTES, Runner
+from rlm.protos import rlm_sandbox_pb2 as pb
 from rlm.testing import RecordedRequest
 
 MB = 1_000_000
+
+
+def test_one_message_over_the_receive_cap_is_refused_before_any_handler_runs():
+    """gRPC reads a unary request whole before the handler can refuse it: the broker's message
+    cap is what bounds that, so a 3 MiB unary Complete never reaches the handler."""
+    broker = Broker()
+    try:
+        channel, stub = stub_for(broker)
+        with channel, pytest.raises(grpc.RpcError) as raised:
+            stub.Complete(
+                pb.CompleteRequest(prompt="x" * (3 * MIB)), metadata=auth(broker), timeout=30
+            )
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert broker_server.MAX_RECEIVE_MESSAGE_BYTES <= 2 * MIB
+        assert broker.handler.calls == 0
+    finally:
+        broker.close()
+
+
+def test_a_big_item_is_refused_on_its_declared_size_before_a_part_is_sent():
+    """The refusal of a 10 MiB item comes back while the runner has sent only its size: the
+    broker did not wait for (or hold) a byte of the prompt to refuse it."""
+    broker = Broker(max_bytes_in_flight=3 * MIB)
+    try:
+        channel, stub = stub_for(broker)
+        outbox: queue.SimpleQueue[pb.BatchCall | None] = queue.SimpleQueue()
+        outbox.put(pb.BatchCall(parts_total_bytes=10 * MIB))
+        with channel:
+            stream = stub.CompleteBatch(iter(outbox.get, None), metadata=auth(broker), timeout=30)
+            first = next(stream)
+            assert first.index == 0 and first.code == grpc.StatusCode.ABORTED.value[0]
+            assert "limit 3 MiB" in first.details
+            assert broker.server.bytes_in_flight == 0
+            outbox.put(pb.BatchCall(complete=pb.CompleteRequest(prompt="after")))
+            outbox.put(None)
+            rest = list(stream)
+        assert [(r.index, r.reply.text) for r in rest] == [(1, "re:after")]
+        assert broker.handler.started == ["after"]
+    finally:
+        broker.close()
+
+
+class ToolHandler(ScriptedHandler):
+    """Answers a tool call with the size of the arguments it got."""
+
+    async def call_tool(self, request: pb.ToolRequest) -> pb.ToolReply:
+        return pb.ToolReply(result_json=str(len(request.args_json)).encode())
+
+
+@pytest.fixture
+def tool_broker() -> Iterator[Broker]:
+    made = Broker()
+
+    async def use_tool_handler() -> None:
+        made.handler = ToolHandler()
+        made.server.sessions[made.token].handler = made.handler
+
+    run_sync(use_tool_handler())
+    yield made
+    made.close()
+
+
+def test_prompts_over_the_message_cap_travel_in_parts_and_arrive_whole(tool_broker):
+    broker = tool_broker
+    runner = Runner(broker.server.address, broker.token)
+    big = "b" * (5 * MIB)
+    assert runner.llm_query(big) == "re:" + big[:20]
+    assert runner.rlm_query(big) == "re:child:" + big[:14]
+    assert runner.llm_query_batched(["s1", big, "s2"]) == ["re:s1", "re:" + big[:20], "re:s2"]
+    assert broker.handler.started[0] == big and broker.handler.started[1] == "child:" + big
+    assert sorted(map(len, broker.handler.started)) == [2, 2, len(big), len(big), len(big) + 6]
+    tool = runner.make_tool("size", "")
+    assert tool("t" * (3 * MIB)) > 3 * MIB  # JSON of the arguments, sent in parts
+    assert tool("small") < PART_BYTES
+    assert broker.server.bytes_in_flight == 0
+
+
+def test_a_big_llm_query_over_the_cap_gets_an_error_string_and_nothing_runs():
+    broker = Broker(max_bytes_in_flight=3 * MIB)
+    try:
+        runner = Runner(broker.server.address, broker.token)
+        reply = runner.llm_query("c" * (4 * MIB))
+        assert reply.startswith("Error: the host already holds 0 MiB")
+        assert "limit 3 MiB" in reply
+        assert broker.handler.calls == 0
+        assert runner.llm_query("small") == "re:small"  # the connection is still usable
+    finally:
+        broker.close()
+
+
+def test_an_answer_over_the_message_cap_comes_back_whole(make_rlm, lm_server):
+    """A cell's result bigger than the broker's message cap reaches the host in parts."""
+    lm_server.set_script(
+        '```repl\nanswer["content"] = "a" * 5_000_000 + "z"\nanswer["ready"] = True\n```'
+    )
+    result = make_rlm().completion("data")
+    assert len(result.response) == 5_000_001 and result.response.endswith("az")
 
 
 def test_request_bytes_in_flight_are_capped(make_rlm, lm_server, monkeypatch, sandbox):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from rlm.errors import (
     BrokerError,
@@ -154,10 +155,17 @@ async def _whole_runner_message(
         return message.part.data
 
     data = await _read_parts(context, total, bytearray(first.data), part_of)
-    whole = pb.RunnerMessage.FromString(bytes(data))
+    whole = _parse(pb.RunnerMessage, data)
     if whole.WhichOneof("kind") in (None, "part"):
         raise PartsError("a message in parts must hold a hello, ack or result")
     return whole
+
+
+def _parse(message_type: Any, data: bytearray) -> Any:
+    try:
+        return message_type.FromString(bytes(data))
+    except DecodeError as error:
+        raise PartsError(f"the parts do not hold a {message_type.__name__}: {error}") from None
 
 
 def _status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -312,6 +320,8 @@ class _Batch:
                 if call is grpc.aio.EOF:
                     return
                 index, self._read = self._read, self._read + 1
+                if call.WhichOneof("kind") == "part":
+                    raise PartsError("a part came before the size of its item (parts_total_bytes)")
                 parted = call.WhichOneof("kind") == "parts_total_bytes"
                 size = call.parts_total_bytes if parted else call.ByteSize()
                 if not (size <= MAX_MESSAGE_BYTES and self._server.admit(size)):
@@ -343,7 +353,7 @@ class _Batch:
     async def _whole_item(self, context: grpc.aio.ServicerContext, size: int) -> pb.BatchCall:
         """The item announced with ``size`` bytes, read from its parts (already admitted)."""
         data = await _read_parts(context, size, bytearray(), self._part_of)
-        call = pb.BatchCall.FromString(bytes(data))
+        call = _parse(pb.BatchCall, data)
         if call.WhichOneof("kind") not in ("complete", "subcall", "tool"):
             raise PartsError("an item in parts must hold a complete, subcall or tool call")
         return call

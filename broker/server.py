@@ -53,6 +53,12 @@ yet written back); it reads the next item only when one is written, so a huge ba
 runner (gRPC flow control), not in host memory, and a runner that stops reading stalls itself."""
 
 
+MAX_RUNNER_MESSAGES_QUEUED = 4
+"""Messages of one runner's ``Attach`` stream the host holds unread; the broker reads the next
+only when the host has taken one, so a runner that floods results stalls itself (gRPC flow
+control) instead of filling host memory."""
+
+
 class PartsError(BrokerError):
     """A runner sent parts that do not add up to the message they announced (a broken or hostile
     runner); the stream is failed with INVALID_ARGUMENT."""
@@ -76,6 +82,7 @@ class RunnerConnection:
         self._context = context
         self._write_lock = asyncio.Lock()
         self._inbox: asyncio.Queue[pb.RunnerMessage | None] = asyncio.Queue()
+        self._room = asyncio.Semaphore(MAX_RUNNER_MESSAGES_QUEUED)
         self.closed = asyncio.Event()
 
     async def send(self, message: pb.HostMessage) -> None:
@@ -94,9 +101,12 @@ class RunnerConnection:
         if message is None:
             self._inbox.put_nowait(None)
             raise SandboxDiedError("the runner's stream to the broker closed")
+        self._room.release()
         return message
 
-    def _deliver(self, message: pb.RunnerMessage | None) -> None:
+    async def _deliver(self, message: pb.RunnerMessage) -> None:
+        """Queues ``message`` for :meth:`receive`, first waiting until the queue has room."""
+        await self._room.acquire()
         self._inbox.put_nowait(message)
 
     def _close(self) -> None:
@@ -213,7 +223,7 @@ class _Servicer(pb_grpc.BrokerServicer):
                     break
                 if message.WhichOneof("kind") == "part":
                     message = await _whole_runner_message(context, message.part)
-                connection._deliver(message)
+                await connection._deliver(message)
         except PartsError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except (grpc.aio.AioRpcError, asyncio.CancelledError):

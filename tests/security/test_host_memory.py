@@ -6,6 +6,7 @@ requests travel in parts, admitted on their declared size before a part is read)
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -171,3 +172,28 @@ def test_the_sub_call_text_a_tree_keeps_is_capped(make_rlm, lm_server, monkeypat
         in min(calls, key=lambda c: len(c["prompt"]))["prompt"]
     )
     assert kept[-1] == 100_000  # ...the first ones whole
+
+
+def test_a_runner_flooding_its_attach_stream_gets_no_more_than_a_few_messages_queued():
+    """Results nobody asked for wait in the runner (gRPC flow control), not in host memory: the
+    host holds at most MAX_RUNNER_MESSAGES_QUEUED unread, and all arrive once they are read."""
+    broker = Broker()
+    try:
+        channel, stub = stub_for(broker)
+        hello = pb.RunnerMessage(hello=pb.Hello(runner_version="1"))
+        results = [pb.RunnerMessage(result=pb.ExecuteResult(cell_id=i)) for i in range(20)]
+        session = broker.server.sessions[broker.token]
+        with channel:
+            stream = stub.Attach(iter([hello, *results]), metadata=auth(broker))
+            connection = run_sync(session.wait_runner(30))
+            limit = broker_server.MAX_RUNNER_MESSAGES_QUEUED
+            while connection._inbox.qsize() < limit:
+                threading.Event().wait(0.01)
+            for _ in range(50):  # a broker without a bound would queue all 20 here
+                assert connection._inbox.qsize() <= limit
+                threading.Event().wait(0.01)
+            received = [run_sync(connection.receive()).result.cell_id for _ in range(20)]
+            stream.cancel()
+        assert received == list(range(20))
+    finally:
+        broker.close()

@@ -57,6 +57,9 @@ MAX_RUNNER_MESSAGES_QUEUED = 4
 """Messages of one runner's ``Attach`` stream the host holds unread; the broker reads the next
 only when the host has taken one, so a runner that floods results stalls itself (gRPC flow
 control) instead of filling host memory."""
+MAX_RUNNER_BYTES_QUEUED = MAX_MESSAGE_BYTES
+"""The same in bytes: a message that would pass it waits until the queue is empty (so one
+message of up to ``MAX_MESSAGE_BYTES`` always gets through)."""
 
 
 class PartsError(BrokerError):
@@ -82,7 +85,8 @@ class RunnerConnection:
         self._context = context
         self._write_lock = asyncio.Lock()
         self._inbox: asyncio.Queue[pb.RunnerMessage | None] = asyncio.Queue()
-        self._room = asyncio.Semaphore(MAX_RUNNER_MESSAGES_QUEUED)
+        self._room = asyncio.Condition()
+        self._queued_bytes = 0
         self.closed = asyncio.Event()
 
     async def send(self, message: pb.HostMessage) -> None:
@@ -101,13 +105,27 @@ class RunnerConnection:
         if message is None:
             self._inbox.put_nowait(None)
             raise SandboxDiedError("the runner's stream to the broker closed")
-        self._room.release()
+        async with self._room:
+            self._queued_bytes -= message.ByteSize()
+            self._room.notify_all()
         return message
 
     async def _deliver(self, message: pb.RunnerMessage) -> None:
         """Queues ``message`` for :meth:`receive`, first waiting until the queue has room."""
-        await self._room.acquire()
-        self._inbox.put_nowait(message)
+        size = message.ByteSize()
+
+        def has_room() -> bool:
+            if self._inbox.empty():
+                return True
+            return (
+                self._inbox.qsize() < MAX_RUNNER_MESSAGES_QUEUED
+                and self._queued_bytes + size <= MAX_RUNNER_BYTES_QUEUED
+            )
+
+        async with self._room:
+            await self._room.wait_for(has_room)
+            self._queued_bytes += size
+            self._inbox.put_nowait(message)
 
     def _close(self) -> None:
         if not self.closed.is_set():

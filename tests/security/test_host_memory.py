@@ -197,3 +197,37 @@ def test_a_runner_flooding_its_attach_stream_gets_no_more_than_a_few_messages_qu
         assert received == list(range(20))
     finally:
         broker.close()
+
+
+def _in_parts(message: pb.RunnerMessage) -> list[pb.RunnerMessage]:
+    data = message.SerializeToString()
+    parts = [pb.MessagePart(data=data[i : i + MIB]) for i in range(0, len(data), MIB)]
+    parts[0].total_bytes = len(data)
+    return [pb.RunnerMessage(part=part) for part in parts]
+
+
+def test_big_runner_messages_are_reassembled_and_queued_up_to_a_byte_cap(monkeypatch):
+    monkeypatch.setattr(broker_server, "MAX_RUNNER_BYTES_QUEUED", 8 * MIB)
+    broker = Broker()
+    try:
+        channel, stub = stub_for(broker)
+        hello = pb.RunnerMessage(hello=pb.Hello(runner_version="1"))
+        big = [
+            pb.RunnerMessage(result=pb.ExecuteResult(cell_id=i, answer_content=str(i) * 5 * MB))
+            for i in range(3)
+        ]
+        messages = [hello] + [part for message in big for part in _in_parts(message)]
+        session = broker.server.sessions[broker.token]
+        with channel:
+            stream = stub.Attach(iter(messages), metadata=auth(broker))
+            connection = run_sync(session.wait_runner(30))
+            while connection._inbox.qsize() < 1:
+                threading.Event().wait(0.01)
+            for _ in range(50):  # a second 5 MB result would pass the 8 MiB cap
+                assert connection._inbox.qsize() == 1
+                threading.Event().wait(0.01)
+            received = [run_sync(connection.receive()).result for _ in range(3)]
+            stream.cancel()
+        assert [r.answer_content for r in received] == [m.result.answer_content for m in big]
+    finally:
+        broker.close()

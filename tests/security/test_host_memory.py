@@ -111,6 +111,19 @@ def test_a_big_llm_query_over_the_cap_gets_an_error_string_and_nothing_runs():
         broker.close()
 
 
+def test_a_prompt_over_the_whole_request_limit_gets_an_error_string_not_a_dead_run():
+    """Over 64 MiB used to fail in gRPC as RESOURCE_EXHAUSTED, which the runner reads as a spent
+    budget; now the broker refuses it on its announced size, like any other refused call."""
+    broker = Broker()
+    try:
+        runner = Runner(broker.server.address, broker.token)
+        reply = runner.llm_query("d" * (65 * MIB))
+        assert reply.startswith("Error: a call-back request of 65 MiB is over the 64 MiB limit")
+        assert broker.handler.calls == 0 and broker.server.bytes_in_flight == 0
+    finally:
+        broker.close()
+
+
 def test_an_answer_over_the_message_cap_comes_back_whole(make_rlm, lm_server):
     """A cell's result bigger than the broker's message cap reaches the host in parts."""
     lm_server.set_script(

@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -438,7 +438,7 @@ class Runner:
         missing = "Error: the broker ended the batch without a result for this item"
         return [missing if text is None else text for text in results]
 
-    def _batch_results(self, calls: list[pb.BatchCall]) -> Iterator[pb.BatchResult]:
+    def _batch_results(self, calls: list[pb.BatchCall]) -> Generator[pb.BatchResult, None, None]:
         """The results of ``calls`` sent on one ``CompleteBatch`` stream, as they finish (only
         indexes of ``calls``); the stream is cancelled once every item has its result."""
         if not calls:

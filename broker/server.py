@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from rlm.errors import (
     BrokerError,
@@ -31,17 +32,39 @@ from rlm.protos import rlm_sandbox_pb2_grpc as pb_grpc
 
 MIB = 1024 * 1024
 MAX_MESSAGE_BYTES = 64 * MIB
-"""The largest message either side accepts (a sub-call prompt, a context chunk, a result)."""
+"""The largest message the host sends (a context chunk, a tool's value) and the largest whole
+request or runner message it reassembles from parts."""
+MAX_RECEIVE_MESSAGE_BYTES = 2 * MIB
+"""The largest single message the broker reads from a runner. gRPC reads a message whole before
+a handler can look at it, so this, not the bytes-in-flight cap, bounds what an open call makes the
+host buffer unasked; bigger requests and results travel in parts (see ``CompleteBatch``)."""
 MAX_BYTES_IN_FLIGHT = 256 * MIB
 """Call-back requests (prompts, tool arguments) the host holds at once for one tree; a call that
 would pass it is refused at once (the sandbox's ``llm_query`` gets an "Error: ..." string), so
-sandbox code cannot make the host hold an unbounded amount of memory."""
-MAX_CONCURRENT_STREAMS = 256
-"""Calls one runner connection may have open at once; more wait on the runner's side."""
-MAX_BATCH_ITEMS_HELD = MAX_CONCURRENT_STREAMS
+sandbox code cannot make the host hold an unbounded amount of memory. A request sent in parts is
+admitted on its declared size, before any part is read."""
+MAX_CONCURRENT_STREAMS = 64
+"""Calls one runner connection may have open at once; more wait on the runner's side. With
+``MAX_RECEIVE_MESSAGE_BYTES`` this bounds the unadmitted bytes one connection can make the host
+buffer: 64 x 2 MiB = 128 MiB."""
+MAX_BATCH_ITEMS_HELD = 256
 """Items of one ``CompleteBatch`` stream the broker holds at once (running, or finished and not
 yet written back); it reads the next item only when one is written, so a huge batch waits in the
 runner (gRPC flow control), not in host memory, and a runner that stops reading stalls itself."""
+
+
+MAX_RUNNER_MESSAGES_QUEUED = 4
+"""Messages of one runner's ``Attach`` stream the host holds unread; the broker reads the next
+only when the host has taken one, so a runner that floods results stalls itself (gRPC flow
+control) instead of filling host memory."""
+MAX_RUNNER_BYTES_QUEUED = MAX_MESSAGE_BYTES
+"""The same in bytes: a message that would pass it waits until the queue is empty (so one
+message of up to ``MAX_MESSAGE_BYTES`` always gets through)."""
+
+
+class PartsError(BrokerError):
+    """A runner sent parts that do not add up to the message they announced (a broken or hostile
+    runner); the stream is failed with INVALID_ARGUMENT."""
 
 
 class SessionHandler(Protocol):
@@ -62,6 +85,8 @@ class RunnerConnection:
         self._context = context
         self._write_lock = asyncio.Lock()
         self._inbox: asyncio.Queue[pb.RunnerMessage | None] = asyncio.Queue()
+        self._room = asyncio.Condition()
+        self._queued_bytes = 0
         self.closed = asyncio.Event()
 
     async def send(self, message: pb.HostMessage) -> None:
@@ -80,10 +105,27 @@ class RunnerConnection:
         if message is None:
             self._inbox.put_nowait(None)
             raise SandboxDiedError("the runner's stream to the broker closed")
+        async with self._room:
+            self._queued_bytes -= message.ByteSize()
+            self._room.notify_all()
         return message
 
-    def _deliver(self, message: pb.RunnerMessage | None) -> None:
-        self._inbox.put_nowait(message)
+    async def _deliver(self, message: pb.RunnerMessage) -> None:
+        """Queues ``message`` for :meth:`receive`, first waiting until the queue has room."""
+        size = message.ByteSize()
+
+        def has_room() -> bool:
+            if self._inbox.empty():
+                return True
+            return (
+                self._inbox.qsize() < MAX_RUNNER_MESSAGES_QUEUED
+                and self._queued_bytes + size <= MAX_RUNNER_BYTES_QUEUED
+            )
+
+        async with self._room:
+            await self._room.wait_for(has_room)
+            self._queued_bytes += size
+            self._inbox.put_nowait(message)
 
     def _close(self) -> None:
         if not self.closed.is_set():
@@ -110,6 +152,48 @@ class Session:
 
     async def wait_runner(self, timeout: float) -> RunnerConnection:
         return await asyncio.wait_for(asyncio.shield(self._attached), timeout)
+
+
+async def _read_parts(
+    context: grpc.aio.ServicerContext, total: int, data: bytearray, part_of: Callable[[Any], bytes]
+) -> bytearray:
+    """Reads parts (``part_of`` picks a message's part, raising PartsError for anything else)
+    into ``data`` until it holds ``total`` bytes; one part at a time is read, never more."""
+    while len(data) < total:
+        message = await context.read()
+        if message is grpc.aio.EOF:
+            raise PartsError(f"the stream ended after {len(data)} of {total} announced bytes")
+        data += part_of(message)
+        if len(data) > total:
+            raise PartsError(f"the parts carry more than the {total} bytes announced")
+    return data
+
+
+async def _whole_runner_message(
+    context: grpc.aio.ServicerContext, first: pb.MessagePart
+) -> pb.RunnerMessage:
+    """The RunnerMessage whose first part is ``first``, read from the following parts."""
+    total = first.total_bytes
+    if not 0 < total <= MAX_MESSAGE_BYTES:
+        raise PartsError(f"a message in parts must announce 1 to {MAX_MESSAGE_BYTES} bytes")
+
+    def part_of(message: pb.RunnerMessage) -> bytes:
+        if message.WhichOneof("kind") != "part" or message.part.total_bytes:
+            raise PartsError("a message in parts was interrupted by another message")
+        return message.part.data
+
+    data = await _read_parts(context, total, bytearray(first.data), part_of)
+    whole = _parse(pb.RunnerMessage, data)
+    if whole.WhichOneof("kind") in (None, "part"):
+        raise PartsError("a message in parts must hold a hello, ack or result")
+    return whole
+
+
+def _parse(message_type: Any, data: bytearray) -> Any:
+    try:
+        return message_type.FromString(bytes(data))
+    except DecodeError as error:
+        raise PartsError(f"the parts do not hold a {message_type.__name__}: {error}") from None
 
 
 def _status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -141,25 +225,36 @@ class _Servicer(pb_grpc.BrokerServicer):
 
     async def Attach(self, request_iterator, context):
         session = await self._session(context)
+        if session._attached.done():  # checked before reading anything from this stream
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "a runner is already attached")
         first = await context.read()
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
-        connection = RunnerConnection(context, first.hello)
         if session._attached.done():
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, "a runner is already attached")
+        connection = RunnerConnection(context, first.hello)
         session._attached.set_result(connection)
         try:
             while True:
                 message = await context.read()
                 if message is grpc.aio.EOF:
                     break
-                connection._deliver(message)
+                if message.WhichOneof("kind") == "part":
+                    message = await _whole_runner_message(context, message.part)
+                await connection._deliver(message)
+        except PartsError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         finally:
             connection._close()
 
-    def _refusal(self) -> str:
+    def _refusal(self, size: int = 0) -> str:
+        if size > MAX_MESSAGE_BYTES:
+            return (
+                f"a call-back request of {size / MIB:.0f} MiB is over the "
+                f"{MAX_MESSAGE_BYTES / MIB:.0f} MiB limit for one request; send a smaller one"
+            )
         return (
             f"the host already holds {self._server.bytes_in_flight / MIB:.0f} MiB of "
             f"sub-call requests (limit {self._server.max_bytes_in_flight / MIB:.0f} MiB); "
@@ -210,7 +305,7 @@ class _Batch:
     """
 
     def __init__(
-        self, server: BrokerServer, handler: SessionHandler, refusal: Callable[[], str]
+        self, server: BrokerServer, handler: SessionHandler, refusal: Callable[[int], str]
     ) -> None:
         self._server = server
         self._handler = handler
@@ -229,7 +324,10 @@ class _Batch:
                 result = await self._results.get()
                 if result is None:  # the reader is done
                     reading = False
-                    await reader  # re-raises what broke the request stream
+                    try:
+                        await reader  # re-raises what broke the request stream
+                    except PartsError as error:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
                     continue
                 await context.write(result)
                 written += 1
@@ -242,24 +340,63 @@ class _Batch:
 
     async def _read_items(self, context: grpc.aio.ServicerContext) -> None:
         try:
+            call = None  # an item already read (the one that ended a refused item's parts)
             while True:
                 await self._held.acquire()
-                call = await context.read()
+                if call is None:
+                    call = await context.read()
                 if call is grpc.aio.EOF:
                     return
                 index, self._read = self._read, self._read + 1
-                size = call.ByteSize()
-                if not self._server.admit(size):
+                if call.WhichOneof("kind") == "part":
+                    raise PartsError("a part came before the size of its item (parts_total_bytes)")
+                parted = call.WhichOneof("kind") == "parts_total_bytes"
+                size = call.parts_total_bytes if parted else call.ByteSize()
+                if not (size <= MAX_MESSAGE_BYTES and self._server.admit(size)):
                     code = grpc.StatusCode.ABORTED.value[0]
                     self._results.put_nowait(
-                        pb.BatchResult(index=index, code=code, details=self._refusal())
+                        pb.BatchResult(index=index, code=code, details=self._refusal(size))
                     )
+                    call = await self._skip_parts(context, size) if parted else None
                     continue
+                try:
+                    if parted:
+                        call = await self._whole_item(context, size)
+                except BaseException:
+                    self._server.release(size)
+                    raise
                 task = asyncio.create_task(self._run(index, call, size))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+                call = None
         finally:
             self._results.put_nowait(None)
+
+    @staticmethod
+    def _part_of(message: pb.BatchCall) -> bytes:
+        if message.WhichOneof("kind") != "part":
+            raise PartsError("an item in parts was interrupted by another item")
+        return message.part
+
+    async def _whole_item(self, context: grpc.aio.ServicerContext, size: int) -> pb.BatchCall:
+        """The item announced with ``size`` bytes, read from its parts (already admitted)."""
+        data = await _read_parts(context, size, bytearray(), self._part_of)
+        call = _parse(pb.BatchCall, data)
+        if call.WhichOneof("kind") not in ("complete", "subcall", "tool"):
+            raise PartsError("an item in parts must hold a complete, subcall or tool call")
+        return call
+
+    async def _skip_parts(self, context: grpc.aio.ServicerContext, size: int) -> Any:
+        """Reads and drops the parts of a refused item, one at a time; the runner may stop
+        sending them once it has the refusal. Returns the next item (or EOF)."""
+        skipped = 0
+        while True:
+            message = await context.read()
+            if message is grpc.aio.EOF or message.WhichOneof("kind") != "part":
+                return message
+            skipped += len(message.part)
+            if skipped > size:
+                raise PartsError(f"the parts carry more than the {size} bytes announced")
 
     async def _run(self, index: int, call: pb.BatchCall, size: int) -> None:
         try:
@@ -276,9 +413,12 @@ class _Batch:
                 reply = await self._handler.complete(call.complete)
             elif kind == "subcall":
                 reply = await self._handler.subcall(call.subcall)
+            elif kind == "tool":
+                return pb.BatchResult(tool_reply=await self._handler.call_tool(call.tool))
             else:
                 code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-                return pb.BatchResult(code=code, details="a batch item must be complete or subcall")
+                details = "a batch item must be complete, subcall, tool or parts"
+                return pb.BatchResult(code=code, details=details)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -329,7 +469,7 @@ class BrokerServer:
         server = grpc.aio.server(
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),

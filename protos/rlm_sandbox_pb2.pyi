@@ -87,14 +87,24 @@ class Shutdown(_message.Message):
     def __init__(self) -> None: ...
 
 class RunnerMessage(_message.Message):
-    __slots__ = ("hello", "ack", "result")
+    __slots__ = ("hello", "ack", "result", "part")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     ack: Ack
     result: ExecuteResult
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., result: _Optional[_Union[ExecuteResult, _Mapping]] = ...) -> None: ...
+    part: MessagePart
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., result: _Optional[_Union[ExecuteResult, _Mapping]] = ..., part: _Optional[_Union[MessagePart, _Mapping]] = ...) -> None: ...
+
+class MessagePart(_message.Message):
+    __slots__ = ("total_bytes", "data")
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    total_bytes: int
+    data: bytes
+    def __init__(self, total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("runner_version", "pid", "python_version")
@@ -169,24 +179,32 @@ class CompleteReply(_message.Message):
     def __init__(self, text: _Optional[str] = ..., model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cost: _Optional[float] = ...) -> None: ...
 
 class BatchCall(_message.Message):
-    __slots__ = ("complete", "subcall")
+    __slots__ = ("complete", "subcall", "tool", "parts_total_bytes", "part")
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
     SUBCALL_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    PARTS_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     complete: CompleteRequest
     subcall: SubcallRequest
-    def __init__(self, complete: _Optional[_Union[CompleteRequest, _Mapping]] = ..., subcall: _Optional[_Union[SubcallRequest, _Mapping]] = ...) -> None: ...
+    tool: ToolRequest
+    parts_total_bytes: int
+    part: bytes
+    def __init__(self, complete: _Optional[_Union[CompleteRequest, _Mapping]] = ..., subcall: _Optional[_Union[SubcallRequest, _Mapping]] = ..., tool: _Optional[_Union[ToolRequest, _Mapping]] = ..., parts_total_bytes: _Optional[int] = ..., part: _Optional[bytes] = ...) -> None: ...
 
 class BatchResult(_message.Message):
-    __slots__ = ("index", "reply", "code", "details")
+    __slots__ = ("index", "reply", "code", "details", "tool_reply")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     DETAILS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_REPLY_FIELD_NUMBER: _ClassVar[int]
     index: int
     reply: CompleteReply
     code: int
     details: str
-    def __init__(self, index: _Optional[int] = ..., reply: _Optional[_Union[CompleteReply, _Mapping]] = ..., code: _Optional[int] = ..., details: _Optional[str] = ...) -> None: ...
+    tool_reply: ToolReply
+    def __init__(self, index: _Optional[int] = ..., reply: _Optional[_Union[CompleteReply, _Mapping]] = ..., code: _Optional[int] = ..., details: _Optional[str] = ..., tool_reply: _Optional[_Union[ToolReply, _Mapping]] = ...) -> None: ...
 
 class SubcallRequest(_message.Message):
     __slots__ = ("prompt", "model", "cell_id")

@@ -81,7 +81,8 @@ class BrokerServicer:
     def CompleteBatch(self, request_iterator, context):
         """A batch (llm_query_batched / rlm_query_batched) on one stream: the runner writes the items,
         the broker starts each as it reads it (admitted against its caps one by one) and writes
-        each result back, tagged with the item's position, as soon as it finishes.
+        each result back, tagged with the item's position, as soon as it finishes. A call too big
+        for one message (the broker accepts 2 MiB) travels here in parts, even alone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -312,3 +312,54 @@ def test_a_batch_driven_directly_from_the_sandbox_stays_within_the_budget(make_r
     with pytest.raises(BudgetExceededError):
         rlm.completion("context")
     assert len([r for r in lm_server.requests if r.model == "sub-model"]) == 5
+
+
+NESTED = pb.BatchCall(parts_total_bytes=7).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("calls", "message"),
+    [
+        ([pb.BatchCall(part=b"x" * 10)], "came before the size of its item"),
+        (
+            [pb.BatchCall(parts_total_bytes=MIB + 10)] + [pb.BatchCall(part=b"x" * MIB)] * 2,
+            "more than the 1048586 bytes announced",
+        ),
+        ([pb.BatchCall(parts_total_bytes=2 * MIB), pb.BatchCall(part=b"x")], "ended after 1 of"),
+        (
+            [pb.BatchCall(parts_total_bytes=len(NESTED)), pb.BatchCall(part=NESTED)],
+            "must hold a complete, subcall or tool call",
+        ),
+    ],
+    ids=["part-without-size", "parts-over-size", "parts-cut-short", "parts-not-a-call"],
+)
+def test_parts_that_do_not_add_up_fail_the_stream_and_release_their_bytes(broker, calls, message):
+    channel, stub = stub_for(broker)
+    with channel, pytest.raises(grpc.RpcError) as raised:
+        list(stub.CompleteBatch(iter(calls), metadata=auth(broker), timeout=30))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in raised.value.details()
+    assert broker.handler.calls == 0
+    assert broker.server.bytes_in_flight == 0
+
+
+def test_an_item_in_parts_runs_like_a_whole_one(broker):
+    call = pb.BatchCall(complete=pb.CompleteRequest(prompt="p" * (3 * MIB)))
+    data = call.SerializeToString()
+    parts = [pb.BatchCall(part=data[i : i + MIB]) for i in range(0, len(data), MIB)]
+    calls = [
+        pb.BatchCall(parts_total_bytes=len(data)),
+        *parts,
+        pb.BatchCall(subcall={"prompt": "s"}),
+    ]
+    channel, stub = stub_for(broker)
+    with channel:
+        results = list(stub.CompleteBatch(iter(calls), metadata=auth(broker), timeout=30))
+    assert sorted((r.index, r.reply.text) for r in results) == [
+        (0, "re:" + "p" * 20),
+        (1, "re:child:s"),
+    ]
+    assert broker.handler.started[0] == "p" * (3 * MIB) or broker.handler.started[1] == "p" * (
+        3 * MIB
+    )
+    assert broker.server.bytes_in_flight == 0

@@ -28,7 +28,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -39,6 +39,9 @@ from rlm.protos import rlm_sandbox_pb2_grpc as pb_grpc
 
 RUNNER_VERSION = "1"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: The broker reads at most 2 MiB in one message (so an open call cannot make the host buffer
+#: more); a request or a result bigger than this part size travels as parts of this size.
+PART_BYTES = 1024 * 1024
 #: The largest ``answer["content"]`` a cell can hand back (UTF-8 bytes): well under one gRPC
 #: message, so a huge answer is refused with a message to the model instead of ending the runner.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
@@ -463,11 +466,11 @@ class Runner:
     def llm_query(self, prompt: str | list[dict], model: str | None = None) -> str:
         """One plain LM call; returns the reply text, or "Error: ..." if the call failed (a
         spent limit or a vanished broker still raise: the run cannot go on)."""
+        request = self._complete_request(prompt, model)
+        if request.ByteSize() > PART_BYTES:
+            return self._batch([pb.BatchCall(complete=request)])[0]
         try:
-            reply = self._stub.Complete(
-                self._complete_request(prompt, model),
-                timeout=self._timeout(),
-            )
+            reply = self._stub.Complete(request, timeout=self._timeout())
         except grpc.RpcError as error:
             return self._error_text(error)
         return reply.text
@@ -486,6 +489,8 @@ class Runner:
     def rlm_query(self, prompt: str, model: str | None = None) -> str:
         """A child RLM whose context is ``prompt``; a plain LM call at max_depth."""
         request = pb.SubcallRequest(prompt=prompt, model=model or "", cell_id=self._cell_id)
+        if request.ByteSize() > PART_BYTES:
+            return self._batch([pb.BatchCall(subcall=request)])[0]
         try:
             reply = self._stub.Subcall(request, timeout=self._timeout())
         except grpc.RpcError as error:
@@ -508,24 +513,35 @@ class Runner:
         A spent limit or a vanished broker raises as for one call (and cancels the rest); any
         other failure of an item, or of the stream, becomes that item's "Error: ..." string.
         """
-        if not calls:
-            return []
         results: list[str | None] = [None] * len(calls)
-        stream = self._stub.CompleteBatch(iter(calls), timeout=self._timeout())
+        items = self._batch_results(calls)
         try:
-            for item in stream:
-                if item.index < len(results):
-                    results[item.index] = (
-                        item.reply.text if item.code == 0 else self._item_error(item)
-                    )
+            for item in items:
+                results[item.index] = item.reply.text if item.code == 0 else self._item_error(item)
         except grpc.RpcError as error:
             failed = self._error_text(error)
             return [failed if text is None else text for text in results]
-        except BaseException:
-            stream.cancel()
-            raise
+        finally:
+            items.close()  # cancels the stream now, also when an item's error raises
         missing = "Error: the broker ended the batch without a result for this item"
         return [missing if text is None else text for text in results]
+
+    def _batch_results(self, calls: list[pb.BatchCall]) -> Generator[pb.BatchResult, None, None]:
+        """The results of ``calls`` sent on one ``CompleteBatch`` stream, as they finish (only
+        indexes of ``calls``); the stream is cancelled once every item has its result."""
+        if not calls:
+            return
+        seen: set[int] = set()
+        stream = self._stub.CompleteBatch(_in_parts(calls, seen), timeout=self._timeout())
+        try:
+            for item in stream:
+                if item.index < len(calls):
+                    seen.add(item.index)  # a refused item's remaining parts are not sent
+                    yield item
+                if len(seen) == len(calls):
+                    break  # a refused item's parts need not be sent
+        finally:
+            stream.cancel()
 
     def _item_error(self, item: pb.BatchResult) -> str:
         """A failed batch item as the string the model gets back; raises where the run must
@@ -539,16 +555,33 @@ class Runner:
             )
         return f"Error: {item.details}"
 
+    def _call_tool(self, request: pb.ToolRequest) -> pb.ToolReply:
+        """One host-side tool call: unary when small, else one item sent in parts."""
+        if request.ByteSize() <= PART_BYTES:
+            try:
+                return self._stub.CallTool(request, timeout=self._timeout())
+            except grpc.RpcError as error:
+                self._raise_for(error)
+        items = self._batch_results([pb.BatchCall(tool=request)])
+        try:
+            for item in items:
+                if item.code == 0:
+                    return item.tool_reply
+                self._item_error(item)  # raises for a spent limit or a vanished broker
+                raise SubcallError(item.details)
+        except grpc.RpcError as error:
+            self._raise_for(error)
+        finally:
+            items.close()
+        raise SubcallError("the broker ended the call without a result")
+
     def make_tool(self, name: str, description: str) -> Any:
         """A stand-in for a host-side callable: arguments go to the host as JSON."""
 
         def tool(*args: Any, **kwargs: Any) -> Any:
             payload = json.dumps({"args": args, "kwargs": kwargs}).encode()
             request = pb.ToolRequest(name=name, args_json=payload, cell_id=self._cell_id)
-            try:
-                reply = self._stub.CallTool(request, timeout=self._timeout())
-            except grpc.RpcError as error:
-                self._raise_for(error)
+            reply = self._call_tool(request)
             if reply.result_pickle:
                 return _load_from_host(reply.result_pickle, f"the value tool {name!r} returned")
             return json.loads(reply.result_json) if reply.result_json else None
@@ -696,7 +729,15 @@ class Runner:
     # ---- plumbing --------------------------------------------------------------------------
 
     def _send(self, message: pb.RunnerMessage) -> None:
-        self._outbox.put(message)
+        if message.ByteSize() <= PART_BYTES:
+            self._outbox.put(message)
+            return
+        data = memoryview(message.SerializeToString())
+        for start in range(0, len(data), PART_BYTES):
+            part = pb.MessagePart(data=bytes(data[start : start + PART_BYTES]))
+            if start == 0:
+                part.total_bytes = len(data)
+            self._outbox.put(pb.RunnerMessage(part=part))
 
     def _read_host(self, responses: Any) -> None:
         try:
@@ -748,6 +789,22 @@ class Runner:
             except KeyboardInterrupt:
                 # An interrupt that arrived just after its cell finished: nothing to stop.
                 continue
+
+
+def _in_parts(calls: list[pb.BatchCall], answered: set[int]) -> Iterator[pb.BatchCall]:
+    """The batch's request stream: each call whole, or, when bigger than ``PART_BYTES``, its
+    size and then its serialized bytes in parts (the broker accepts 2 MiB in one message). The
+    parts of an item already in ``answered`` (refused on its size) are left unsent."""
+    for index, call in enumerate(calls):
+        if call.ByteSize() <= PART_BYTES:
+            yield call
+            continue
+        data = memoryview(call.SerializeToString())
+        yield pb.BatchCall(parts_total_bytes=len(data))
+        for start in range(0, len(data), PART_BYTES):
+            if index in answered:
+                break
+            yield pb.BatchCall(part=bytes(data[start : start + PART_BYTES]))
 
 
 def wire_text(text: str) -> str:

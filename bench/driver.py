@@ -13,6 +13,7 @@ import resource
 import sys
 import threading
 import time
+from typing import Any
 
 
 def make_rlm(params: dict, **kwargs):
@@ -234,6 +235,7 @@ def children(params: dict) -> dict:
     ``llm_query`` (see ``bench/scripts.py:fanout_script``); also counts the sandboxes our side
     started and the host process's peak thread count."""
     starts = _record_sandbox_starts()
+    containers = _record_container_creates()
     try:
         from rlm.environments.base import SandboxEnvironment  # noqa: F401  (ours only)
 
@@ -256,8 +258,28 @@ def children(params: dict) -> dict:
         "cell_seconds": outcome["elapsed"],
         "children_ok": outcome["ok"],
         "sandboxes": len(starts) if ours else None,
+        "containers": len(containers),
         "peak_threads": threads.peak,
     }
+
+
+def _record_container_creates() -> list[str]:
+    """Containers created through docker-py in this process (what a sandbox costs on docker:
+    one per tree when sessions share it, one per session otherwise); none elsewhere."""
+    created: list[str] = []
+    try:
+        from docker.models.containers import ContainerCollection
+    except ImportError:
+        return created
+    original = ContainerCollection.create
+
+    def create(self: Any, *args: Any, **kwargs: Any) -> Any:
+        container = original(self, *args, **kwargs)
+        created.append(container.id)
+        return container
+
+    ContainerCollection.create = create
+    return created
 
 
 def _record_sandbox_starts() -> list[float]:

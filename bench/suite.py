@@ -310,13 +310,18 @@ class Suite:
         setting = f"max_depth=2, max_concurrent_subcalls={c.children}"
         rows = [
             ("wall time of the batch", "s", "cell_seconds", f"{setting}; ideal ~0.2 s"),
-            ("sandboxes created", "count", "sandboxes", "ours: SandboxEnvironment starts"),
+            ("sessions started", "count", "sandboxes", "ours: SandboxEnvironment starts"),
+            ("containers created", "count", "containers", "docker-py creates (docker only)"),
             ("host threads at peak", "count", "peak_threads", "driver process, /proc Threads"),
         ]
         for label, unit, key, note in rows:
             self._add(
                 Measurement(f"{title}: {label}", unit, provider.label, note=note),
-                {s: runs for s, runs in results.items() if key != "sandboxes" or s == "ours"},
+                {
+                    s: runs
+                    for s, runs in results.items()
+                    if key not in ("sandboxes", "containers") or s == "ours"
+                },
                 dict(failures),
                 lambda r, key=key: r[key],
             )

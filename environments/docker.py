@@ -73,9 +73,11 @@ INSTALL_RUNSC = (
 #: (about 40-70 on a 2-CPU host with the runner started, against 12 under runc): at 64 the runner
 #: never starts (gVisor panics creating its first stub thread, exit code 2).
 RUNSC_MIN_PIDS_LIMIT = 128
-#: Tasks (threads) one runner holds in the container's pids cgroup: 11 measured under runc (the
-#: interpreter, gRPC's threads, the runner's reader and orphan watcher), one spare.
-TASKS_PER_RUNNER = 12
+#: Tasks (threads) one runner holds in the container's pids cgroup: 13 measured under runc while
+#: a cell runs (the interpreter, gRPC's threads, the runner's reader and orphan watcher, the two
+#: fd-capture pumps), plus room for the threads gRPC adds during calls. At 12, a 100-child
+#: fan-out lost a few children to "can't start new thread".
+TASKS_PER_RUNNER = 16
 #: pids_limit kept out of the sessions' share: the init and the fork server, plus what cells
 #: start; under gVisor also its own threads (see RUNSC_MIN_PIDS_LIMIT).
 RESERVED_TASKS = {"runsc": 80}
@@ -84,7 +86,7 @@ RESERVED_TASKS_DEFAULT = 16
 
 def default_max_live_runners(pids_limit: int, runtime: str | None) -> int:
     """How many sessions the tree's container holds at once when ``max_live_runners`` is not
-    given: as many as its ``pids_limit`` leaves threads for (20 at the default 256, runc)."""
+    given: as many as its ``pids_limit`` leaves threads for (15 at the default 256, runc)."""
     reserved = RESERVED_TASKS.get(runtime or "", RESERVED_TASKS_DEFAULT)
     return max(1, (pids_limit - reserved) // TASKS_PER_RUNNER)
 

@@ -8,6 +8,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from docker_check import (
+    DOCKER_RUNTIMES,
+    docker_available,
+    docker_variant_id,
+    our_containers,
+    require_docker_runtime,
+)
 
 from rlm import RLM
 from rlm.testing import ScriptedLMServer
@@ -63,29 +70,40 @@ def no_leaked_containers_after_the_session() -> Iterator[None]:
     """After the whole session, no container started by this test process may remain."""
     yield
     import shutil
-    import subprocess
 
     if shutil.which("docker") is None:
         return
-    from rlm.environments.docker import LABEL, OWNER_PID_LABEL
 
     def ours() -> list[str]:
-        out = subprocess.run(
-            [
-                "docker",
-                "ps",
-                "-aq",
-                "--filter",
-                f"label={LABEL}",
-                "--filter",
-                f"label={OWNER_PID_LABEL}={os.getpid()}",
-            ],
-            capture_output=True,
-            text=True,
-        )
-        return out.stdout.split() if out.returncode == 0 else []
+        return our_containers(os.getpid())
 
     deadline = time.monotonic() + 15
     while ours() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not ours(), f"docker containers left behind by this test session: {ours()}"
+
+
+# ---- the sandboxes the red-team scenarios (tests/security) run in ---------------------------
+# local, and docker under runc and gVisor; a test asks for ``sandbox``: the ``RLM(...)`` keyword
+# arguments that choose the environment. The docker variants skip with their reason where no
+# engine (or no runsc) is usable here, and fail instead under RLM_REQUIRE_DOCKER=1 /
+# RLM_REQUIRE_GVISOR=1 (set by .ci/run). (Here rather than in tests/security/conftest.py: test
+# modules import names `from conftest`, which must stay tests/environments/conftest.py.)
+
+SANDBOXES = [pytest.param(("local", None), id="local")] + [
+    pytest.param(("docker", runtime), id=docker_variant_id(runtime), marks=pytest.mark.docker)
+    for runtime in DOCKER_RUNTIMES
+]
+
+
+@pytest.fixture(params=SANDBOXES)
+def sandbox(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """``environment=`` and ``environment_kwargs=`` for ``RLM`` (docker: with its runtime)."""
+    name, runtime = request.param
+    if name == "local":
+        return {"environment": "local", "environment_kwargs": {}}
+    reason = docker_available()
+    if reason:
+        pytest.skip(f"docker: {reason}")
+    kwargs = {"runtime": require_docker_runtime(runtime)} if runtime else {}
+    return {"environment": "docker", "environment_kwargs": kwargs}

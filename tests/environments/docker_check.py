@@ -92,3 +92,17 @@ def _runtime_missing(runtime: str) -> str | None:
     finally:
         client.close()
     return None
+
+
+def our_containers(owner: int | None = None) -> list[str]:
+    """Ids of our sandbox containers, running or not; with ``owner``, only those started by that
+    host process (pass ``os.getpid()`` for this test process's). [] when docker is unusable."""
+    import subprocess
+
+    from rlm.environments.docker import LABEL, OWNER_PID_LABEL
+
+    filters = ["--filter", f"label={LABEL}"]
+    if owner is not None:
+        filters += ["--filter", f"label={OWNER_PID_LABEL}={owner}"]
+    out = subprocess.run(["docker", "ps", "-aq", *filters], capture_output=True, text=True)
+    return out.stdout.split() if out.returncode == 0 else []

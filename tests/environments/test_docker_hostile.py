@@ -18,6 +18,7 @@ from docker_check import (
     DOCKER_RUNTIMES,
     docker_available,
     docker_variant_id,
+    our_containers,
     require_docker_runtime,
 )
 
@@ -31,7 +32,6 @@ if reason:
 
 from rlm.environments.docker import (  # noqa: E402
     LABEL,
-    OWNER_PID_LABEL,
     RUNSC_MIN_PIDS_LIMIT,
     RUNTIME_LABEL,
     gc,
@@ -49,15 +49,6 @@ def env_variant(request: pytest.FixtureRequest) -> tuple[str, str | None]:
 
 def run(env, code: str, timeout: float | None = None):
     return run_sync(env.execute(code, timeout=timeout))
-
-
-def our_containers(owner: int | None = None) -> list[str]:
-    """Our sandbox containers; with ``owner``, only those started by that host process."""
-    filters = ["--filter", f"label={LABEL}"]
-    if owner is not None:
-        filters += ["--filter", f"label={OWNER_PID_LABEL}={owner}"]
-    out = subprocess.run(["docker", "ps", "-aq", *filters], capture_output=True, text=True)
-    return out.stdout.split()
 
 
 @pytest.fixture(autouse=True)

@@ -11,13 +11,12 @@ tree leaves no process and no container; docker creates exactly one container pe
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from typing import Any
 
 import pytest
 from conftest import docker_variant_id, require_docker_runtime, start_environment
-from docker_check import docker_available
+from docker_check import docker_available, our_containers
 from test_e2e import depth_script, is_root_request, iteration_of
 
 from rlm.broker.loop import run_sync
@@ -41,27 +40,6 @@ def tree_env(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
             pytest.skip(f"docker: {reason}")
         require_docker_runtime(runtime)
     return name, ({"runtime": runtime} if runtime else {})
-
-
-def our_containers() -> list[str]:
-    """Containers of ours started by this test process, running or not."""
-    from rlm.environments.docker import LABEL, OWNER_PID_LABEL
-
-    out = subprocess.run(
-        [
-            "docker",
-            "ps",
-            "-aq",
-            "--filter",
-            f"label={LABEL}",
-            "--filter",
-            f"label={OWNER_PID_LABEL}={os.getpid()}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.split()
 
 
 @pytest.fixture
@@ -215,7 +193,7 @@ def test_depth_three_recursion_in_one_sandbox(lm_server, make_rlm, tree_env, con
         assert container_creates[0]["labels"]["org.rlm.child-sandbox"] == "shared"
     rlm.close()
     if name == "docker":
-        assert not our_containers(), "closing the tree must remove its container"
+        assert not our_containers(os.getpid()), "closing the tree must remove its container"
 
 
 def fanout_script(child_plans: dict[str, str]):

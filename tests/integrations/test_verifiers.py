@@ -14,7 +14,7 @@ import re
 import subprocess
 
 import pytest
-from docker_check import docker_available
+from docker_check import docker_available, our_containers
 
 pytest.importorskip("verifiers", reason="verifiers is tested in .venv-verifiers (.ci/sdk-venvs.sh)")
 
@@ -64,18 +64,6 @@ def _script(request: RecordedRequest) -> str:
     )
 
 
-def _our_containers() -> list[str]:
-    from rlm.environments.docker import LABEL, OWNER_PID_LABEL
-
-    owner = f"label={OWNER_PID_LABEL}={os.getpid()}"
-    out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={LABEL}", "--filter", owner],
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.split()
-
-
 async def _evaluate(environment: str, base_url: str, tasks: int, rollouts: int) -> list:
     os.environ["RLM_TEST_LM_KEY"] = "test-key"
     config = vf.SingleAgentEnvConfig(
@@ -122,7 +110,7 @@ def test_evaluation_records_rewards_trajectories_and_usage(environment: str) -> 
     assert len(server.requests) == 2 * tasks * rollouts
     assert not runner_pids(parent=os.getpid())
     if environment == "docker":
-        assert not _our_containers()
+        assert not our_containers(os.getpid())
 
 
 def test_a_wrong_answer_scores_as_oolong_does() -> None:

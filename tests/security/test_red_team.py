@@ -10,7 +10,6 @@ and take the same ``sandbox`` fixture.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import textwrap
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from docker_check import our_containers
 
 from rlm.testing import RecordedRequest
 
@@ -68,17 +68,6 @@ def host_processes_with(marker: str) -> list[int]:
     return found
 
 
-def our_containers() -> list[str]:
-    from rlm.environments.docker import LABEL, OWNER_PID_LABEL
-
-    out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={LABEL}",
-         "--filter", f"label={OWNER_PID_LABEL}={os.getpid()}"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return out.stdout.split()
-
-
 #: Starts three detached ``sleep``s carrying ``MARKER`` (double fork + setsid, nohup in a shell,
 #: a new session), then counts, from inside the sandbox, those alive.
 DETACH = textwrap.dedent(
@@ -124,7 +113,7 @@ def test_detached_processes_do_not_outlive_the_rlm(make_rlm, lm_server, sandbox)
         time.sleep(0.1)
     assert host_processes_with(marker) == []
     if sandbox["environment"] == "docker":
-        assert our_containers() == []
+        assert our_containers(os.getpid()) == []
 
 
 SECRET_SCAN = textwrap.dedent(

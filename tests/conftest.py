@@ -90,6 +90,18 @@ def no_leaked_containers_after_the_session() -> Iterator[None]:
 # RLM_REQUIRE_GVISOR=1 (set by .ci/run). (Here rather than in tests/security/conftest.py: test
 # modules import names `from conftest`, which must stay tests/environments/conftest.py.)
 
+
+@pytest.fixture(params=["local", pytest.param("docker", marks=pytest.mark.docker)])
+def environment(request: pytest.FixtureRequest) -> str:
+    """An environment name, for tests that run in both local and docker (docker skips with
+    its reason where it is unusable, and fails under RLM_REQUIRE_DOCKER=1)."""
+    if request.param == "docker":
+        reason = docker_available()
+        if reason:
+            pytest.skip(f"docker: {reason}")
+    return request.param
+
+
 SANDBOXES = [pytest.param(("local", None), id="local")] + [
     pytest.param(("docker", runtime), id=docker_variant_id(runtime), marks=pytest.mark.docker)
     for runtime in DOCKER_RUNTIMES

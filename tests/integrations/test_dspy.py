@@ -12,7 +12,6 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch at import
 
 import pytest
-from docker_check import docker_available
 
 dspy = pytest.importorskip("dspy", reason="DSPy is tested in .venv-dspy (.ci/sdk-venvs.sh)")
 
@@ -26,18 +25,6 @@ from dspy.primitives.code_interpreter import (  # noqa: E402
 from rlm.integrations.dspy import SandboxInterpreter  # noqa: E402
 from rlm.testing import ScriptedLMServer  # noqa: E402
 from rlm.testing.lm_server import RecordedRequest, content_text  # noqa: E402
-
-ENVIRONMENTS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
-
-
-@pytest.fixture(params=ENVIRONMENTS)
-def environment(request: pytest.FixtureRequest) -> str:
-    if request.param == "docker":
-        reason = docker_available()
-        if reason:
-            pytest.skip(reason)
-    return request.param
-
 
 # ---- the protocol, as DSPy's own interpreter tests state it ---------------------------------
 

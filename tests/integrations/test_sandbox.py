@@ -6,27 +6,12 @@ import asyncio
 import os
 
 import pytest
-from docker_check import docker_available
 
 from rlm import AsyncSandbox, Sandbox
 from rlm.broker.clients import create_client
 from rlm.broker.loop import run_sync
 from rlm.errors import ConfigurationError, SandboxError
 from rlm.testing import ScriptedLMServer
-
-ENVIRONMENTS = [
-    "local",
-    pytest.param("docker", marks=pytest.mark.docker),
-]
-
-
-@pytest.fixture(params=ENVIRONMENTS)
-def environment(request: pytest.FixtureRequest) -> str:
-    if request.param == "docker":
-        reason = docker_available()
-        if reason:
-            pytest.skip(reason)
-    return request.param
 
 
 def test_state_tools_and_llm_query(environment: str) -> None:

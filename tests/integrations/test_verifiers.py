@@ -14,7 +14,7 @@ import re
 import subprocess
 
 import pytest
-from docker_check import docker_available, our_containers
+from docker_check import our_containers
 
 pytest.importorskip("verifiers", reason="verifiers is tested in .venv-verifiers (.ci/sdk-venvs.sh)")
 
@@ -33,17 +33,7 @@ from rlm.testing import ScriptedLMServer
 from rlm.testing.leaks import runner_pids
 from rlm.testing.lm_server import RecordedRequest, content_text
 
-ENVIRONMENTS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
 QUESTION = re.compile(r"have the label '(\w+)'")
-
-
-@pytest.fixture(params=ENVIRONMENTS)
-def environment(request: pytest.FixtureRequest) -> str:
-    if request.param == "docker":
-        reason = docker_available()
-        if reason:
-            pytest.skip(reason)
-    return request.param
 
 
 def _script(request: RecordedRequest) -> str:

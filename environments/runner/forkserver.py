@@ -69,25 +69,30 @@ def process_state(pid: int) -> str | None:
 
 
 #: States of a process that has ended (zombie, dead) or cannot run on its own (stopped, traced).
-ENDED_STATES = frozenset("ZXx")
 HELD_STATES = frozenset("TtZXx")
 
 
-def _live_processes() -> dict[int, tuple[str, int, int]]:
-    """Every process that has not ended, by pid: (state, parent pid, start time)."""
+def _processes() -> dict[int, tuple[str, int, int]]:
+    """Every process in /proc, by pid: (state, parent pid, start time)."""
     table = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             stat = _stat(entry)
-            if stat is not None and stat[0] not in ENDED_STATES:
+            if stat is not None:
                 table[int(entry)] = stat
     return table
 
 
 def process_tree(roots: Iterable[int]) -> dict[int, int]:
-    """The live (not zombie) processes among ``roots`` and all their descendants, each with its
-    start time (to tell it from a later process given the same pid)."""
-    table = _live_processes()
+    """The processes among ``roots`` and all their descendants, each with its start time (to
+    tell it from a later process given the same pid).
+
+    Processes that read as ended (zombies) are in it too: a multithreaded process whose main
+    thread has ended reads as a zombie while its other threads still run (and may fork), and
+    until the last of them ends its children still name it as their parent. Skipping it would
+    lose them: they would be re-parented, to init, after the tree was killed. Signalling a
+    zombie that really has ended does nothing."""
+    table = _processes()
     children: dict[int, list[int]] = {}
     for pid, (_state, parent, _started) in table.items():
         children.setdefault(parent, []).append(pid)
@@ -231,7 +236,7 @@ def _sweep(children: set[int]) -> None:
     me = os.getpid()
     strangers = [
         pid
-        for pid, (_state, parent, _started) in _live_processes().items()
+        for pid, (_state, parent, _started) in _processes().items()
         if parent == me and pid not in children
     ]
     if strangers:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from conftest import RecordingHandler
 from rlm.broker.loop import run_sync
 from rlm.broker.server import BrokerServer
 from rlm.environments.local import LocalEnvironment
-from rlm.environments.runner.forkserver import kill_tree
+from rlm.environments.runner.forkserver import kill_tree, process_state, process_tree
 from rlm.testing.leaks import alive, fork_server_pids, runner_pids
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="fork server needs os.fork")
@@ -249,3 +250,45 @@ def test_kill_tree_takes_a_tree_that_is_still_forking():
                     with contextlib.suppress(OSError):
                         os.kill(pid, signum)
             time.sleep(0.1)
+
+
+#: A process that looks ended while it still runs: its main thread exits (the exit syscall
+#: ends one thread) while a second thread sleeps, as a multithreaded runner does for a moment
+#: while it dies. Its child still names it as its parent until the last thread has ended.
+EXITING_PARENT = """
+import ctypes, os, platform, sys, threading, time
+child = os.fork()
+if child == 0:
+    os.execvp("sleep", ["sleep", "300"])
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+print(child, flush=True)
+SYS_EXIT = {"x86_64": 60, "aarch64": 93}[platform.machine()]
+ctypes.CDLL(None).syscall(SYS_EXIT, 0)  # the main thread only
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"), reason="exit syscall number")
+def test_kill_tree_takes_the_children_of_a_process_that_is_exiting():
+    """Its main thread gone, a process reads as a zombie in /proc while its other threads run,
+    and its children are not yet re-parented: the process and its children are still in the
+    tree and are killed (they used to be skipped, and the children re-parented to init once the
+    process had ended: a runner dying as its host died left what its cells had detached)."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", EXITING_PARENT], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    try:
+        assert wait_until(lambda: process_state(parent.pid) == "Z", 10), process_state(parent.pid)
+        with open(f"/proc/{child}/stat", "rb") as handle:
+            assert int(handle.read().rsplit(b")", 1)[1].split()[1]) == parent.pid
+        assert child in process_tree([parent.pid])
+        killed = kill_tree([parent.pid])
+        assert child in killed and parent.pid in killed  # its running thread could still fork
+        parent.wait(timeout=10)
+        assert wait_until(lambda: not alive(child))
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.killpg(parent.pid, signal.SIGKILL)

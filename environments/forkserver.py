@@ -138,6 +138,11 @@ class ForkedRunnerProcess(RunnerProcess):
     def diagnostics(self) -> str:
         return self._stderr.text()
 
+    async def wait_exit(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), timeout)
+        return self._code is not None
+
     async def kill(self) -> None:
         """Kills the runner and everything its cells started (see ``kill_tree``)."""
         if self._code is None:
@@ -589,6 +594,12 @@ class StreamRunnerProcess(RunnerProcess):
 
     def diagnostics(self) -> str:
         return self._stderr.text()
+
+    async def wait_exit(self, timeout: float) -> bool:
+        if self.pid is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), timeout)
+        return self._code is not None
 
     async def kill(self) -> None:
         """Kills the runner and everything its cells started (the server kills its tree)."""

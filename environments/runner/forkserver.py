@@ -216,29 +216,39 @@ def _become_runner(stdin_fd: int, stderr_fd: int) -> None:
         os._exit(code if isinstance(code, int) else 1)
 
 
-def _reap(children: set[int]) -> None:
-    """Reaps every ended child; reports the runners' exits (others were adopted: see _sweep)."""
+def _reap(children: set[int]) -> list[str]:
+    """Reaps every ended child; returns the runners' exit reports (the other children were
+    adopted: see _sweep)."""
+    exits = []
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            break
         if pid == 0:
-            return
+            break
         if pid in children:
             children.discard(pid)
-            _report(f"X {pid} {os.waitstatus_to_exitcode(status)}")
+            exits.append(f"X {pid} {os.waitstatus_to_exitcode(status)}")
+    return exits
+
+
+def _own_children() -> list[int]:
+    """This (single-threaded) process's children: read from its ``children`` file where the
+    kernel has one (one small read), else found by a scan of every process in /proc."""
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children", "rb") as handle:
+            return [int(pid) for pid in handle.read().split()]
+    except FileNotFoundError:
+        return [pid for pid, (_s, parent, _t) in _processes().items() if parent == me]
 
 
 def _sweep(children: set[int]) -> None:
     """Kills what was re-parented to this server (a subreaper): processes that a runner's cells
-    started and whose runner has died. Runners are this server's only own children."""
-    me = os.getpid()
-    strangers = [
-        pid
-        for pid, (_state, parent, _started) in _processes().items()
-        if parent == me and pid not in children
-    ]
+    started and whose runner has ended. Runners are this server's only own children. Runs
+    before a runner's exit is reported, so that the host, once told, knows they were killed."""
+    strangers = [pid for pid in _own_children() if pid not in children]
     if strangers:
         kill_tree(strangers)
 
@@ -281,9 +291,11 @@ def serve(host_pid: int) -> int:
                     os.read(wake_read, 4096)
                     if _terminated:
                         return 0  # the host died (or asked): finally kills what is left
-                    _reap(children)
+                    exits = _reap(children)
                     if subreaper:
                         _sweep(children)
+                    for line in exits:
+                        _report(line)
                     continue
                 message, fds, _flags, _address = socket.recv_fds(control, 1, 2)
                 if not message:
@@ -389,24 +401,26 @@ def _close_stderr(runner: _StdioRunner, selector: selectors.BaseSelector) -> Non
     runner.stderr_fd = -1
 
 
-def _reap_stdio(runners: dict[int, _StdioRunner], selector: selectors.BaseSelector) -> None:
-    """Reaps every ended child; reports the runners' exits and removes their work directories
-    (other children were adopted: see _sweep)."""
+def _reap_stdio(runners: dict[int, _StdioRunner], selector: selectors.BaseSelector) -> list[str]:
+    """Reaps every ended child, removes the runners' work directories and returns their exit
+    reports (other children were adopted: see _sweep)."""
     import shutil
 
+    exits = []
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            break
         if pid == 0:
-            return
+            break
         runner = runners.pop(pid, None)
         if runner is not None:
             _close_stderr(runner, selector)
             if runner.workdir:
                 shutil.rmtree(runner.workdir, ignore_errors=True)
-            _report(f"X {pid} {os.waitstatus_to_exitcode(status)}")
+            exits.append(f"X {pid} {os.waitstatus_to_exitcode(status)}")
+    return exits
 
 
 def _control_line(line: bytes, runners: dict[int, _StdioRunner]) -> _StdioRunner | None:
@@ -468,9 +482,11 @@ def serve_stdio() -> int:
                     os.read(wake_read, 4096)
                     if _terminated:
                         return 0
-                    _reap_stdio(runners, selector)
+                    exits = _reap_stdio(runners, selector)
                     if subreaper:
                         _sweep(set(runners))
+                    for line in exits:
+                        _report(line)
                     continue
                 if isinstance(key.data, _StdioRunner):
                     if not _forward_stderr(key.data):

@@ -305,11 +305,11 @@ class WarmPool:
                 return  # the session that needs one starts it and reports the error
             finally:
                 self._starting[key] -= 1
-                self._notify()
             if self._closed:
                 await self._kill(process)
                 return
             ready.append((time.monotonic(), process))
+            self._notify()
 
     async def _reap(self) -> None:
         while not self._closed:

@@ -15,8 +15,10 @@ Secure by default — every relaxation is an explicit ``environment_kwargs`` val
 ``child_sandbox="shared"`` (the default): the container's main process (behind the init) is the
 fork server of ``runner/forkserver.py``, spoken to over the attached stdin/stdout, and every
 session of the tree is a runner forked in it with its own process, work directory, rlimits and
-broker session (:class:`SharedContainer`, one per tree, a broker resource). When the host dies the
+broker session (:class:`SharedContainer`, one per tree, a tree resource). When the host dies the
 attach stream ends, the server kills its runners and exits, and ``--rm`` removes the container.
+With a warm pool (``pool_size``) the tree's container is one started ahead: for many trees on
+one broker (``RLM(sandbox_pool=...)``), each tree gets a container of its own, used by it only.
 
 ``child_sandbox="own"``: the runner is the container's main process, reading its bootstrap line
 from the attached stdin; when the host dies it loses the broker and exits. Containers are then
@@ -384,8 +386,9 @@ class DockerEnvironment(SandboxEnvironment):
     must not reach each other), ``max_live_runners`` (sessions alive at once in the shared
     container, a further one waits up to ``startup_timeout``; default: what ``pids_limit``
     leaves room for, 20 at the default 256 under runc, see :func:`default_max_live_runners`),
-    plus the shared ``pool_size`` / ``pool_idle_timeout`` (``"own"`` only: keep that many runner
-    containers started, shared by every session and child RLM of the tree, closed with it) and
+    plus the shared ``pool_size`` / ``pool_idle_timeout`` / ``max_sandboxes`` (keep that many
+    containers started and at most ``max_sandboxes`` alive, for every tree on the broker: runner
+    containers with ``"own"``, each tree's fork-server container with ``"shared"``) and
     ``cell_timeout``, ``memory_mb``, ``max_output_chars``, ``max_file_mb``, ``startup_timeout``.
 
     For untrusted input use ``runtime="runsc"`` (gVisor): a kernel exploit must then break gVisor's

@@ -1,8 +1,9 @@
 """The host-side gRPC server that runners dial.
 
-One server per RLM tree, on a unix socket in a private directory (or 127.0.0.1 when asked). Every
-call must carry a session token; a token only reaches its own session's handler, so a sandbox can
-only spend its own session's budget.
+One server per RLM tree, on a unix socket in a private directory (or 127.0.0.1 when asked), or one
+server for many trees (:meth:`BrokerServer.scope`: each tree gets a :class:`BrokerScope` of it).
+Every call must carry a session token; a token only reaches its own session's handler, so a
+sandbox can only spend its own session's budget.
 """
 
 from __future__ import annotations
@@ -427,6 +428,28 @@ class _Batch:
         return pb.BatchResult(reply=reply)
 
 
+class Broker(Protocol):
+    """What a sandbox needs of its broker: a :class:`BrokerServer` or a tree's
+    :class:`BrokerScope` of a shared one."""
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def socket_dir(self) -> str | None: ...
+
+    @property
+    def socket_path(self) -> str | None: ...
+
+    def open_session(self, handler: SessionHandler, label: str) -> Session: ...
+
+    def close_session(self, session: Session) -> None: ...
+
+    def resource(self, key: object, factory: Callable[[], Any]) -> Any: ...
+
+    def shared_resource(self, key: object, factory: Callable[[], Any]) -> Any: ...
+
+
 class BrokerServer:
     """A grpc.aio server bound to a private unix socket (default) or to 127.0.0.1."""
 
@@ -445,11 +468,24 @@ class BrokerServer:
         self._resources: dict[object, Any] = {}
 
     def resource(self, key: object, factory: Callable[[], Any]) -> Any:
-        """A resource shared by the sandboxes of this tree (e.g. a warm pool), created on first
-        use and closed (``aclose``) with the broker."""
+        """A resource shared by the sandboxes of this tree (e.g. a docker tree's container),
+        created on first use and closed (``aclose``) with the broker."""
         if key not in self._resources:
             self._resources[key] = factory()
         return self._resources[key]
+
+    def shared_resource(self, key: object, factory: Callable[[], Any]) -> Any:
+        """A resource shared by every tree on this server (e.g. a warm pool), closed with it."""
+        return self.resource(key, factory)
+
+    def shared_resources(self) -> list[Any]:
+        """The resources made so far (warm pools...)."""
+        return list(self._resources.values())
+
+    def scope(self) -> BrokerScope:
+        """A view of this server for one more tree: its own sessions and resources, the
+        server's shared resources and limits."""
+        return BrokerScope(self)
 
     def admit(self, size: int) -> bool:
         """Counts a request of ``size`` bytes as held, unless that would pass the cap."""
@@ -513,3 +549,63 @@ class BrokerServer:
         if self.socket_dir:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
             self.socket_dir = None
+
+
+class BrokerScope:
+    """One RLM tree on a shared :class:`BrokerServer`. Its sessions are the server's (each with
+    its own token, reaching only its own handler); :meth:`resource` is the tree's own, closed
+    with the scope, while :meth:`shared_resource` (warm pools) is the server's. Closing the
+    scope leaves the server running."""
+
+    close_order = 90  # at exit: after the tree's sandboxes, before the server
+
+    def __init__(self, server: BrokerServer) -> None:
+        self.server = server
+        self._sessions: dict[str, Session] = {}
+        self._resources: dict[object, Any] = {}
+        self._closed = False
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    @property
+    def socket_dir(self) -> str | None:
+        return self.server.socket_dir
+
+    @property
+    def socket_path(self) -> str | None:
+        return self.server.socket_path
+
+    def open_session(self, handler: SessionHandler, label: str) -> Session:
+        if self._closed:
+            raise BrokerError("this tree's broker scope is closed")
+        session = self.server.open_session(handler, label)
+        self._sessions[session.token] = session
+        return session
+
+    def close_session(self, session: Session) -> None:
+        self._sessions.pop(session.token, None)
+        self.server.close_session(session)
+
+    def resource(self, key: object, factory: Callable[[], Any]) -> Any:
+        """A resource of this tree only, closed with the scope."""
+        if self._closed:
+            raise BrokerError("this tree's broker scope is closed")
+        if key not in self._resources:
+            self._resources[key] = factory()
+        return self._resources[key]
+
+    def shared_resource(self, key: object, factory: Callable[[], Any]) -> Any:
+        return self.server.shared_resource(key, factory)
+
+    async def aclose(self) -> None:
+        """Closes this tree's resources and ends its sessions; the server runs on."""
+        self._closed = True
+        resources, self._resources = list(self._resources.values()), {}
+        for resource in resources:
+            with contextlib.suppress(Exception):
+                await resource.aclose()
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            self.server.close_session(session)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rlm.broker import cleanup
-from rlm.broker.server import BrokerServer, RunnerConnection, Session, SessionHandler
+from rlm.broker.server import Broker, RunnerConnection, Session, SessionHandler
 from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
 from rlm.protos import rlm_sandbox_pb2 as pb
 
@@ -174,60 +174,150 @@ class RunnerProcess(ABC):
 
 
 class WarmPool:
-    """Runners started ahead of time, each waiting for a session's bootstrap line.
+    """Sandboxes (runners, or the containers they fork in) started ahead of time, each waiting
+    for a session's bootstrap line, and the bound on how many are alive at once.
 
-    A runner serves one session and is then killed: nothing is reused across sessions. Taking one
-    refills the pool in the background; runners idle longer than ``idle_timeout`` are removed.
-    One pool per RLM tree (a broker resource), shared by its children, closed with it.
+    A sandbox serves one session (or one tree) and is then killed: nothing is reused, so no
+    session sees another's state. Taking one refills the pool in the background to ``size``
+    waiting; those idle longer than ``idle_timeout`` are removed. With ``max_live``, at most that
+    many are alive at once, waiting ones included: a start past it waits for one to end (up to
+    its start-up timeout). A resource of the broker, shared by every tree on it, closed with it.
     """
 
     close_order = 10
 
-    def __init__(self, size: int, idle_timeout: float = 300.0) -> None:
-        if size < 1:
-            raise ConfigurationError("pool_size must be at least 1")
+    def __init__(self, size: int, idle_timeout: float = 300.0, max_live: int | None = None) -> None:
+        if size < 0:
+            raise ConfigurationError("pool_size must be at least 0")
+        if max_live is not None and max_live < 1:
+            raise ConfigurationError("max_sandboxes must be at least 1")
+        if max_live is None and size < 1:
+            raise ConfigurationError("pool_size must be at least 1 (or give max_sandboxes)")
         self.size = size
         self.idle_timeout = idle_timeout
+        self.max_live = max_live
+        self.live = 0
+        """Sandboxes of this pool alive now: waiting, in use, or being started."""
+        self.peak_live = 0
+        self.started = 0
+        """Sandboxes started through this pool in all."""
         self._ready: dict[Hashable, list[tuple[float, RunnerProcess]]] = {}
+        self._starting: dict[Hashable, int] = {}
+        self._starters: dict[Hashable, Callable[[], Awaitable[RunnerProcess]]] = {}
+        self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
+
+    @property
+    def waiting(self) -> int:
+        """Sandboxes started and waiting for a session."""
+        return sum(len(ready) for ready in self._ready.values())
 
     def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def acquire(
-        self, key: Hashable, start: Callable[[], Awaitable[RunnerProcess]]
-    ) -> RunnerProcess | None:
-        """A started runner for ``key`` if one is ready (None: start one directly); the pool
-        refills for ``key`` in the background either way."""
-        if self._closed:
-            return None
-        if self._reaper is None:
-            cleanup.track(self)
-            self._reaper = asyncio.ensure_future(self._reap())
-        ready = self._ready.setdefault(key, [])
-        process = None
-        while ready:
-            started, candidate = ready.pop(0)
-            if candidate.exit_code() is None and time.monotonic() - started < self.idle_timeout:
-                process = candidate
-                break
-            await candidate.kill()
-        self._spawn_task(self.fill(key, start))
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _has_room(self) -> bool:
+        return self.max_live is None or self.live < self.max_live
+
+    async def _start_counted(self, start: Callable[[], Awaitable[RunnerProcess]]) -> RunnerProcess:
+        self.live += 1
+        self.peak_live = max(self.peak_live, self.live)
+        try:
+            process = await start()
+        except BaseException:
+            self.live -= 1
+            self._notify()
+            raise
+        self.started += 1
         return process
 
-    async def fill(self, key: Hashable, start: Callable[[], Awaitable[RunnerProcess]]) -> None:
-        """Starts runners for ``key`` until ``size`` are waiting."""
-        ready = self._ready.setdefault(key, [])
-        while len(ready) < self.size and not self._closed:
-            process = await start()
+    async def _kill(self, process: RunnerProcess) -> None:
+        try:
+            await process.kill()
+        finally:
+            self.live -= 1
+            self._notify()
+
+    async def acquire(
+        self,
+        key: Hashable,
+        start: Callable[[], Awaitable[RunnerProcess]],
+        timeout: float = 60.0,
+    ) -> RunnerProcess:
+        """A started sandbox for ``key``: a waiting one, else one started now (past
+        ``max_live``, once one ends, for up to ``timeout`` seconds). Call :meth:`release` once
+        it is killed. The pool refills for ``key`` in the background."""
+        if self._reaper is None and not self._closed:
+            cleanup.track(self)
+            self._reaper = asyncio.ensure_future(self._reap())
+        self._starters[key] = start
+        deadline = time.monotonic() + timeout
+        while True:
             if self._closed:
-                await process.kill()
+                raise SandboxStartError("the warm pool is closed")
+            ready = self._ready.setdefault(key, [])
+            while ready:
+                started, candidate = ready.pop(0)
+                if candidate.exit_code() is None and time.monotonic() - started < self.idle_timeout:
+                    self._refill(key)
+                    return candidate
+                await self._kill(candidate)
+            if self._has_room():
+                process = await self._start_counted(start)
+                self._refill(key)
+                return process
+            changed = self._changed
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SandboxStartError(
+                    f"all {self.max_live} sandboxes of the pool are in use and none ended within "
+                    f"{timeout:g}s; raise max_sandboxes or run fewer sessions at once"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+
+    def release(self) -> None:
+        """A sandbox :meth:`acquire` gave out was killed: its place is free again."""
+        self.live -= 1
+        self._notify()
+        for key in list(self._starters):
+            self._refill(key)
+
+    def _refill(self, key: Hashable) -> None:
+        if self.size and not self._closed:
+            self._spawn_task(self.fill(key, self._starters[key]))
+
+    async def fill(self, key: Hashable, start: Callable[[], Awaitable[RunnerProcess]]) -> None:
+        """Starts sandboxes for ``key`` until ``size`` are waiting (or ``max_live`` are alive);
+        returns once they are (or no more can start)."""
+        self._starters.setdefault(key, start)
+        ready = self._ready.setdefault(key, [])
+        while not self._closed and len(ready) < self.size:
+            starting = self._starting.get(key, 0)
+            if len(ready) + starting >= self.size or not self._has_room():
+                if not starting:
+                    return
+                await self._changed.wait()  # another fill's start, or a freed place
+                continue
+            self._starting[key] = starting + 1
+            try:
+                process = await self._start_counted(start)
+            except Exception:
+                return  # the session that needs one starts it and reports the error
+            finally:
+                self._starting[key] -= 1
+            if self._closed:
+                await self._kill(process)
                 return
             ready.append((time.monotonic(), process))
+            self._notify()
 
     async def _reap(self) -> None:
         while not self._closed:
@@ -236,10 +326,11 @@ class WarmPool:
             for ready in self._ready.values():
                 for item in [i for i in ready if now - i[0] >= self.idle_timeout]:
                     ready.remove(item)
-                    await item[1].kill()
+                    await self._kill(item[1])
 
     async def aclose(self) -> None:
         self._closed = True
+        self._notify()
         cleanup.untrack(self)
         if self._reaper is not None:
             self._reaper.cancel()
@@ -247,7 +338,7 @@ class WarmPool:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for ready in self._ready.values():
             while ready:
-                await ready.pop()[1].kill()
+                await self._kill(ready.pop()[1])
 
 
 class RunnerSlots:
@@ -308,7 +399,7 @@ class SandboxEnvironment(Environment):
     def __init__(
         self,
         *,
-        broker: BrokerServer,
+        broker: Broker,
         handler: SessionHandler,
         label: str = "root",
         cell_timeout: float = 120.0,
@@ -318,6 +409,7 @@ class SandboxEnvironment(Environment):
         max_file_mb: int = 1024,
         pool_size: int = 0,
         pool_idle_timeout: float = 300.0,
+        max_sandboxes: int | None = None,
         shell: str = "python",
         max_live_runners: int | None = None,
     ) -> None:
@@ -352,10 +444,11 @@ class SandboxEnvironment(Environment):
             self._slots = broker.resource(
                 ("runner-slots", self.name), lambda: RunnerSlots(max_live_runners)
             )
-        if pool_size > 0:
-            self.pool = broker.resource(
-                ("pool", self.name, pool_size, pool_idle_timeout),
-                lambda: WarmPool(pool_size, pool_idle_timeout),
+        self._pooled = False
+        if pool_size > 0 or max_sandboxes is not None:
+            self.pool = broker.shared_resource(
+                ("pool", self.name, pool_size, pool_idle_timeout, max_sandboxes),
+                lambda: WarmPool(pool_size, pool_idle_timeout, max_sandboxes),
             )
 
     # ---- provider hooks --------------------------------------------------------------------
@@ -376,16 +469,16 @@ class SandboxEnvironment(Environment):
 
     async def _launch_runner(self, bootstrap: bytes) -> RunnerProcess:
         """A runner for this session: from the warm pool when there is one, else started now."""
-        process = None
         key = self.pool_key()
         if self.pool is not None and key is not None:
-            process = await self.pool.acquire(key, self._spawn_runner)
-        if process is None:
+            process = await self.pool.acquire(key, self._spawn_runner, self.startup_timeout)
+            self._pooled = True
+        else:
             process = await self._spawn_runner()
         try:
             await process.send_bootstrap(bootstrap)
         except BaseException:
-            await process.kill()
+            await self._kill_process(process)
             raise
         return process
 
@@ -468,12 +561,20 @@ class SandboxEnvironment(Environment):
                 if time.monotonic() > deadline:
                     raise
 
+    async def _kill_process(self, process: RunnerProcess) -> None:
+        try:
+            await process.kill()
+        finally:
+            if self._pooled and self.pool is not None:
+                self._pooled = False
+                self.pool.release()
+
     async def _kill_runner(self) -> None:
         process, self._process = self._process, None
         self._connection = None
         try:
             if process is not None:
-                await process.kill()
+                await self._kill_process(process)
         finally:
             if self._holds_slot and self._slots is not None:
                 self._holds_slot = False

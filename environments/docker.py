@@ -15,8 +15,10 @@ Secure by default — every relaxation is an explicit ``environment_kwargs`` val
 ``child_sandbox="shared"`` (the default): the container's main process (behind the init) is the
 fork server of ``runner/forkserver.py``, spoken to over the attached stdin/stdout, and every
 session of the tree is a runner forked in it with its own process, work directory, rlimits and
-broker session (:class:`SharedContainer`, one per tree, a broker resource). When the host dies the
+broker session (:class:`SharedContainer`, one per tree, a tree resource). When the host dies the
 attach stream ends, the server kills its runners and exits, and ``--rm`` removes the container.
+With a warm pool (``pool_size``) the tree's container is one started ahead: for many trees on
+one broker (``RLM(sandbox_pool=...)``), each tree gets a container of its own, used by it only.
 
 ``child_sandbox="own"``: the runner is the container's main process, reading its bootstrap line
 from the attached stdin; when the host dies it loses the broker and exits. Containers are then
@@ -35,13 +37,13 @@ import functools
 import itertools
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rlm.broker import cleanup
 from rlm.errors import ConfigurationError, SandboxStartError
 
-from .base import RunnerProcess, SandboxEnvironment
+from .base import RunnerProcess, SandboxEnvironment, WarmPool
 from .docker_image import DEFAULT_IMAGE, SANDBOX_PYTHON, SANDBOX_UID
 from .forkserver import StreamForkServer, StreamRunnerProcess
 from .runner.bootstrap import Bootstrap
@@ -222,50 +224,21 @@ class SharedRunnerProcess(StreamRunnerProcess):
         return self.sandbox
 
 
-class SharedContainer:
-    """The one container of an RLM tree (``child_sandbox="shared"``): its main process is a
-    fork server, and every session of the tree (the root, each child and grandchild) is a runner
-    forked in it, with its own process, work directory, rlimits and broker session. A broker
-    resource: made by the tree's first sandbox, removed when the tree closes. A container that
-    died (OOM of the whole cgroup, a gVisor panic) is replaced by the next session start."""
+class TreeContainer(RunnerProcess):
+    """A started container whose main process is the fork server of one tree's sessions
+    (``child_sandbox="shared"``). A :class:`RunnerProcess` so that the warm pool can hold it."""
 
-    close_order = 10  # at exit: after the sessions that use it
+    def __init__(self, container: Any, attached: Any, server: StreamForkServer) -> None:
+        self.container = container
+        self.attached = attached
+        self.server = server
+        self.stderr: collections.deque[bytes] = collections.deque(maxlen=16)
 
-    def __init__(self, spec: ContainerSpec, max_runners: int, startup_timeout: float) -> None:
-        self.spec = spec
-        self.max_runners = max_runners
-        self.startup_timeout = startup_timeout
-        self.containers_started = 0
-        self._workdirs = itertools.count(1)
-        self._lock = asyncio.Lock()
-        self._current: tuple[Any, Any, StreamForkServer] | None = None
-        self._stderr: collections.deque[bytes] = collections.deque(maxlen=16)
-        self._closed = False
-
-    def next_workdir(self) -> str:
-        """A work directory no other session of this container has had."""
-        return f"/work/s{next(self._workdirs)}"
-
-    async def runner(self) -> SharedRunnerProcess:
-        """A runner of this tree's container (forked when its bootstrap is sent)."""
-        async with self._lock:
-            if self._closed:
-                raise SandboxStartError("the RLM tree's docker sandbox is closed")
-            if self._current is None or self._current[2].ended is not None:
-                await self._replace()
-            assert self._current is not None
-            container, _socket, server = self._current
-        return SharedRunnerProcess(server, self.startup_timeout, container)
-
-    async def _replace(self) -> None:
-        if self._current is not None:
-            await asyncio.to_thread(self._remove, *self._current[:2])
-            self._current = None
-        if not self.containers_started:
-            cleanup.track(self)
-        client = docker_client()
-        container, attached = await asyncio.to_thread(self.spec.create, client, "tree", shared=True)
-        self.containers_started += 1
+    @classmethod
+    async def start(cls, spec: ContainerSpec, max_runners: int, timeout: float) -> TreeContainer:
+        """Creates the container and waits (up to ``timeout``) for its fork server."""
+        client = await asyncio.to_thread(docker_client)
+        container, attached = await asyncio.to_thread(spec.create, client, "tree", shared=True)
         loop = asyncio.get_running_loop()
         write_lock = threading.Lock()
         raw = getattr(attached, "_sock", attached)
@@ -277,49 +250,126 @@ class SharedContainer:
         async def write(data: bytes) -> None:
             await asyncio.to_thread(send, data)
 
-        server = StreamForkServer(write, max_runners=self.max_runners, what="docker")
-        self._current = (container, attached, server)
+        server = StreamForkServer(write, max_runners=max_runners, what="docker")
+        tree = cls(container, attached, server)
 
         def feed(data: bytes) -> None:
             loop.call_soon_threadsafe(server.feed, data)
 
         def drain() -> None:
-            read_frames(attached, feed, lambda data: self._stderr.append(data[-2000:]))
+            read_frames(attached, feed, lambda data: tree.stderr.append(data[-2000:]))
             with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to tell
-                loop.call_soon_threadsafe(server.end, self._ended_reason())
+                loop.call_soon_threadsafe(server.end, tree.ended_reason())
 
         threading.Thread(target=drain, daemon=True, name="rlm-docker-tree").start()
         try:
-            await asyncio.wait_for(server.ready.wait(), self.startup_timeout)
+            await asyncio.wait_for(server.ready.wait(), timeout)
         except TimeoutError:
             server.end("no answer")
         if server.ended is not None:
-            await asyncio.to_thread(self._remove, container, attached)
-            self._current = None
+            await tree.kill()
             raise SandboxStartError(
                 "the fork server of the tree's docker sandbox did not start"
-                f"{': ' + self._ended_reason() if self._stderr else ''}"
+                f"{': ' + tree.ended_reason() if tree.stderr else ''}"
             )
+        return tree
 
-    def _ended_reason(self) -> str:
-        tail = b"".join(self._stderr).decode("utf-8", "replace").strip()[-1500:]
+    def ended_reason(self) -> str:
+        tail = b"".join(self.stderr).decode("utf-8", "replace").strip()[-1500:]
         return "the RLM tree's docker sandbox ended" + (f"; its stderr: {tail}" if tail else "")
 
-    @staticmethod
-    def _remove(container: Any, attached: Any) -> None:
+    def exit_code(self) -> int | None:
+        return None if self.server.ended is None else -1
+
+    def diagnostics(self) -> str:
+        return self.ended_reason()
+
+    def _remove(self) -> None:
         with contextlib.suppress(Exception):
-            attached.close()
+            self.attached.close()
         with contextlib.suppress(Exception):
-            container.remove(force=True)
+            self.container.remove(force=True)
+
+    async def kill(self) -> None:
+        self.server.end("the RLM tree's docker sandbox was closed")
+        await asyncio.to_thread(self._remove)
+
+
+class SharedContainer:
+    """The one container of an RLM tree (``child_sandbox="shared"``): its main process is a
+    fork server, and every session of the tree (the root, each child and grandchild) is a runner
+    forked in it, with its own process, work directory, rlimits and broker session. A resource of
+    the tree (of its broker scope): made by the tree's first sandbox, removed when the tree
+    closes. With a warm ``pool`` the container is one the pool started ahead (used by this tree
+    only, then removed). A container that died (OOM of the whole cgroup, a gVisor panic) is
+    replaced by the next session start."""
+
+    close_order = 10  # at exit: after the sessions that use it
+
+    def __init__(
+        self,
+        spec: ContainerSpec,
+        max_runners: int,
+        startup_timeout: float,
+        pool: WarmPool | None = None,
+    ) -> None:
+        self.spec = spec
+        self.max_runners = max_runners
+        self.startup_timeout = startup_timeout
+        self.pool = pool
+        self.containers_started = 0
+        self._workdirs = itertools.count(1)
+        self._lock = asyncio.Lock()
+        self._current: TreeContainer | None = None
+        self._closed = False
+
+    def next_workdir(self) -> str:
+        """A work directory no other session of this container has had."""
+        return f"/work/s{next(self._workdirs)}"
+
+    async def runner(self) -> SharedRunnerProcess:
+        """A runner of this tree's container (forked when its bootstrap is sent)."""
+        async with self._lock:
+            if self._closed:
+                raise SandboxStartError("the RLM tree's docker sandbox is closed")
+            if self._current is None or self._current.server.ended is not None:
+                await self._replace()
+            assert self._current is not None
+            tree = self._current
+        return SharedRunnerProcess(tree.server, self.startup_timeout, tree.container)
+
+    def _start(self) -> Awaitable[TreeContainer]:
+        return TreeContainer.start(self.spec, self.max_runners, self.startup_timeout)
+
+    async def _replace(self) -> None:
+        await self._remove_current()
+        if not self.containers_started:
+            cleanup.track(self)
+        if self.pool is None:
+            tree = await self._start()
+        else:
+            key = ("docker-tree", self.spec.key(), self.max_runners, self.startup_timeout)
+            process = await self.pool.acquire(key, self._start, self.startup_timeout)
+            assert isinstance(process, TreeContainer)
+            tree = process
+        self.containers_started += 1
+        self._current = tree
+
+    async def _remove_current(self) -> None:
+        current, self._current = self._current, None
+        if current is None:
+            return
+        try:
+            await current.kill()
+        finally:
+            if self.pool is not None:
+                self.pool.release()
 
     async def aclose(self) -> None:
         self._closed = True
         cleanup.untrack(self)
         async with self._lock:
-            current, self._current = self._current, None
-        if current is not None:
-            current[2].end("the RLM tree's docker sandbox was closed")
-            await asyncio.to_thread(self._remove, *current[:2])
+            await self._remove_current()
 
 
 class DockerEnvironment(SandboxEnvironment):
@@ -336,8 +386,9 @@ class DockerEnvironment(SandboxEnvironment):
     must not reach each other), ``max_live_runners`` (sessions alive at once in the shared
     container, a further one waits up to ``startup_timeout``; default: what ``pids_limit``
     leaves room for, 20 at the default 256 under runc, see :func:`default_max_live_runners`),
-    plus the shared ``pool_size`` / ``pool_idle_timeout`` (``"own"`` only: keep that many runner
-    containers started, shared by every session and child RLM of the tree, closed with it) and
+    plus the shared ``pool_size`` / ``pool_idle_timeout`` / ``max_sandboxes`` (keep that many
+    containers started and at most ``max_sandboxes`` alive, for every tree on the broker: runner
+    containers with ``"own"``, each tree's fork-server container with ``"shared"``) and
     ``cell_timeout``, ``memory_mb``, ``max_output_chars``, ``max_file_mb``, ``startup_timeout``.
 
     For untrusted input use ``runtime="runsc"`` (gVisor): a kernel exploit must then break gVisor's
@@ -381,10 +432,6 @@ class DockerEnvironment(SandboxEnvironment):
             max_live_runners = default_max_live_runners(pids_limit, runtime)
         self.child_sandbox = child_sandbox
         self.max_live_runners = max_live_runners
-        if child_sandbox == CHILD_SANDBOX_SHARED:
-            # Forking a session in the tree's container takes milliseconds: nothing to pool.
-            kwargs.pop("pool_size", None)
-            kwargs.pop("pool_idle_timeout", None)
         kwargs.setdefault("memory_mb", 1536)
         super().__init__(**kwargs)
         self.tree: SharedContainer | None = None
@@ -422,7 +469,7 @@ class DockerEnvironment(SandboxEnvironment):
             )
             key = ("docker-tree", self.spec.key(), live, self.startup_timeout)
             self.tree = self.broker.resource(
-                key, lambda: SharedContainer(self.spec, live, self.startup_timeout)
+                key, lambda: SharedContainer(self.spec, live, self.startup_timeout, self.pool)
             )
 
     def _broker_address(self) -> str:

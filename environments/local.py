@@ -92,7 +92,8 @@ class LocalEnvironment(SandboxEnvironment):
     runner from scratch), plus
     the shared ones: ``cell_timeout``, ``memory_mb``,
     ``max_output_chars``, ``max_file_mb``, ``startup_timeout``, ``pool_size`` (runners started
-    ahead of time for the tree's sessions and children), ``pool_idle_timeout`` and ``shell``
+    ahead of time for the tree's sessions and children), ``pool_idle_timeout``, ``max_sandboxes``
+    (runners alive at once, waiting ones included) and ``shell``
     (``"python"``, or ``"ipython"`` to run cells through IPython; see :class:`IPythonEnvironment`).
     """
 

@@ -16,7 +16,7 @@ from rlm import prompts
 from rlm.broker.accounting import Ledger
 from rlm.broker.clients.base import LMResponse
 from rlm.broker.router import LMRouter
-from rlm.broker.server import BrokerServer
+from rlm.broker.server import BrokerScope, BrokerServer
 from rlm.environments import environment_class, environment_name
 from rlm.environments.base import CellResult, Environment, ToolSpec, encode_value
 from rlm.errors import (
@@ -71,7 +71,7 @@ class TreeConfig:
     """What every run of one RLM tree shares."""
 
     router: LMRouter
-    broker: BrokerServer
+    broker: BrokerServer | BrokerScope
     environment: str | type[Environment]
     environment_kwargs: dict[str, Any]
     events: EventBus

@@ -30,7 +30,7 @@ from rlm.broker import cleanup
 from rlm.broker.clients.base import LMClient
 from rlm.broker.loop import on_loop_thread, run_sync, submit
 from rlm.broker.server import BrokerServer, SessionHandler
-from rlm.environments.base import CellResult, Environment, ToolSpec
+from rlm.environments.base import CellResult, Environment, ToolSpec, WarmPool
 from rlm.errors import ConfigurationError, SandboxError
 from rlm.protos import rlm_sandbox_pb2 as pb
 
@@ -390,39 +390,96 @@ class Sandbox:
 
 class SandboxPool:
     """Sandboxes of one environment that share one broker and, with ``pool_size=N``, a warm
-    pool of N runners started ahead (each runner serves one sandbox and is then destroyed:
-    nothing is reused between sandboxes). For many short sessions: rollouts, interpreters.
+    pool of N sandboxes started ahead (each serves one sandbox, or one RLM tree, and is then
+    destroyed: nothing is reused between them). ``max_sandboxes`` bounds how many are alive at
+    once, waiting ones included (a further start waits up to ``startup_timeout`` for one to end);
+    ``pool_idle_timeout`` removes waiting ones unused that long. For many short sessions:
+    rollouts, interpreters.
 
-        with SandboxPool("docker", pool_size=4) as pool:
+        with SandboxPool("docker", pool_size=4, max_sandboxes=8) as pool:
             with pool.sandbox(tools=...) as sb:
                 sb.execute(...)
+            rlm = RLM(backend_kwargs=..., sandbox_pool=pool)  # its trees draw from the pool
 
     Other keywords go to every sandbox's environment. ``close()`` ends the broker, the warm
-    runners and any sandbox of the pool still open.
+    sandboxes and any sandbox of the pool still open.
     """
 
-    def __init__(self, environment: str = "local", **environment_kwargs: Any) -> None:
+    def __init__(
+        self,
+        environment: str = "local",
+        *,
+        pool_size: int = 0,
+        max_sandboxes: int | None = None,
+        pool_idle_timeout: float = 300.0,
+        **environment_kwargs: Any,
+    ) -> None:
+        if pool_size < 0:
+            raise ConfigurationError(f"pool_size must be at least 0, got {pool_size}")
+        if max_sandboxes is not None and max_sandboxes < 1:
+            raise ConfigurationError(f"max_sandboxes must be at least 1, got {max_sandboxes}")
         self.environment_name = environment
-        self.environment_kwargs = environment_kwargs
+        self.environment_kwargs = dict(environment_kwargs)
+        if pool_size:
+            self.environment_kwargs.update(pool_size=pool_size, pool_idle_timeout=pool_idle_timeout)
+        if max_sandboxes is not None:
+            self.environment_kwargs.update(
+                max_sandboxes=max_sandboxes, pool_idle_timeout=pool_idle_timeout
+            )
         self._broker: BrokerServer | None = None
+        self._start_lock: asyncio.Lock | None = None
         self._sandboxes: list[AsyncSandbox] = []
         self._closed = False
         self._lock = threading.Lock()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def brokers_started(self) -> int:
+        """Brokers this pool started: 1 once it is used, however many sandboxes and trees."""
+        return 0 if self._broker is None else 1
+
+    def _warm_pools(self) -> list[WarmPool]:
+        if self._broker is None:
+            return []
+        return [r for r in self._broker.shared_resources() if isinstance(r, WarmPool)]
+
+    @property
+    def started_sandboxes(self) -> int:
+        """Sandboxes the warm pool started so far (while the pool is open)."""
+        return sum(pool.started for pool in self._warm_pools())
+
+    @property
+    def waiting_sandboxes(self) -> int:
+        """Sandboxes started and waiting for a session now."""
+        return sum(pool.waiting for pool in self._warm_pools())
+
+    @property
+    def peak_sandboxes(self) -> int:
+        """The most sandboxes of the warm pool alive at once so far (while the pool is open)."""
+        return sum(pool.peak_live for pool in self._warm_pools())
+
     async def start(self) -> SandboxPool:
         """Starts the shared broker (done by the first sandbox otherwise)."""
-        await self._abroker()
+        await self.abroker()
         return self
 
-    async def _abroker(self) -> BrokerServer:
+    async def abroker(self) -> BrokerServer:
+        """The pool's broker, started on first use (on the calling event loop: rlm's own for
+        the RLMs and synchronous sandboxes of the pool)."""
         if self._closed:
             raise SandboxError("this SandboxPool is closed; create a new one")
-        if self._broker is None:
-            broker = BrokerServer()
-            await broker.start()
-            cleanup.track(broker)
-            self._broker = broker
-        return self._broker
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:  # concurrent first users must not each start one
+            if self._broker is None:
+                broker = BrokerServer()
+                await broker.start()
+                cleanup.track(broker)
+                self._broker = broker
+            return self._broker
 
     async def asandbox(
         self,
@@ -433,7 +490,7 @@ class SandboxPool:
         label: str = "sandbox",
     ) -> AsyncSandbox:
         """A new (not yet started) sandbox on the pool's broker."""
-        broker = await self._abroker()
+        broker = await self.abroker()
         sandbox = AsyncSandbox(
             self.environment_name,
             tools=tools,
@@ -456,7 +513,7 @@ class SandboxPool:
     ) -> Sandbox:
         """A new (not yet started) synchronous sandbox on the pool's broker."""
         with self._lock:
-            broker = run_sync(self._abroker())
+            broker = run_sync(self.abroker())
         sandbox = Sandbox(
             self.environment_name,
             tools=tools,

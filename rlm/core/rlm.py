@@ -13,13 +13,14 @@ from rlm.broker.accounting import Ledger, Limits
 from rlm.broker.clients import create_client
 from rlm.broker.loop import on_loop_thread, run_sync, submit
 from rlm.broker.router import LMRouter
-from rlm.broker.server import BrokerServer
+from rlm.broker.server import BrokerScope, BrokerServer
 from rlm.environments import environment_class
 from rlm.environments.base import Environment
 from rlm.errors import ConfigurationError
 from rlm.events import EventBus, EventListener, RLMEvent
 from rlm.logger import RLMLogger
 from rlm.run import RLMRun, SessionDispatch, TreeConfig, open_environment, parse_tools
+from rlm.sandbox import SandboxPool
 from rlm.types import RLMChatCompletion
 from rlm.utils.token_utils import get_context_limit
 
@@ -100,6 +101,13 @@ class RLM:
     as ``context``; the root model writes code to explore it and calls sub-models from that code.
     Use it as a context manager (``with RLM(...) as rlm:``) or call ``close()``: that stops the
     broker and every sandbox.
+
+    ``sandbox_pool``: a :class:`rlm.SandboxPool` to run in instead of a broker and sandboxes of
+    its own: the RLM's sessions go to the pool's broker (each with its own token, handled by this
+    RLM's models and ledger) and its sandboxes come from the pool's warm pool. The environment is
+    then the pool's (``environment`` and ``environment_kwargs`` must not be given); closing the
+    RLM ends its sandboxes, not the pool. Many RLMs, each with its own models and keys, can share
+    one pool, e.g. concurrent rollouts.
     """
 
     def __init__(
@@ -137,7 +145,19 @@ class RLM:
         max_concurrent_lm_calls: int = 64,
         on_event: EventListener | None = None,
         broker_transport: str = "unix",
+        sandbox_pool: SandboxPool | None = None,
     ) -> None:
+        if sandbox_pool is not None:
+            if environment_kwargs is not None or environment not in (
+                "local",
+                sandbox_pool.environment_name,
+            ):
+                raise ConfigurationError(
+                    "with sandbox_pool the environment is the pool's: give environment and "
+                    "environment_kwargs to SandboxPool(...), not to RLM(...)"
+                )
+            environment = sandbox_pool.environment_name
+            environment_kwargs = sandbox_pool.environment_kwargs
         _check_count("max_depth", max_depth, "1 = the root only")
         _check_count("max_iterations", max_iterations)
         _check_count("max_concurrent_subcalls", max_concurrent_subcalls)
@@ -192,6 +212,7 @@ class RLM:
         self.user_prologue = user_prologue
         self.other_backends = other_backends
         self.broker_transport = broker_transport
+        self.sandbox_pool = sandbox_pool
         # Clients are built now so that a missing key or extra fails here, not mid-run.
         self._root_client = create_client(backend, self.backend_kwargs)
         self._other_clients = [
@@ -231,8 +252,12 @@ class RLM:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
             if self._config is None:
-                broker = BrokerServer(transport=self.broker_transport)
-                await broker.start()
+                broker: BrokerServer | BrokerScope
+                if self.sandbox_pool is not None:
+                    broker = (await self.sandbox_pool.abroker()).scope()
+                else:
+                    broker = BrokerServer(transport=self.broker_transport)
+                    await broker.start()
                 cleanup.track(self)
                 window_chars = self.context_window_tokens * 4
                 self._config = TreeConfig(

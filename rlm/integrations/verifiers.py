@@ -5,6 +5,12 @@ completion, its generated code run in one of rlm's sandboxes.
     id = "rlm_oolong"          # the plugin id (a top-level package: see rlm_oolong)
     environment = "docker"      # any rlm environment: local, docker, modal, e2b, daytona, prime
 
+Concurrent rollouts of one configuration in one process share one broker and one warm pool of
+sandboxes (:class:`rlm.SandboxPool`, one per distinct ``environment``, ``environment_kwargs`` and
+pool settings): ``pool_size`` sandboxes wait started, ``max_sandboxes`` bounds how many are alive
+at once, and each sandbox serves one rollout and is then destroyed, so no rollout sees another's
+state. :func:`close_shared_pools` ends them (at the process's exit they end anyway).
+
 verifiers hands every rollout an interception endpoint and a per-rollout secret; the RLM's root
 and sub-calls (``llm_query``) all go through it with rlm's OpenAI client, so verifiers records
 each model call of the rollout (messages, per-turn completions, token usage) in the trace as it
@@ -20,6 +26,8 @@ A task's long context is read from its data's ``context`` field (see
 
 from __future__ import annotations
 
+import json
+import threading
 from typing import Any
 
 from rlm.integrations import require
@@ -30,9 +38,15 @@ import verifiers.v1 as vf  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from rlm.core import RLM  # noqa: E402
+from rlm.sandbox import SandboxPool  # noqa: E402
 from rlm.types import RLMChatCompletion  # noqa: E402
 
-__all__ = ["RLMSandboxHarness", "RLMSandboxHarnessConfig"]
+__all__ = [
+    "RLMSandboxHarness",
+    "RLMSandboxHarnessConfig",
+    "close_shared_pools",
+    "shared_pool",
+]
 
 
 class RLMSandboxHarnessConfig(vf.HarnessConfig):
@@ -48,6 +62,59 @@ class RLMSandboxHarnessConfig(vf.HarnessConfig):
     max_errors: int | None = None
     max_timeout: float | None = Field(None, gt=0)
     """Seconds one rollout's RLM may run in all."""
+    pool_size: int = Field(2, ge=0)
+    """Sandboxes kept started and waiting for the next rollouts (shared by every concurrent
+    rollout of this configuration in the process)."""
+    max_sandboxes: int | None = Field(None, gt=0)
+    """Sandboxes alive at once, waiting ones included; a rollout past it waits for one to end
+    (up to the environment's ``startup_timeout``). None: no bound."""
+    pool_idle_timeout: float = Field(300.0, gt=0)
+    """Seconds a waiting sandbox may stay unused before it is removed."""
+
+
+_pools: dict[str, SandboxPool] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool_key(config: RLMSandboxHarnessConfig) -> str:
+    return json.dumps(
+        [
+            config.environment,
+            config.environment_kwargs,
+            config.pool_size,
+            config.max_sandboxes,
+            config.pool_idle_timeout,
+        ],
+        sort_keys=True,
+        default=repr,
+    )
+
+
+def shared_pool(config: RLMSandboxHarnessConfig) -> SandboxPool:
+    """The process's sandbox pool (one broker, one warm pool) for rollouts of ``config``."""
+    key = _pool_key(config)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None or pool.closed:
+            pool = SandboxPool(
+                config.environment,
+                pool_size=config.pool_size,
+                max_sandboxes=config.max_sandboxes,
+                pool_idle_timeout=config.pool_idle_timeout,
+                **config.environment_kwargs,
+            )
+            _pools[key] = pool
+        return pool
+
+
+def close_shared_pools() -> None:
+    """Ends every shared pool of this process: its broker and its sandboxes (rollouts still
+    running lose theirs). The next rollout starts a new pool."""
+    with _pools_lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        pool.close()
 
 
 def rollout_metrics(completion: RLMChatCompletion) -> dict[str, float]:
@@ -110,8 +177,7 @@ class RLMSandboxHarness(vf.Harness[RLMSandboxHarnessConfig]):
                 "api_key": secret,
                 "max_retries": 1,
             },
-            environment=config.environment,
-            environment_kwargs=dict(config.environment_kwargs),
+            sandbox_pool=shared_pool(config),
             max_iterations=config.max_iterations,
             max_depth=config.max_depth,
             max_errors=config.max_errors,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 import pytest
 
@@ -126,3 +127,79 @@ def test_pool_shares_one_broker_and_hands_out_prestarted_runners() -> None:
     assert second.closed  # closing the pool closed what was still open
     with pytest.raises(SandboxError, match="closed"):
         pool.sandbox()
+
+
+def test_rlms_on_one_pool_share_its_broker_keep_their_own_keys_and_stay_bounded(
+    environment: str,
+) -> None:
+    """Six RLMs at once on one SandboxPool, each with its own API key: one broker, at most
+    ``max_sandboxes`` sandboxes alive, every model call carries its own RLM's key only, every
+    RLM's usage counts its own calls, and the sandboxes of a closed RLM are gone."""
+    from rlm import RLM, SandboxPool
+    from rlm.broker.server import BrokerServer
+    from rlm.testing.leaks import runner_pids
+    from rlm.testing.lm_server import RecordedRequest, content_text
+
+    def script(request: RecordedRequest) -> str:
+        key = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if "echo the key" not in content_text(request.messages[-1].get("content")):
+            return (
+                "```repl\nreply = llm_query('echo the key')\n"
+                "answer['content'] = reply\nanswer['ready'] = True\n```"
+            )
+        return key
+
+    started: list[BrokerServer] = []
+    original = BrokerServer.start
+
+    async def counting_start(self: BrokerServer) -> None:
+        started.append(self)
+        await original(self)
+
+    BrokerServer.start = counting_start  # type: ignore[method-assign]
+    keys = [f"key-{i}" for i in range(6)]
+    try:
+        with (
+            ScriptedLMServer(script) as server,
+            SandboxPool(environment, pool_size=1, max_sandboxes=2) as pool,
+        ):
+
+            def model(key: str) -> RLM:
+                backend = {"model_name": "m", "base_url": server.base_url, "api_key": key}
+                return RLM(backend_kwargs=backend, sandbox_pool=pool, max_iterations=2)
+
+            async def one(key: str) -> Any:
+                # A tree keeps its sandbox until the RLM closes (docker: the tree's container).
+                async with model(key) as rlm:
+                    return await rlm.acompletion("ctx")
+
+            async def run_all() -> list:
+                return await asyncio.gather(*(one(key) for key in keys))
+
+            completions = asyncio.run(run_all())
+            assert 0 < pool.peak_sandboxes <= 2
+            assert pool.started_sandboxes >= len(keys)
+    finally:
+        BrokerServer.start = original  # type: ignore[method-assign]
+    assert len(started) == 1
+    assert [c.response for c in completions] == keys
+    for completion in completions:
+        assert completion.usage_summary.total_calls == 2
+    by_key: dict[str, int] = {}
+    for request in server.requests:
+        key = request.headers["authorization"].removeprefix("Bearer ")
+        by_key[key] = by_key.get(key, 0) + 1
+    assert by_key == {key: 2 for key in keys}
+    assert not runner_pids(parent=os.getpid())
+
+
+def test_rlm_with_a_pool_takes_its_environment_from_the_pool() -> None:
+    from rlm import RLM, SandboxPool
+
+    with SandboxPool("local") as pool:
+        backend = {"model_name": "m", "api_key": "k"}
+        with pytest.raises(ConfigurationError, match="give environment"):
+            RLM(backend_kwargs=backend, sandbox_pool=pool, environment_kwargs={"x": 1})
+        with pytest.raises(ConfigurationError, match="give environment"):
+            RLM(backend_kwargs=backend, sandbox_pool=pool, environment="docker")
+        assert RLM(backend_kwargs=backend, sandbox_pool=pool).environment == "local"

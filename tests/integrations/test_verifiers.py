@@ -12,6 +12,8 @@ import asyncio
 import os
 import re
 import subprocess
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 from docker_check import our_containers
@@ -22,13 +24,19 @@ import openai
 import verifiers.v1 as vf
 from verifiers.v1.utils.loaders import load_environment
 
+from rlm.broker.server import BrokerServer
 from rlm.integrations.oolong import (
     OolongTaskset,
     OolongTasksetConfig,
     count_reward,
     make_record_log,
 )
-from rlm.integrations.verifiers import RLMSandboxHarness, RLMSandboxHarnessConfig
+from rlm.integrations.verifiers import (
+    RLMSandboxHarness,
+    RLMSandboxHarnessConfig,
+    close_shared_pools,
+    shared_pool,
+)
 from rlm.testing import ScriptedLMServer
 from rlm.testing.leaks import runner_pids
 from rlm.testing.lm_server import RecordedRequest, content_text
@@ -54,13 +62,19 @@ def _script(request: RecordedRequest) -> str:
     )
 
 
-async def _evaluate(environment: str, base_url: str, tasks: int, rollouts: int) -> list:
+async def _evaluate(
+    environment: str,
+    base_url: str,
+    tasks: int,
+    rollouts: int,
+    harness: RLMSandboxHarnessConfig | None = None,
+) -> list:
     os.environ["RLM_TEST_LM_KEY"] = "test-key"
     config = vf.SingleAgentEnvConfig(
         taskset=OolongTasksetConfig(num_tasks=tasks, records=300, seed=7),
         agent=vf.AgentConfig(
             runtime=vf.SubprocessConfig(),
-            harness=RLMSandboxHarnessConfig(environment=environment, max_iterations=3),
+            harness=harness or RLMSandboxHarnessConfig(environment=environment, max_iterations=3),
         ),
     )
     env = load_environment(config)
@@ -98,9 +112,104 @@ def test_evaluation_records_rewards_trajectories_and_usage(environment: str) -> 
         )
         assert trace.info["rlm"]["environment"] == environment
     assert len(server.requests) == 2 * tasks * rollouts
+    close_shared_pools()
     assert not runner_pids(parent=os.getpid())
     if environment == "docker":
         assert not our_containers(os.getpid())
+
+
+class _Peak:
+    """Samples ``count()`` every 20 ms in a thread while in use; ``value`` is the highest."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self.count = count
+        self.value = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.02):
+            self.value = max(self.value, self.count())
+
+    def __enter__(self) -> _Peak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def brokers_started(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[BrokerServer]]:
+    """Every BrokerServer started while the test runs."""
+    started: list[BrokerServer] = []
+    original = BrokerServer.start
+
+    async def start(self: BrokerServer) -> None:
+        started.append(self)
+        await original(self)
+
+    monkeypatch.setattr(BrokerServer, "start", start)
+    yield started
+
+
+def test_concurrent_rollouts_share_one_broker_and_a_bounded_warm_pool(
+    environment: str, brokers_started: list[BrokerServer]
+) -> None:
+    """Eight rollouts at once, two rounds: one broker for all of them, at most ``max_sandboxes``
+    sandboxes alive at any time (warm ones included), each rollout's model calls, answer and
+    usage its own, and nothing left running once the pools are closed."""
+    tasks, rollouts, max_sandboxes = 4, 2, 4
+    harness = RLMSandboxHarnessConfig(
+        environment=environment, max_iterations=3, pool_size=2, max_sandboxes=max_sandboxes
+    )
+    me = os.getpid()
+
+    def sandboxes() -> int:
+        if environment == "docker":
+            return len(our_containers(me))
+        return len(runner_pids(parent=me))
+
+    try:
+        with ScriptedLMServer(_script) as server, _Peak(sandboxes) as peak:
+            rounds = [
+                asyncio.run(_evaluate(environment, server.base_url, tasks, rollouts, harness))
+                for _ in range(2)
+            ]
+        pool = shared_pool(harness)
+        assert pool.started_sandboxes >= tasks * rollouts * 2
+        assert 0 < pool.peak_sandboxes <= max_sandboxes
+    finally:
+        close_shared_pools()
+    assert len(brokers_started) == 1
+    assert 0 < peak.value <= max_sandboxes
+    for episodes in rounds:
+        assert len(episodes) == tasks * rollouts
+        for episode in episodes:
+            assert episode.ok, episode.errors
+            (trace,) = episode.traces
+            assert trace.ok, trace.errors
+            data = trace.task.data
+            assert trace.root_reply == str(data.answer)
+            assert trace.rewards["count_accuracy"].score == 1.0
+            # verifiers attributes a model call to the rollout whose secret it carries: each
+            # rollout holds exactly its own root turn and its own sub-call.
+            assert len(trace.calls) == 2
+            sent = "\n".join(str(node.message.content) for node in trace.nodes)
+            assert f"have the label '{data.label}'" in sent
+            assert "Summarise: " + data.context[:200] in sent
+            assert trace.metrics["rlm_sub_calls"] == 1
+            assert trace.metrics["rlm_input_tokens"] == sum(
+                c.usage.prompt_tokens for c in trace.calls
+            )
+            assert trace.metrics["rlm_output_tokens"] == sum(
+                c.usage.completion_tokens for c in trace.calls
+            )
+    assert len(server.requests) == 2 * 2 * tasks * rollouts
+    assert not runner_pids(parent=me)
+    if environment == "docker":
+        assert not our_containers(me)
 
 
 def test_a_wrong_answer_scores_as_oolong_does() -> None:
@@ -165,4 +274,4 @@ def test_the_readme_vf_eval_command_runs(tmp_path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "reward 1.00" in done.stdout and "count_accuracy 1.00" in done.stdout
     assert len(server.requests) == 4  # 2 rollouts: a root turn and a sub-call each
-    assert not runner_pids(parent=os.getpid())
+    assert not runner_pids(parent=os.getpid())  # vf-eval's process ended: nothing left

@@ -294,8 +294,8 @@ def serve(host_pid: int) -> int:
                     exits = _reap(children)
                     if subreaper:
                         _sweep(children)
-                    for line in exits:
-                        _report(line)
+                    for report in exits:
+                        _report(report)
                     continue
                 message, fds, _flags, _address = socket.recv_fds(control, 1, 2)
                 if not message:
@@ -485,8 +485,8 @@ def serve_stdio() -> int:
                     exits = _reap_stdio(runners, selector)
                     if subreaper:
                         _sweep(set(runners))
-                    for line in exits:
-                        _report(line)
+                    for report in exits:
+                        _report(report)
                     continue
                 if isinstance(key.data, _StdioRunner):
                     if not _forward_stderr(key.data):

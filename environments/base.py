@@ -36,6 +36,23 @@ SHUTDOWN_GRACE_SECONDS = 0.5
 #: How the runner executes cells: ``exec`` of the parsed cell, or a real IPython shell (which
 #: must be installed in the sandbox's Python).
 SHELLS = ("python", "ipython")
+#: ``child_sandbox`` values of the providers that can fork sessions inside a sandbox: every
+#: session of an RLM tree in the tree's one sandbox, or a sandbox per session.
+CHILD_SANDBOX_SHARED = "shared"
+CHILD_SANDBOX_OWN = "own"
+CHILD_SANDBOX_MODES = (CHILD_SANDBOX_SHARED, CHILD_SANDBOX_OWN)
+
+
+def check_child_sandbox(child_sandbox: str, max_live_runners: int | None) -> None:
+    """Raises ConfigurationError for a ``child_sandbox`` or ``max_live_runners`` that is not one."""
+    if child_sandbox not in CHILD_SANDBOX_MODES:
+        raise ConfigurationError(
+            f"child_sandbox must be {' or '.join(map(repr, CHILD_SANDBOX_MODES))}, not "
+            f"{child_sandbox!r}: 'shared' runs every session of the tree in one sandbox, "
+            "'own' gives each session (each child RLM) a sandbox of its own"
+        )
+    if max_live_runners is not None and max_live_runners < 1:
+        raise ConfigurationError("max_live_runners must be at least 1")
 
 
 @dataclass
@@ -490,6 +507,15 @@ class SandboxEnvironment(Environment):
     async def _destroy_sandbox(self) -> None:
         """Destroys the sandbox and everything in it; safe to call twice."""
 
+    async def _open_sandbox(self) -> None:
+        """The session's sandbox: created here (or, where the provider shares one sandbox per
+        tree, the tree's joined)."""
+        await self._create_sandbox()
+
+    async def _close_sandbox(self) -> None:
+        """Undoes :meth:`_open_sandbox` (a tree's shared sandbox outlives its sessions)."""
+        await self._destroy_sandbox()
+
     def _bootstrap(self, bootstrap: Bootstrap) -> Bootstrap:
         """The runner's bootstrap with this provider's fields set (work directory, parent pid,
         relay...): ``dataclasses.replace(bootstrap, ...)``."""
@@ -502,7 +528,7 @@ class SandboxEnvironment(Environment):
         self._session = self.broker.open_session(self.handler, self.label)
         cleanup.track(self)
         try:
-            await self._create_sandbox()
+            await self._open_sandbox()
             await self._start_runner()
         except BaseException:
             await self.aclose()
@@ -610,7 +636,7 @@ class SandboxEnvironment(Environment):
             await self._kill_runner()
         finally:
             try:
-                await self._destroy_sandbox()
+                await self._close_sandbox()
             finally:
                 if self._session is not None:
                     self.broker.close_session(self._session)

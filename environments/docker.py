@@ -43,7 +43,14 @@ from typing import Any
 from rlm.broker import cleanup
 from rlm.errors import ConfigurationError, SandboxStartError
 
-from .base import RunnerProcess, SandboxEnvironment, WarmPool
+from .base import (
+    CHILD_SANDBOX_OWN,
+    CHILD_SANDBOX_SHARED,
+    RunnerProcess,
+    SandboxEnvironment,
+    WarmPool,
+    check_child_sandbox,
+)
 from .docker_image import DEFAULT_IMAGE, SANDBOX_PYTHON, SANDBOX_UID
 from .forkserver import StreamForkServer, StreamRunnerProcess
 from .runner.bootstrap import Bootstrap
@@ -61,10 +68,6 @@ SOCKET_MOUNT = "/rlm"
 RUNTIME_LABEL = "org.rlm.runtime"
 #: How the container is used: ``shared`` (the fork server of one RLM tree) or ``own`` (one runner).
 MODE_LABEL = "org.rlm.child-sandbox"
-#: ``child_sandbox`` values: every session of a tree in one container, or a container each.
-CHILD_SANDBOX_SHARED = "shared"
-CHILD_SANDBOX_OWN = "own"
-CHILD_SANDBOX_MODES = (CHILD_SANDBOX_SHARED, CHILD_SANDBOX_OWN)
 INSTALL_RUNSC = (
     "install gVisor (Debian: apt-get install runsc) and register it with the engine: "
     '/etc/docker/daemon.json {"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": '
@@ -418,14 +421,7 @@ class DockerEnvironment(SandboxEnvironment):
         max_live_runners: int | None = None,
         **kwargs: Any,
     ) -> None:
-        if child_sandbox not in CHILD_SANDBOX_MODES:
-            raise ConfigurationError(
-                f"child_sandbox must be {' or '.join(map(repr, CHILD_SANDBOX_MODES))}, not "
-                f"{child_sandbox!r}: 'shared' runs every session of the tree in one container, "
-                "'own' gives each session (each child RLM) a container of its own"
-            )
-        if max_live_runners is not None and max_live_runners < 1:
-            raise ConfigurationError("max_live_runners must be at least 1")
+        check_child_sandbox(child_sandbox, max_live_runners)
         if child_sandbox == CHILD_SANDBOX_OWN:
             kwargs["max_live_runners"] = max_live_runners  # counted per container (base.py)
         elif max_live_runners is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import copy
 import dataclasses
 import itertools
 import json
@@ -19,14 +20,24 @@ import logging
 import secrets
 from abc import abstractmethod
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlm.errors import SandboxDiedError, SandboxError
 
-from .base import RunnerProcess, SandboxEnvironment, _encode_context
+from .base import (
+    CHILD_SANDBOX_OWN,
+    CHILD_SANDBOX_SHARED,
+    RunnerProcess,
+    SandboxEnvironment,
+    _encode_context,
+    check_child_sandbox,
+)
 from .runner.bootstrap import Bootstrap
 from .runner.bundle import runner_bundle
 from .runner.relay import ACK_SECONDS, CONTROL, Frame, FrameError, FrameGap, Sequencer
+
+if TYPE_CHECKING:
+    from .relaytree import RelayedTree
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +61,9 @@ WRITE_BATCH_BYTES = 1 << 20
 WRITE_RETRY_SECONDS = 0.2
 #: problems a relay remembers (the newest)
 MAX_PROBLEMS = 100
+#: sessions alive at once in a tree's shared sandbox when ``max_live_runners`` is not given (a
+#: forked runner holds some 30 MB of its own; a further session waits for one to end)
+DEFAULT_TREE_RUNNERS = 128
 
 
 def upload_timeout(size: int) -> float:
@@ -126,6 +140,8 @@ class HostRelay:
         self.problems: list[str] = []
         #: how often the output stream dropped and was re-attached
         self.reattachments = 0
+        #: set by the first intact frame from the sandbox (a tree's relay announces itself)
+        self.ready = asyncio.Event()
         self.task = asyncio.ensure_future(self._from_sandbox())
         self._writer = asyncio.ensure_future(self._write_loop())
         self._acker = asyncio.ensure_future(self._ack_loop())
@@ -230,6 +246,7 @@ class HostRelay:
             self._report(f"{error}; asking the sandbox to resend")
             self._ask_resend()
             return
+        self.ready.set()
         async with self._room:
             self._room.notify_all()  # acknowledgements may have made room
         if frame is not None:
@@ -318,7 +335,14 @@ class HostRelay:
 
 
 class RelayedSandboxEnvironment(SandboxEnvironment):
-    """Base class of the cloud adapters: the provider hooks are files and exec streams."""
+    """Base class of the cloud adapters: the provider hooks are files and exec streams.
+
+    ``child_sandbox="shared"`` (the default): every session of an RLM tree is a runner forked
+    in the tree's one sandbox (:class:`~rlm.environments.relaytree.RelayedTree`, a resource of
+    the tree), at most ``max_live_runners`` at once (default ``DEFAULT_TREE_RUNNERS``); its
+    connection rides the tree's one relay. ``"own"``: a sandbox per session, the runner started
+    in it directly with a relay of its own.
+    """
 
     #: the interpreter inside the provider's image
     python: str = "python3"
@@ -330,11 +354,25 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
     #: how many parts of one file may be uploaded at once
     upload_concurrency: int = UPLOAD_CONCURRENCY
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        child_sandbox: str = CHILD_SANDBOX_SHARED,
+        max_live_runners: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        check_child_sandbox(child_sandbox, max_live_runners)
+        if child_sandbox == CHILD_SANDBOX_OWN:
+            kwargs["max_live_runners"] = max_live_runners  # counted per sandbox (base.py)
         super().__init__(**kwargs)
+        self.child_sandbox = child_sandbox
+        self.max_live_runners = max_live_runners or DEFAULT_TREE_RUNNERS
         self.sandbox_dir = self.sandbox_dir or f"/tmp/rlm-{secrets.token_hex(6)}"
         self._relay: HostRelay | None = None
         self._files = 0
+        #: the tree's shared sandbox this session runs in (``child_sandbox="shared"``)
+        self.tree: RelayedTree | None = None
+        self._workdir: str | None = None
 
     # ---- provider hooks --------------------------------------------------------------------
 
@@ -347,6 +385,41 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
     async def _exec(self, argv: list[str]) -> RemoteProcess:
         """Starts ``argv`` in the sandbox with stdin and stdout streaming to and from the host."""
 
+    # ---- the tree's shared sandbox ---------------------------------------------------------
+
+    def sandbox_owner(self) -> RelayedSandboxEnvironment:
+        """A session-less copy of this (not started) environment that creates, holds and
+        destroys a tree's shared sandbox: the provider hooks work on it as on a session's own."""
+        owner = copy.copy(self)
+        owner.child_sandbox = CHILD_SANDBOX_OWN
+        owner.label = "tree"
+        owner._session = None
+        owner._slots = None
+        owner.pool = None
+        owner._contexts = []
+        owner.tree = None
+        return owner
+
+    async def _open_sandbox(self) -> None:
+        if self.child_sandbox == CHILD_SANDBOX_OWN:
+            await self._create_sandbox()
+            return
+        from .relaytree import RelayedTree
+
+        key = ("relayed-tree", self.name, self.max_live_runners, self.startup_timeout)
+        tree: RelayedTree = self.broker.resource(
+            key,
+            lambda: RelayedTree(self.sandbox_owner(), self.max_live_runners, self.startup_timeout),
+        )
+        self.tree = tree
+        await tree.open()
+        self.sandbox_dir = tree.sandbox_dir
+
+    async def _close_sandbox(self) -> None:
+        if self.tree is None:
+            await self._destroy_sandbox()
+        # A tree's sandbox is closed with the tree (its broker scope).
+
     # ---- files -----------------------------------------------------------------------------
 
     @classmethod
@@ -357,11 +430,14 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
     async def _upload(self, path: str, data: bytes) -> None:
         """Puts ``data`` at ``path`` in the sandbox: one upload when it fits in a part, else
         parts uploaded concurrently and joined by the sandbox end of the relay."""
+        # A session of a tree's sandbox: the tree's owner holds the provider's handle.
+        files = self.tree.owner if self.tree is not None else self
+        relay = self.tree.relay if self.tree is not None else self._relay
         ranges = split_sizes(len(data), self.part_bytes())
         if len(ranges) == 1:
-            await self._write_file(path, data)
+            await files._write_file(path, data)
             return
-        if self._relay is None:
+        if relay is None:
             raise SandboxError("the runner is not running: start the environment first")
         view = memoryview(data)
         parts = [f"{path}.part{index}" for index in range(len(ranges))]
@@ -369,7 +445,7 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
 
         async def put(part: str, start: int, end: int) -> None:
             async with slots:
-                await self._write_file(part, bytes(view[start:end]))
+                await files._write_file(part, bytes(view[start:end]))
 
         uploads = [
             asyncio.ensure_future(put(part, start, end))
@@ -382,7 +458,7 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
                 upload.cancel()
             await asyncio.gather(*uploads, return_exceptions=True)
             raise
-        await self._relay.join(parts, path, timeout=upload_timeout(len(data)))
+        await relay.join(parts, path, timeout=upload_timeout(len(data)))
 
     # ---- the relay -------------------------------------------------------------------------
 
@@ -390,11 +466,28 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
         return f"unix:{self.sandbox_dir}/relay.sock"
 
     def _bootstrap(self, bootstrap: Bootstrap) -> Bootstrap:
+        if self.tree is not None:
+            # A directory of its own (removed when its runner ends), for its files and contexts;
+            # the tree's relay serves the socket it dials.
+            self._workdir = workdir = self.tree.next_workdir()
+            return dataclasses.replace(
+                bootstrap,
+                workdir=workdir,
+                make_workdir=True,
+                env={"HOME": workdir, "TMPDIR": workdir},
+            )
         return dataclasses.replace(
             bootstrap, relay="stdio", relay_socket=f"{self.sandbox_dir}/relay.sock"
         )
 
+    async def _spawn_runner(self) -> RunnerProcess:
+        if self.tree is None:
+            raise SandboxError("only a session of a tree's shared sandbox is forked")
+        return await self.tree.runner()
+
     async def _launch_runner(self, bootstrap: bytes) -> RunnerProcess:
+        if self.tree is not None:
+            return await super()._launch_runner(bootstrap)
         bundle = f"{self.sandbox_dir}/runner.pyz"
         await self._upload(bundle, runner_bundle())
         process = await self._exec([self.python, "-I", "-u", bundle])
@@ -422,7 +515,7 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
 
         connection = self._require_connection()
         self._files += 1
-        path = f"{self.sandbox_dir}/context-{self._files}.bin"
+        path = f"{self._workdir or self.sandbox_dir}/context-{self._files}.bin"
         data = text.encode("utf-8")
         del text
         await self._upload(path, data)

@@ -32,7 +32,11 @@ if sys.argv[1:2] == ["--fork-server"]:
 if sys.argv[1:2] == ["--fork-server-stdio"]:
     from rlm.environments.runner.forkserver import serve_stdio
 
-    raise SystemExit(serve_stdio())
+    raise SystemExit(serve_stdio(sys.argv[2] if len(sys.argv) > 2 else None))
+if sys.argv[1:2] == ["--relay-stdio"]:
+    from rlm.environments.runner.relay import serve as serve_relay
+
+    raise SystemExit(serve_relay(sys.argv[2]))
 from rlm.environments.runner.runner import main
 
 raise SystemExit(main())

@@ -337,9 +337,14 @@ class _StdioRunner:
         self.workdir = workdir
 
 
-def _owned_workdir(bootstrap: bytes) -> str | None:
+#: Where the sessions' own work directories may be (directly below one of these, or below the
+#: work root a cloud tree's server is started with).
+WORK_ROOTS = ("/work", "/tmp")
+
+
+def _owned_workdir(bootstrap: bytes, roots: tuple[str, ...] = WORK_ROOTS) -> str | None:
     """The session's own work directory, when the bootstrap asks the runner to make it (it is
-    removed when the runner ends); only directories directly below ``/work`` or ``/tmp``."""
+    removed when the runner ends); only directories directly below one of ``roots``."""
     try:
         boot = Bootstrap.from_line(bootstrap)
     except ValueError:
@@ -348,10 +353,10 @@ def _owned_workdir(bootstrap: bytes) -> str | None:
     if not boot.make_workdir or workdir is None:
         return None
     parent, name = os.path.split(os.path.normpath(workdir))
-    return workdir if parent in ("/work", "/tmp") and name not in ("", ".", "..") else None
+    return workdir if parent in roots and name not in ("", ".", "..") else None
 
 
-def _fork_stdio_runner(bootstrap: bytes) -> _StdioRunner:
+def _fork_stdio_runner(bootstrap: bytes, roots: tuple[str, ...]) -> _StdioRunner:
     """Forks a runner whose stdin holds ``bootstrap`` (one line) and whose stderr is a pipe
     back to this server."""
     stdin_read, stdin_write = os.pipe()
@@ -370,7 +375,7 @@ def _fork_stdio_runner(bootstrap: bytes) -> _StdioRunner:
     finally:
         os.close(stdin_write)
     os.set_blocking(stderr_read, False)
-    return _StdioRunner(pid, stderr_read, _owned_workdir(bootstrap))
+    return _StdioRunner(pid, stderr_read, _owned_workdir(bootstrap, roots))
 
 
 def _forward_stderr(runner: _StdioRunner) -> bool:
@@ -423,7 +428,9 @@ def _reap_stdio(runners: dict[int, _StdioRunner], selector: selectors.BaseSelect
     return exits
 
 
-def _control_line(line: bytes, runners: dict[int, _StdioRunner]) -> _StdioRunner | None:
+def _control_line(
+    line: bytes, runners: dict[int, _StdioRunner], roots: tuple[str, ...] = WORK_ROOTS
+) -> _StdioRunner | None:
     """Acts on one host line: ``S <seq> <bootstrap>`` forks a runner (answered ``P <seq> <pid>``),
     ``K <pid>`` kills one of this server's runners and what its cells started."""
     kind, _, rest = line.partition(b" ")
@@ -432,7 +439,7 @@ def _control_line(line: bytes, runners: dict[int, _StdioRunner]) -> _StdioRunner
         if not seq.isdigit() or not bootstrap.strip():
             _report(f"P {int(seq) if seq.isdigit() else 0} -1")
             return None
-        runner = _fork_stdio_runner(bootstrap)
+        runner = _fork_stdio_runner(bootstrap, roots)
         runners[runner.pid] = runner
         _report(f"P {int(seq)} {runner.pid}")
         return runner
@@ -441,15 +448,17 @@ def _control_line(line: bytes, runners: dict[int, _StdioRunner]) -> _StdioRunner
     return None
 
 
-def serve_stdio() -> int:
-    """The main process of a sandbox shared by one RLM tree (``runner.pyz --fork-server-stdio``).
+def serve_stdio(work_root: str | None = None) -> int:
+    """The main process of a sandbox shared by one RLM tree (``runner.pyz --fork-server-stdio
+    [WORK_ROOT]``; in a cloud sandbox a process started through the provider's exec API, its
+    sessions' work directories below ``WORK_ROOT``).
 
     The host talks to it over the sandbox's attached stdin/stdout (no descriptors cross the
     sandbox boundary), one line each:
 
     - host -> server: ``S <seq> <bootstrap JSON>`` forks a runner for that session (the line
       becomes the runner's stdin); ``K <pid>`` kills a runner and everything below it.
-    - server -> host: ``P <seq> <pid>`` answers each ``S`` (``-1``: no fork); ``X <pid> <code>``
+    - server -> host: ``R <pid>`` once, when ready; ``P <seq> <pid>`` answers each ``S`` (``-1``: no fork); ``X <pid> <code>``
       a runner's exit; ``E <pid> <base64>`` what a runner wrote to its stderr.
 
     Every runner is a new session with its own work directory (``make_workdir`` in its
@@ -458,6 +467,9 @@ def serve_stdio() -> int:
     killed and it exits, and with it the sandbox.
     """
     signal.signal(signal.SIGTERM, _terminate)
+    roots = (*WORK_ROOTS, os.path.normpath(work_root)) if work_root else WORK_ROOTS
+    # Every runner it forks shares the sandbox's user with its siblings: see contain_process.
+    os.environ[runner_module.SHARED_HOST_ENV] = "1"
     # Its stdout is the host's control stream: sessions run as the same user, so without this
     # a cell could open /proc/<this pid>/fd/1 and forge reports.
     runner_module.prctl(runner_module.PR_SET_DUMPABLE, 0)
@@ -474,7 +486,9 @@ def serve_stdio() -> int:
     selector.register(wake_read, selectors.EVENT_READ, "wake")
     runners: dict[int, _StdioRunner] = {}
     pending = b""
-    _report("R")  # ready: the host may send fork requests
+    # Ready: the host may send fork requests. Its pid makes the line long enough for Daytona's
+    # log stream, which holds back the last two bytes of a chunk until more output comes.
+    _report(f"R {os.getpid()}")
     try:
         while True:
             for key, _ in selector.select():
@@ -498,7 +512,7 @@ def serve_stdio() -> int:
                 pending += data
                 while b"\n" in pending:
                     line, pending = pending.split(b"\n", 1)
-                    runner = _control_line(line, runners)
+                    runner = _control_line(line, runners, roots)
                     if runner is not None:
                         selector.register(runner.stderr_fd, selectors.EVENT_READ, runner)
                 if len(pending) > MAX_CONTROL_LINE:

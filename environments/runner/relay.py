@@ -46,6 +46,8 @@ import zlib
 from typing import NamedTuple
 
 CHUNK = 48 * 1024
+#: connections waiting to be accepted: every runner of a shared sandbox dials the one relay
+LISTEN_BACKLOG = 512
 #: connection id of the relay's own control frames
 CONTROL = 0
 #: bytes of sent frames kept for a resend; a sender with this much unacknowledged waits
@@ -213,7 +215,7 @@ class StdioRelay:
             os.unlink(listen_path)
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(listen_path)
-        self._server.listen(16)
+        self._server.listen(LISTEN_BACKLOG)
 
     @classmethod
     def over_stdio(cls, listen_path: str) -> StdioRelay:
@@ -225,6 +227,11 @@ class StdioRelay:
         os.dup2(null, 1)
         os.close(null)
         return cls(listen_path, in_fd, out_fd)
+
+    def announce(self) -> None:
+        """Tells the host that the socket listens: an acknowledgement frame, before any other."""
+        with self._lock:
+            self._write(self._state.control(b"K"))
 
     def start(self) -> None:
         threading.Thread(target=self._accept, daemon=True, name="relay-accept").start()
@@ -386,3 +393,14 @@ class StdioRelay:
         self._connections.clear()
         with contextlib.suppress(OSError):
             self._server.close()
+
+
+def serve(listen_path: str) -> int:
+    """The relay of a sandbox shared by one RLM tree (``runner.pyz --relay-stdio PATH``): serves
+    ``listen_path`` for every runner of the sandbox (each connection carries its own session
+    token) until the host closes stdin, then ends every relayed connection."""
+    relay = StdioRelay.over_stdio(listen_path)
+    relay.start()
+    relay.announce()
+    relay.closed.wait()
+    return 0

@@ -1,5 +1,9 @@
 """Whole completions on every cloud adapter, checked against its stand-in's call log.
 
+By default (``child_sandbox="shared"``) an RLM tree gets one cloud sandbox, every session a
+runner forked in it, every runner's connection riding the tree's one relay; ``"own"`` gives each
+session a sandbox of its own.
+
 Each provider's fixture module (``standin_<name>.py``) says how to read its stand-in's log:
 ``sandbox_creates``, ``sandbox_deletes``, ``file_uploads``, ``relay_calls``, ``runner_pids`` and
 ``kill_calls``, and, where the
@@ -17,6 +21,7 @@ from typing import Any
 import pytest
 from conftest import CLOUD_PROVIDERS, start_environment, usable_cloud_fixture
 from test_e2e import depth_script
+from test_tree_sandbox import fanout_script
 
 from rlm.broker.loop import run_sync
 from rlm.environments import environment_class
@@ -40,10 +45,12 @@ def assert_all_gone(server: Any) -> None:
     assert server.live_pids() == [], "sandbox processes left running"
 
 
-def test_depth_two_rlm_query_runs_each_level_in_its_own_sandbox(cloud, lm_server, make_rlm):
+def test_own_mode_runs_each_level_in_its_own_sandbox(cloud, lm_server, make_rlm):
     name, log, server, kwargs = cloud
     lm_server.set_script(depth_script())
-    rlm = make_rlm(max_depth=3, environment=name, environment_kwargs=kwargs)
+    rlm = make_rlm(
+        max_depth=3, environment=name, environment_kwargs={"child_sandbox": "own", **kwargs}
+    )
     result = rlm.completion("ROOT DATA", root_prompt="go")
     assert result.response == "root got: child got: grand got: leaf answe"
     assert result.usage_summary.total_calls == 7 == lm_server.usage_total()["calls"]
@@ -54,6 +61,87 @@ def test_depth_two_rlm_query_runs_each_level_in_its_own_sandbox(cloud, lm_server
     # Each runner went in through the file API; the relay rode the exec's stdin.
     assert len(log.file_uploads(server)) == 3
     assert log.relay_calls(server)
+
+
+def test_a_tree_of_twelve_children_creates_one_sandbox(cloud, lm_server, make_rlm):
+    """A depth-2 ``rlm_query_batched`` over 12 children: one cloud sandbox for the whole tree,
+    each session a process with a work directory of its own; nothing is left once it ends."""
+    name, log, server, kwargs = cloud
+    report = (
+        "import os\nv = llm_query('q')\n"
+        'answer["content"] = f"{os.getpid()} {os.getcwd()} {os.getppid()}"\nanswer["ready"] = True'
+    )
+    lm_server.set_script(fanout_script({f"c{i}": report for i in range(12)}))
+    rlm = make_rlm(
+        max_depth=2, max_concurrent_subcalls=12, environment=name, environment_kwargs=kwargs
+    )
+    result = rlm.completion("ROOT")
+    replies = [reply.split() for reply in result.response.split("|")]
+    assert len(replies) == 12 and all(len(reply) == 3 for reply in replies), result.response
+    pids, workdirs, parents = (set(column) for column in zip(*replies, strict=True))
+    assert len(pids) == 12, "each child session is a process of its own"
+    assert len(workdirs) == 12, "each child session has a work directory of its own"
+    assert len(parents) == 1, "every runner was forked by the tree's one fork server"
+    assert log.sandbox_creates(server) == 1
+    rlm.close()
+    assert log.sandbox_deletes(server) == 1
+    assert_all_gone(server)
+    # One runner upload for the whole tree.
+    assert len(log.file_uploads(server)) == 1
+
+
+def test_siblings_see_neither_variables_nor_files(cloud, broker, handler):
+    name, log, server, kwargs = cloud
+    first = start_environment(name, broker, handler, **kwargs)
+    second = start_environment(name, broker, handler, **kwargs)
+    try:
+        made = run_sync(first.execute("secret = 41\nopen('mine.txt', 'w').write('x')"))
+        assert made.ok, made
+        probe = run_sync(
+            second.execute(
+                "import os\nprint('secret' in globals(), os.path.exists('mine.txt'), "
+                "sorted(os.listdir('.')))"
+            )
+        )
+        assert probe.stdout == "False False []\n", probe
+        assert run_sync(first.execute("print(secret + 1)")).stdout == "42\n"
+        assert log.sandbox_creates(server) == 1, "both sessions share the tree's sandbox"
+    finally:
+        run_sync(first.aclose())
+        run_sync(second.aclose())
+        run_sync(broker.aclose_resources())
+    assert log.sandbox_deletes(server) == 1
+    assert_all_gone(server)
+
+
+def test_a_crashing_child_fails_alone_and_its_siblings_finish(cloud, lm_server, make_rlm):
+    name, log, server, kwargs = cloud
+    answer = 'answer["content"] = "{}"\nanswer["ready"] = True'
+    lm_server.set_script(
+        fanout_script(
+            {
+                # Killed by SIGKILL (as by the OOM killer) in every cell: restarted, then given up.
+                "crash": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
+                "ok1": 'v = llm_query("q")\n' + answer.format("ok1"),
+                "ok2": answer.format("ok2"),
+            }
+        )
+    )
+    rlm = make_rlm(
+        max_depth=2,
+        max_iterations=8,
+        max_concurrent_subcalls=3,
+        environment=name,
+        environment_kwargs=kwargs,
+    )
+    result = rlm.completion("ROOT")
+    crashed, ok1, ok2 = result.response.split("|")
+    assert crashed.startswith("Error: ") and "restarted more than" in crashed, crashed
+    assert (ok1, ok2) == ("ok1", "ok2")
+    assert log.sandbox_creates(server) == 1, "a crashed child's restarts fork, they create nothing"
+    rlm.close()
+    assert log.sandbox_deletes(server) == 1
+    assert_all_gone(server)
 
 
 def test_50mb_context_goes_through_the_file_api(cloud, lm_server, make_rlm):
@@ -94,6 +182,7 @@ def test_30mb_from_the_runner_reaches_the_host_through_the_relay(cloud, lm_serve
     rlm = make_rlm(environment=name, environment_kwargs=kwargs)
     result = rlm.completion("small context")
     assert result.response == f"{size} yEND"
+    rlm.close()
     assert_all_gone(server)
 
 
@@ -104,13 +193,16 @@ def test_sandbox_removed_when_the_completion_raises(cloud, lm_server, make_rlm):
     with pytest.raises(LMAuthenticationError):
         rlm.completion("data")
     assert log.sandbox_creates(server) == 1
+    # The tree's sandbox serves the RLM's next completions too; closing the RLM removes it.
+    rlm.close()
     assert log.sandbox_deletes(server) == 1
     assert_all_gone(server)
 
 
 def test_runaway_cell_interrupted_then_a_stubborn_one_killed(cloud, broker, handler):
+    """With a sandbox of its own, the stubborn runner is killed through the provider's API."""
     name, log, server, kwargs = cloud
-    env = start_environment(name, broker, handler, **kwargs)
+    env = start_environment(name, broker, handler, child_sandbox="own", **kwargs)
     try:
         (runner,) = log.runner_pids(server)
         run_sync(env.execute("kept = 1"))

@@ -26,7 +26,7 @@ def server() -> Iterator[subprocess.Popen[bytes]]:
         stderr=subprocess.PIPE,
     )
     assert process.stdout is not None
-    assert process.stdout.readline() == b"R\n"
+    assert process.stdout.readline() == b"R %d\n" % process.pid
     yield process
     if process.poll() is None:
         process.kill()

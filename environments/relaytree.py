@@ -1,0 +1,231 @@
+"""One cloud sandbox per RLM tree: every session of the tree is a runner forked inside it.
+
+The tree's sandbox runs two processes, each started through the provider's exec API with its
+stdin and stdout streamed to the host (the one thing every provider offers):
+
+- the fork server (``runner.pyz --fork-server-stdio DIR``), spoken to by the host's
+  :class:`~rlm.environments.forkserver.StreamForkServer` as docker's shared container is: each
+  session's runner is forked from it with its own process, work directory below ``DIR``,
+  rlimits and broker session;
+- the relay (``runner.pyz --relay-stdio DIR/relay.sock``), the other end of one
+  :class:`~rlm.environments.relay.HostRelay`: every forked runner dials its socket, and each
+  connection becomes a broker connection of its own on the host, authenticated by the token its
+  runner sends in its own metadata. One relay therefore carries every session of the tree.
+
+A provider adapter adds nothing for this: the tree's sandbox is created, written to and
+destroyed by a session-less copy of the first session's environment (its ``owner``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+from collections.abc import Awaitable, Callable
+
+from rlm.broker import cleanup
+from rlm.errors import SandboxError, SandboxStartError
+
+from .forkserver import StreamForkServer, StreamRunnerProcess
+from .relay import HostRelay, RelayedSandboxEnvironment, RemoteProcess
+from .runner.bundle import runner_bundle
+
+
+class BatchedWriter:
+    """Writes to a remote process's stdin one call at a time, joining what queued meanwhile
+    into the next call (each may be a round trip to the provider)."""
+
+    def __init__(self, write: Callable[[bytes], Awaitable[None]]) -> None:
+        self._write = write
+        self._queue: collections.deque[tuple[bytes, asyncio.Future[None]]] = collections.deque()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self, data: bytes) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((data, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._drain())
+        await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = list(self._queue)
+            self._queue.clear()
+            try:
+                await self._write(b"".join(data for data, _ in batch))
+            except Exception as error:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+
+class RelayedTree:
+    """The one cloud sandbox of an RLM tree (``child_sandbox="shared"``): a resource of the
+    tree (of its broker scope), made by the tree's first session and destroyed when the tree
+    closes. A fork server or relay that ended is started again in the same sandbox by the next
+    session start."""
+
+    close_order = 10  # at exit: after the sessions that use it
+
+    def __init__(
+        self, owner: RelayedSandboxEnvironment, max_runners: int, startup_timeout: float
+    ) -> None:
+        self.owner = owner
+        self.max_runners = max_runners
+        self.startup_timeout = startup_timeout
+        #: cloud sandboxes this tree created (one, unless creating it failed and was retried)
+        self.sandboxes_created = 0
+        #: the relay every runner of the tree reaches the broker through
+        self.relay: HostRelay | None = None
+        self._server: StreamForkServer | None = None
+        self._processes: list[RemoteProcess] = []
+        self._pump: asyncio.Task[None] | None = None
+        self._bundle: str | None = None
+        self._workdirs = itertools.count(1)
+        self._lock = asyncio.Lock()
+        self._created = False
+        self._closed = False
+
+    @property
+    def sandbox_dir(self) -> str:
+        """The tree's directory in the sandbox: the runner, the relay's socket, the sessions'
+        work directories."""
+        return self.owner.sandbox_dir
+
+    @property
+    def what(self) -> str:
+        return f"the RLM tree's {self.owner.name} sandbox"
+
+    def next_workdir(self) -> str:
+        """A work directory no other session of this sandbox has had."""
+        return f"{self.sandbox_dir}/s{next(self._workdirs)}"
+
+    async def open(self) -> None:
+        """Creates the sandbox and starts its fork server and relay, unless they run."""
+        async with self._lock:
+            await self._ensure()
+
+    async def runner(self) -> StreamRunnerProcess:
+        """A runner of this tree's sandbox (forked when its bootstrap is sent)."""
+        async with self._lock:
+            server = await self._ensure()
+        return StreamRunnerProcess(server, self.startup_timeout, self)
+
+    async def _ensure(self) -> StreamForkServer:
+        if self._closed:
+            raise SandboxStartError(f"{self.what} is closed")
+        if not self._created:
+            cleanup.track(self)
+            self._created = True
+            await self.owner._create_sandbox()
+            self.sandboxes_created += 1
+        if self._server is None or self._server.ended is not None or self._relay_ended():
+            await self._stop_processes()
+            await self._start_processes()
+        assert self._server is not None
+        return self._server
+
+    def _relay_ended(self) -> bool:
+        return self.relay is None or self.relay.task.done()
+
+    async def _start_processes(self) -> None:
+        owner = self.owner
+        if self._bundle is None:
+            bundle = f"{self.sandbox_dir}/runner.pyz"
+            await owner._upload(bundle, runner_bundle())
+            self._bundle = bundle
+        start = [owner.python, "-I", "-u", self._bundle]
+        relay_process = await owner._exec(
+            [*start, "--relay-stdio", f"{self.sandbox_dir}/relay.sock"]
+        )
+        self._processes.append(relay_process)
+        assert owner.broker.socket_path is not None
+        self.relay = relay = HostRelay(relay_process, owner.broker.socket_path)
+        server_process = await owner._exec([*start, "--fork-server-stdio", self.sandbox_dir])
+        self._processes.append(server_process)
+        self._server = server = StreamForkServer(
+            BatchedWriter(server_process.write), max_runners=self.max_runners, what=owner.name
+        )
+        self._pump = asyncio.ensure_future(self._read_reports(server, server_process))
+        relay_ready = asyncio.ensure_future(relay.ready.wait())
+        try:
+            await asyncio.wait_for(server.ready.wait(), self.startup_timeout)
+            await asyncio.wait(
+                {relay_ready, relay.task},
+                timeout=self.startup_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        except TimeoutError:
+            server.end("no answer")
+        finally:
+            relay_ready.cancel()
+        failed = [
+            what
+            for what, ok in (
+                ("fork server", server.ended is None),
+                ("relay", relay.ready.is_set() and not relay.task.done()),
+            )
+            if not ok
+        ]
+        if failed:
+            details = "; ".join(
+                f"{what} stderr: {text[-1000:]}"
+                for what, process in zip(("relay", "fork server"), self._processes, strict=True)
+                if (text := process.diagnostics().strip())
+            )
+            await self._stop_processes()
+            raise SandboxStartError(
+                f"the {' and the '.join(failed)} of {self.what} did not start within "
+                f"{self.startup_timeout:g}s" + (f"; {details}" if details else "")
+            )
+
+    async def _read_reports(self, server: StreamForkServer, process: RemoteProcess) -> None:
+        """Feeds the fork server's stdout to ``server`` until it ends (re-attaching where the
+        provider can), then ends ``server`` with what the process said."""
+        problem = ""
+        try:
+            while True:
+                async with contextlib.aclosing(process.output()) as output:
+                    async for data in output:
+                        server.feed(data)
+                if process.exit_code() is not None or not await process.reattach():
+                    break
+        except (SandboxError, OSError) as error:
+            problem = f": {error}"
+        finally:
+            details = process.diagnostics().strip()[-1500:]
+            server.end(
+                f"the fork server of {self.what} ended{problem}"
+                + (f"; its stderr: {details}" if details else "")
+            )
+
+    async def _stop_processes(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.end(f"{self.what} was closed")
+        relay, self.relay = self.relay, None
+        pump, self._pump = self._pump, None
+        processes, self._processes = self._processes, []
+        if pump is not None:
+            pump.cancel()
+            await asyncio.wait({pump}, timeout=5)
+        if relay is not None:
+            await relay.aclose()
+        await asyncio.gather(*(process.kill() for process in processes), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Ends every session's runner, the fork server and the relay, and destroys the
+        sandbox."""
+        self._closed = True
+        cleanup.untrack(self)
+        async with self._lock:
+            try:
+                await self._stop_processes()
+            finally:
+                if self._created:
+                    await self.owner.aclose()

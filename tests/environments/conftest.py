@@ -14,7 +14,9 @@ The docker environment runs once per OCI runtime in ``DOCKER_RUNTIMES`` (ids ``d
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
@@ -69,6 +71,21 @@ def _test_adapter(name: str) -> type | None:
 
         return StdioRelayEnvironment
     return None
+
+
+def own_sandbox_standins(
+    running_standin: Callable[..., AbstractContextManager[tuple[Any, dict[str, Any]]]],
+) -> Callable[..., AbstractContextManager[tuple[Any, dict[str, Any]]]]:
+    """A provider fixture's ``running_standin`` whose environment_kwargs ask for a sandbox per
+    session (``child_sandbox="own"``): for the tests of a provider's own mechanics (its sandbox,
+    its exec stream, one runner's relay). The shared tree is tested in test_cloud_contract.py."""
+
+    @contextlib.contextmanager
+    def start(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
+        with running_standin(**options) as (server, kwargs):
+            yield server, {**kwargs, "child_sandbox": "own"}
+
+    return start
 
 
 def start_environment(

@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import start_environment
-from standin_e2b import SKIP_REASON, running_standin
+from conftest import own_sandbox_standins, start_environment
+from standin_e2b import SKIP_REASON
+from standin_e2b import running_standin as shared_tree_standin
 
 from rlm.broker.loop import run_sync
 from rlm.errors import ConfigurationError, SandboxStartError
@@ -27,6 +28,10 @@ from rlm.errors import ConfigurationError, SandboxStartError
 pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=f"e2b: {SKIP_REASON}")
 
 CREATE = "POST /v2/sandboxes"
+
+
+#: A sandbox per session: these tests are about the provider's own sandbox and exec stream.
+running_standin = own_sandbox_standins(shared_tree_standin)
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 ``e2b`` needs ``connectrpc>=0.12.1,<0.13`` and ``prime-sandboxes`` needs ``connectrpc<0.12``:
 ``.ci/sdk-venvs.sh`` makes ``.venv-e2b`` and ``.venv-prime`` (each with rlm installed editable plus
-that one SDK), and this test runs the shared contract suite for that provider inside it.
+that one SDK), and this test runs the shared contract suites (``test_env_contract.py``,
+``test_cloud_contract.py``) and the provider's own for that provider inside it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def test_provider_suite_in_its_own_venv(provider: str) -> None:
             "-p",
             "no:cacheprovider",
             str(ROOT / "tests" / "environments" / "test_env_contract.py"),
+            str(ROOT / "tests" / "environments" / "test_cloud_contract.py"),
             *files,
             "-k",
             provider,

@@ -15,18 +15,24 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import start_environment
+from conftest import own_sandbox_standins, start_environment
 from standin_modal import (
     SKIP_REASON,
     STANDIN_TOKEN_ID,
     STANDIN_TOKEN_SECRET,
-    running_standin,
+)
+from standin_modal import (
+    running_standin as shared_tree_standin,
 )
 
 from rlm.broker.loop import run_sync
 from rlm.errors import ConfigurationError, SandboxError
 
 pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=f"modal: {SKIP_REASON}")
+
+
+#: A sandbox per session: these tests are about the provider's own sandbox and exec stream.
+running_standin = own_sandbox_standins(shared_tree_standin)
 
 
 @pytest.fixture

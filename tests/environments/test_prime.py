@@ -14,13 +14,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import start_environment
-from standin_prime import SKIP_REASON, running_standin
+from conftest import own_sandbox_standins, start_environment
+from standin_prime import SKIP_REASON
+from standin_prime import running_standin as shared_tree_standin
 
 from rlm.broker.loop import run_sync
 from rlm.errors import ConfigurationError, SandboxStartError
 
 pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=f"prime: {SKIP_REASON}")
+
+
+#: A sandbox per session: these tests are about the provider's own sandbox and exec stream.
+running_standin = own_sandbox_standins(shared_tree_standin)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import sys
 
 from rlm.testing import ScriptedLMServer
 
-from . import report
+from . import report, standins
 from .providers import probe_all
 from .reference import reference_python
 from .suite import WORKLOADS, Suite, SuiteConfig
@@ -38,6 +38,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--load-sizes", help="comma-separated context sizes in characters")
     parser.add_argument(
         "--batch-sizes", help="comma-separated llm_query_batched sizes (default 8,64,256)"
+    )
+    parser.add_argument(
+        "--standins",
+        action="store_true",
+        help="run modal and daytona against their local stand-ins when neither credentials nor "
+        "a stand-in are configured",
     )
     parser.add_argument(
         "--only", default=",".join(WORKLOADS), help=f"comma-separated: {', '.join(WORKLOADS)}"
@@ -65,15 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = config_from(args)
     names = [args.environment] if args.environment else args.environments.split(",")
-    providers = probe_all([n.strip() for n in names if n.strip()])
-    for provider in providers:
-        if not provider.runnable:
-            print(f"bench: skipping {provider.name}: {provider.reason}", file=sys.stderr)
+    names = [n.strip() for n in names if n.strip()]
     systems = {"ours": sys.executable}
     if not args.no_reference:
         systems["reference"] = str(reference_python())
-    with ScriptedLMServer() as server:
-        measurements = Suite(config, systems, providers, server).run()
+    with (
+        standins.running(names if args.standins else []) as started,
+        ScriptedLMServer() as server,
+    ):
+        providers = probe_all(names)
+        for provider in providers:
+            if not provider.runnable:
+                print(f"bench: skipping {provider.name}: {provider.reason}", file=sys.stderr)
+        measurements = Suite(config, systems, providers, server, started).run()
     out = pathlib.Path(args.out)
     written = report.write(out, measurements, providers, config.repeats, not args.no_reference)
     print((out / "results.md").read_text())

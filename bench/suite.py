@@ -14,6 +14,7 @@ from rlm.testing import ScriptedLMServer
 from . import scripts
 from .measure import DriverError, Measurement, percentile, run_driver
 from .providers import WARM_POOL_KWARGS, Provider
+from .standins import RunningStandIn
 
 WORKLOADS = ("iteration", "single", "batched", "load", "fanout", "children", "cold")
 
@@ -64,11 +65,14 @@ class Suite:
         systems: dict[str, str],
         providers: list[Provider],
         server: ScriptedLMServer,
+        standins: dict[str, RunningStandIn] | None = None,
     ) -> None:
         self.config = config
         self.systems = systems
         self.providers = [p for p in providers if p.runnable]
         self.server = server
+        #: cloud providers run against a stand-in started by this process (``--standins``)
+        self.standins = standins or {}
         self.measurements: list[Measurement] = []
 
     # ---- plumbing ------------------------------------------------------------------------------
@@ -87,10 +91,15 @@ class Suite:
         for system, python in self.systems.items():
             if system == "reference" and provider.name != "local":
                 continue
+            standin = self.standins.get(provider.name)
             params_for = {
                 **params,
                 "base_url": self.server.base_url,
                 "environment": provider.name,
+                "environment_kwargs": {
+                    **(standin.environment_kwargs if standin is not None else {}),
+                    **(params.get("environment_kwargs") or {}),
+                },
             }
             try:
                 results[system] = []
@@ -298,7 +307,16 @@ class Suite:
         c = self.config
         self.server.set_script(scripts.fanout_script(c.children, 1, c.children_latency))
         params = {"max_concurrent_subcalls": c.children}
-        results, failures = self._collect("children", params, provider)
+        standin = self.standins.get(provider.name)
+        created: list[int] = []
+
+        def count_creates() -> None:
+            if standin is not None:
+                created.append(standin.sandboxes_created() - sum(created))
+
+        results, failures = self._collect("children", params, provider, after_each=count_creates)
+        for run, count in zip(results.get("ours", []), created, strict=False):
+            run["containers"] = count
         for system, runs in results.items():
             wrong = [r["children_ok"] for r in runs if r["children_ok"] != c.children]
             if wrong:
@@ -311,7 +329,12 @@ class Suite:
         rows = [
             ("wall time of the batch", "s", "cell_seconds", f"{setting}; ideal ~0.2 s"),
             ("sessions started", "count", "sandboxes", "ours: SandboxEnvironment starts"),
-            ("containers created", "count", "containers", "docker-py creates (docker only)"),
+            (
+                "sandboxes created",
+                "count",
+                "containers",
+                "docker: docker-py creates; cloud stand-ins: creates in their call log",
+            ),
             ("host threads at peak", "count", "peak_threads", "driver process, /proc Threads"),
         ]
         for label, unit, key, note in rows:

@@ -4,7 +4,10 @@ A provider adapter built on :class:`RelayedSandboxEnvironment` implements four t
 the sandbox, write a file into it, start a process in it with streaming stdin/stdout, destroy it —
 and gets everything else: the runner is shipped as a file, started in relay mode, and the
 :class:`HostRelay` carries its connection to the broker's unix socket. Big contexts go in as files
-through the provider's file API, never through the stream or a command line.
+through the provider's file API, never through the stream or a command line. By default a whole
+RLM tree shares one sandbox, every session a runner forked in it, every runner's connection on
+one relay (:mod:`rlm.environments.relaytree`); ``child_sandbox="own"`` gives each session a
+sandbox and a relay of its own.
 """
 
 from __future__ import annotations

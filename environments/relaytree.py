@@ -121,8 +121,14 @@ class RelayedTree:
             raise SandboxStartError(f"{self.what} is closed")
         if not self._created:
             cleanup.track(self)
+            try:
+                await self.owner._create_sandbox()
+            except BaseException:
+                # Nothing half-made stays behind; the tree's next session tries again.
+                with contextlib.suppress(Exception):
+                    await self.owner._destroy_sandbox()
+                raise
             self._created = True
-            await self.owner._create_sandbox()
             self.sandboxes_created += 1
         if self._server is None or self._server.ended is not None or self._relay_ended():
             await self._stop_processes()

@@ -1,0 +1,106 @@
+"""The pieces of a cloud tree's shared sandbox (``environments/relaytree.py``) on their own: the
+tree's relay process, the fork server's work roots and the batched writes to a remote stdin.
+Whole trees on every provider's stand-in are in test_cloud_contract.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from rlm.broker.loop import run_sync
+from rlm.environments.relaytree import BatchedWriter
+from rlm.environments.runner.bootstrap import Bootstrap
+from rlm.environments.runner.bundle import runner_bundle_path
+from rlm.environments.runner.forkserver import _owned_workdir
+from rlm.environments.runner.relay import decode_frame
+
+
+def test_batched_writer_joins_what_queued_while_a_write_was_in_flight():
+    writes: list[bytes] = []
+
+    async def write(data: bytes) -> None:
+        writes.append(data)
+        await asyncio.sleep(0.05)
+
+    async def scenario() -> None:
+        writer = BatchedWriter(write)
+        first = asyncio.ensure_future(writer(b"0\n"))
+        await asyncio.sleep(0.01)  # the first write is in flight
+        await asyncio.gather(first, *(writer(b"%d\n" % i) for i in range(1, 5)))
+
+    run_sync(scenario())
+    assert writes[0] == b"0\n"
+    assert b"".join(writes) == b"0\n1\n2\n3\n4\n"
+    assert len(writes) == 2, "what queued during the first write went in one"
+
+
+def test_batched_writer_fails_every_caller_of_a_failed_write():
+    async def write(data: bytes) -> None:
+        await asyncio.sleep(0.01)
+        raise OSError("stdin closed")
+
+    async def scenario() -> list[BaseException | None]:
+        writer = BatchedWriter(write)
+        return await asyncio.gather(writer(b"a\n"), writer(b"b\n"), return_exceptions=True)
+
+    outcomes = run_sync(scenario())
+    assert [type(outcome) for outcome in outcomes] == [OSError, OSError]
+
+
+def _bootstrap(workdir: str) -> bytes:
+    return Bootstrap(address="unix:/x", token="t", workdir=workdir, make_workdir=True).to_line()
+
+
+def test_fork_server_removes_only_work_directories_directly_below_its_roots():
+    roots = ("/work", "/tmp", "/data/rlm-abc")
+    assert _owned_workdir(_bootstrap("/data/rlm-abc/s1"), roots) == "/data/rlm-abc/s1"
+    assert _owned_workdir(_bootstrap("/tmp/s2"), roots) == "/tmp/s2"
+    assert _owned_workdir(_bootstrap("/data/rlm-abc/../etc"), roots) is None
+    assert _owned_workdir(_bootstrap("/data/s3"), roots) is None
+    assert _owned_workdir(_bootstrap("/data/rlm-abc/s1"), ("/work", "/tmp")) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="unix sockets, Linux paths")
+def test_the_tree_relay_announces_itself_and_carries_each_runners_connection():
+    """``runner.pyz --relay-stdio SOCKET``: one frame once the socket listens, then an ``O``
+    frame with a connection id of its own for every runner that dials it; it ends when its
+    stdin closes."""
+    with tempfile.TemporaryDirectory(prefix="rlm-relay-test-") as directory:
+        path = os.path.join(directory, "relay.sock")
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-u", str(runner_bundle_path()), "--relay-stdio", path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert process.stdout is not None and process.stdin is not None
+        try:
+            hello = decode_frame(process.stdout.readline().rstrip(b"\n"))
+            assert (hello.seq, hello.kind) == (0, b"K")
+            clients = []
+            for _ in range(2):
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                client.connect(path)
+                clients.append(client)
+            opened = [decode_frame(process.stdout.readline().rstrip(b"\n")) for _ in clients]
+            assert [frame.kind for frame in opened] == [b"O", b"O"]
+            assert len({frame.conn for frame in opened}) == 2
+            process.stdin.close()
+            deadline = time.monotonic() + 10
+            while process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert process.returncode == 0
+            for client in clients:
+                assert client.recv(1) == b"", "the relay ends its connections when it ends"
+                client.close()
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+            process.stdout.close()

@@ -354,7 +354,11 @@ class StdioRelay:
             try:
                 connection.sendall(frame.data)
             except OSError:
-                self._connections.pop(frame.conn, None)
+                # Its runner is gone: the host must hear of it (the broker then ends its session's
+                # stream), whichever thread saw it first.
+                if self._connections.pop(frame.conn, None) is not None:
+                    with contextlib.suppress(OSError):
+                        self._send(frame.conn, "C")
                 connection.close()
         elif frame.kind == b"C":
             self._connections.pop(frame.conn, None)

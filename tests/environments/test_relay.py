@@ -35,7 +35,15 @@ class CappedEnvironment(StdioRelayEnvironment):
 
 
 def start(cls: type, broker: Any, handler: Any) -> Any:
-    env = cls(broker=broker, handler=handler, label="test", max_output_chars=1_000_000)
+    """A started session with a sandbox and a relay of its own (the runner's own exec stream is
+    under test; a tree's shared relay is tested in test_cloud_contract.py)."""
+    env = cls(
+        broker=broker,
+        handler=handler,
+        label="test",
+        max_output_chars=1_000_000,
+        child_sandbox="own",
+    )
     run_sync(env.start())
     return env
 
@@ -157,7 +165,12 @@ class FaultyEnvironment(StdioRelayEnvironment):
 
 def start_faulty(broker: Any, handler: Any, **kwargs: Any) -> Any:
     env = FaultyEnvironment(
-        broker=broker, handler=handler, label="test", max_output_chars=1_000_000, **kwargs
+        broker=broker,
+        handler=handler,
+        label="test",
+        max_output_chars=1_000_000,
+        child_sandbox="own",
+        **kwargs,
     )
     run_sync(env.start())
     return env

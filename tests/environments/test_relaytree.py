@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -104,3 +105,29 @@ def test_the_tree_relay_announces_itself_and_carries_each_runners_connection():
                 process.kill()
             process.wait(10)
             process.stdout.close()
+
+
+def test_a_connection_found_broken_by_a_write_is_reported_closed_to_the_host():
+    """A runner that died while the host was sending to it: the write fails before the relay's
+    reader sees the end, and the host is still told (else its session would wait on a dead
+    runner: with a sandbox shared by the tree, no process exit tells it)."""
+    from rlm.environments.runner.relay import Frame, StdioRelay
+
+    with tempfile.TemporaryDirectory(prefix="rlm-relay-test-") as directory:
+        in_read, in_write = os.pipe()
+        out_read, out_write = os.pipe()
+        relay = StdioRelay(os.path.join(directory, "relay.sock"), in_read, out_write)
+        ours, runner = socket.socketpair()
+        runner.close()
+        relay._connections[7] = ours
+        try:
+            relay._dispatch(Frame(1, 0, 7, b"D", b"for a dead runner"))
+            readable, _, _ = select.select([out_read], [], [], 5)
+            assert readable, "the relay wrote nothing to the host"
+            closed = decode_frame(os.read(out_read, 65536).rstrip(b"\n"))
+            assert (closed.conn, closed.kind) == (7, b"C")
+            assert 7 not in relay._connections
+        finally:
+            relay.close()
+            for fd in (in_read, in_write, out_read, out_write):
+                os.close(fd)

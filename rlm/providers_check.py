@@ -198,6 +198,7 @@ async def _smoke(name: str, row: Row, kwargs: dict[str, Any]) -> None:
         started = time.perf_counter()
         env, closing = None, env
         await closing.aclose()
+        await broker.aclose_resources()  # the sandbox a tree's sessions share goes with the tree
         row.teardown_s = time.perf_counter() - started
         row.failed_step = None
     finally:

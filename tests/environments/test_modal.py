@@ -241,7 +241,7 @@ def test_a_dropped_stdout_stream_resumes_from_its_offset(broker, handler):
 def test_throttled_router_calls_are_waited_out(broker, handler):
     """Modal throttles with RESOURCE_EXHAUSTED and a retry policy: the SDK waits and retries,
     and the session goes on."""
-    from rlm.testing.standins._shaping import Shaping
+    from rlm_standins._shaping import Shaping
 
     with running_standin(shaping=Shaping(throttle_every=3, retry_after=0.1)) as (server, kwargs):
         env = start_environment("modal", broker, handler, **kwargs)

@@ -72,7 +72,7 @@ def test_the_wheel_ships_no_standin_code(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         sources = {n: archive.read(n).decode() for n in names if n.endswith(".py")}
-    assert "rlm/testing/lm_server.py" in names and "rlm/testing/contract.py" in names
+    assert "rlm/testing/lm_server.py" in names and "rlm/testing/contract/__init__.py" in names
     assert not [n for n in names if "standin" in n.lower()], names
     internals = {n: SERVER_SIDE.findall(text) for n, text in sources.items()}
     assert not {n: found for n, found in internals.items() if found}

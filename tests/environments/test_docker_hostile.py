@@ -290,7 +290,7 @@ def test_sigkill_of_the_host_leaves_no_container(tmp_path, env_kwargs):
 def test_depth_two_completion_runs_children_in_their_own_pooled_containers(
     lm_server, make_rlm, env_kwargs
 ):
-    from test_e2e import depth_script
+    from rlm.testing.scripts import depth_script
 
     seen_hosts: list[str] = []
 

@@ -322,7 +322,7 @@ def test_a_docker_sandbox_with_ipython_runs_ipython_cells(broker, handler):
 
 
 def _root_script(first_cell: str):
-    from test_e2e import is_root_request, iteration_of
+    from rlm.testing.scripts import is_root_request, iteration_of
 
     def script(request):
         if not is_root_request(request):

@@ -1,148 +1,29 @@
-"""The environment contract suite, for any adapter: ours run it, and so can yours.
-
-Subclass :class:`EnvironmentContract` in a test module (the class name must start with ``Test``)
-and give it an ``adapter`` fixture that returns (or yields) an :class:`Adapter`: your environment
-class and the ``environment_kwargs`` that reach your sandbox. pytest then runs every contract test
-against it::
-
-    import pytest
-    from rlm.testing.contract import Adapter, EnvironmentContract
-
-    class TestMySandbox(EnvironmentContract):
-        @pytest.fixture
-        def adapter(self):
-            return Adapter(MySandboxEnvironment, {"region": "test"})
-
-Adapters that can pre-start runners (``pool_key`` is not None) add :class:`WarmPoolContract` as a
-second base. Importing this module needs ``pytest``; ``rlm.testing`` itself does not import it.
-See docs/adapters.md.
-"""
+"""The contract every environment passes, and the warm pool's for those that have one."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 import pytest
 
 from rlm.broker.loop import run_sync
 from rlm.broker.server import BrokerServer
-from rlm.environments.base import CHUNK_CHARS, CellResult, SandboxEnvironment, ToolSpec
+from rlm.environments.base import CHUNK_CHARS, ToolSpec
 from rlm.environments.relay import RelayedSandboxEnvironment
-from rlm.errors import ConfigurationError, SandboxError
+from rlm.errors import SandboxError
 from rlm.protos import rlm_sandbox_pb2 as pb
 from rlm.protos import rlm_sandbox_pb2_grpc as pb_grpc
+from rlm.testing.contract.fixtures import (
+    Adapter,
+    ContractFixtures,
+    MakeEnv,
+    RecordingHandler,
+    completion_rlm,
+    run,
+)
 from rlm.testing.lm_server import RecordedRequest, ScriptedLMServer
-
-__all__ = [
-    "Adapter",
-    "EnvironmentContract",
-    "MakeEnv",
-    "RecordingHandler",
-    "WarmPoolContract",
-    "start_environment",
-]
-
-
-@dataclass
-class Adapter:
-    """How the suite starts environments of one kind: the class, and the ``environment_kwargs``
-    every environment of a test gets (a test may add its own, e.g. ``max_output_chars``)."""
-
-    environment: type[SandboxEnvironment]
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-class RecordingHandler:
-    """A session handler that answers sub-calls without a model and records them:
-    ``llm_query(p)`` gets ``echo:p``, ``rlm_query(p)`` gets ``child:p``, and tools are the
-    callables in ``tools``."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.tools: dict[str, Callable[..., Any]] = {}
-
-    async def complete(self, request: pb.CompleteRequest) -> pb.CompleteReply:
-        self.calls.append(("complete", request.prompt))
-        return pb.CompleteReply(text=f"echo:{request.prompt}", input_tokens=1, output_tokens=1)
-
-    async def subcall(self, request: pb.SubcallRequest) -> pb.CompleteReply:
-        self.calls.append(("subcall", request.prompt))
-        return pb.CompleteReply(text=f"child:{request.prompt}")
-
-    async def call_tool(self, request: pb.ToolRequest) -> pb.ToolReply:
-        self.calls.append(("tool", request.name))
-        payload = json.loads(request.args_json)
-        if request.name not in self.tools:
-            raise ConfigurationError(f"no tool {request.name}")
-        value = self.tools[request.name](*payload["args"], **payload["kwargs"])
-        return pb.ToolReply(result_json=json.dumps(value).encode())
-
-
-def start_environment(
-    environment: type[SandboxEnvironment], broker: BrokerServer, handler: Any, **kwargs: Any
-) -> SandboxEnvironment:
-    """A started environment (the caller closes it)."""
-    env = environment(broker=broker, handler=handler, label="test", **kwargs)
-    run_sync(env.start())
-    return env
-
-
-MakeEnv = Callable[..., SandboxEnvironment]
-
-
-def run(env: SandboxEnvironment, code: str, timeout: float | None = None) -> CellResult:
-    return run_sync(env.execute(code, timeout=timeout))
-
-
-class ContractFixtures:
-    """The fixtures the contract classes share; a subclass supplies ``adapter``."""
-
-    @pytest.fixture
-    def adapter(self) -> Adapter:
-        raise NotImplementedError(
-            f"{type(self).__name__} needs an `adapter` fixture returning "
-            "rlm.testing.contract.Adapter(YourEnvironment, environment_kwargs)"
-        )
-
-    @pytest.fixture(scope="class")
-    def broker(self) -> Iterator[BrokerServer]:
-        server = BrokerServer()
-        run_sync(server.start())
-        yield server
-        run_sync(server.aclose())
-
-    @pytest.fixture
-    def handler(self) -> RecordingHandler:
-        return RecordingHandler()
-
-    @pytest.fixture
-    def make_env(
-        self, adapter: Adapter, broker: BrokerServer, handler: RecordingHandler
-    ) -> Iterator[MakeEnv]:
-        """Starts environments of the adapter's kind; closes them after the test."""
-        made: list[SandboxEnvironment] = []
-
-        def factory(**kwargs: Any) -> SandboxEnvironment:
-            env = start_environment(
-                adapter.environment, broker, handler, **{**adapter.kwargs, **kwargs}
-            )
-            made.append(env)
-            return env
-
-        yield factory
-        for env in made:
-            run_sync(env.aclose())
-        # The tree's shared resources (a container per tree, warm pools) go with it.
-        run_sync(broker.aclose_resources())
-
-    @pytest.fixture
-    def lm_server(self) -> Iterator[ScriptedLMServer]:
-        with ScriptedLMServer() as server:
-            yield server
+from rlm.testing.scripts import is_root_request, iteration_of
 
 
 class EnvironmentContract(ContractFixtures):
@@ -351,8 +232,6 @@ class EnvironmentContract(ContractFixtures):
     ) -> None:
         """Through ``RLM(environment=...)``: the sub-calls of one ``llm_query_batched`` reach the
         LM at once."""
-        from rlm import RLM
-
         prompts = [f"item {i}" for i in range(8)]
         plan = [
             f"```repl\nreplies = llm_query_batched({prompts!r})\nprint(len(replies))\n```",
@@ -360,19 +239,13 @@ class EnvironmentContract(ContractFixtures):
         ]
 
         def script(request: RecordedRequest) -> str:
-            if not any(m.get("role") == "system" for m in request.messages):
+            if not is_root_request(request):
                 return "sub:" + request.prompt
-            return plan[sum(1 for m in request.messages if m.get("role") == "assistant")]
+            return plan[iteration_of(request)]
 
         lm_server.set_script(script)
         lm_server.latency = 0.3
-        backend = {"model_name": "m", "base_url": lm_server.base_url, "api_key": "k"}
-        with RLM(
-            backend="openai",
-            backend_kwargs=backend,
-            environment=adapter.environment,
-            environment_kwargs=adapter.kwargs,
-        ) as rlm:
+        with completion_rlm(adapter, lm_server) as rlm:
             result = rlm.completion("data")
         assert result.response == ",".join("sub:" + p for p in prompts)
         assert lm_server.max_in_flight >= 8, "the batched sub-calls should run concurrently"

@@ -4,8 +4,10 @@ For each provider it starts a sandbox with the adapter the library uses and runs
 the first cell, a trivial cell's round trip, a sub-call's round trip (``llm_query`` back to the
 host), a 10 MB and a 50 MB context through the provider's file API, a runaway cell interrupted,
 and the teardown. With the provider's credentials in the environment it runs against the real
-service (and is billed); without them it runs against the wire-level stand-in
-(:mod:`rlm.testing.standins`, driven through the same SDK) and every row says so.
+service (and is billed); without them it runs against the provider's wire-level stand-in, driven
+through the same SDK, and every row says so. The stand-ins are not part of the ``rlm`` wheel: they
+ship as the ``rlm-standins`` distribution (``pip install ./standins`` from a source checkout), and
+a row says how to get them when they are missing.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ CREDENTIALS = {
     "daytona": ("DAYTONA_API_KEY",),
     "prime": ("PRIME_API_KEY",),
 }
+#: what a row says when the stand-ins are not installed
+STANDINS_MISSING = (
+    "the stand-ins are not installed (they ship separately as rlm-standins: "
+    "pip install ./standins from an rlm source checkout), and no credentials are set"
+)
 SMOKE_CONTEXT_MB = (10, 50)
 ROUND_TRIPS = 5
 
@@ -114,7 +121,7 @@ def standin(name: str) -> Iterator[dict[str, Any]]:
     """The provider's stand-in, running, and the environment_kwargs that reach it."""
     python = {"python": sys.executable}
     if name == "modal":
-        from rlm.testing.standins.modal import ModalStandIn
+        from rlm_standins.modal import ModalStandIn
 
         with tempfile.TemporaryDirectory(prefix="modal-home-") as home, ModalStandIn() as server:
             values = {
@@ -127,7 +134,7 @@ def standin(name: str) -> Iterator[dict[str, Any]]:
             with _only_environ("MODAL_", values):
                 yield {**python, "server_url": server.server_url}
     elif name == "e2b":
-        from rlm.testing.standins.e2b import E2BStandIn
+        from rlm_standins.e2b import E2BStandIn
 
         with _only_environ("E2B_", {}), E2BStandIn() as server:
             yield {
@@ -137,12 +144,12 @@ def standin(name: str) -> Iterator[dict[str, Any]]:
                 "sandbox_url": server.envd_url,
             }
     elif name == "daytona":
-        from rlm.testing.standins.daytona import DaytonaStandIn
+        from rlm_standins.daytona import DaytonaStandIn
 
         with _only_environ("DAYTONA_", {}), DaytonaStandIn() as server:
             yield {**python, "api_url": server.api_url, "api_key": server.api_key}
     elif name == "prime":
-        from rlm.testing.standins.prime import PrimeStandIn
+        from rlm_standins.prime import PrimeStandIn
 
         with (
             tempfile.TemporaryDirectory(prefix="prime-home-") as home,
@@ -236,8 +243,12 @@ def check(name: str, *, force_standin: bool = False) -> Row:
             with standin(name) as kwargs:
                 run_sync(_smoke(name, row, kwargs))
     except ImportError as error:
-        row.failed_step = row.failed_step or "sdk"
-        row.error = f"{error}; pip install 'rlm[{name}]'"
+        if (error.name or "").split(".")[0] == "rlm_standins":
+            row.failed_step = row.failed_step or "stand-in"
+            row.error = f"{STANDINS_MISSING} ({missing})"
+        else:
+            row.failed_step = row.failed_step or "sdk"
+            row.error = f"{error}; pip install 'rlm[{name}]'"
     except (TimeoutError, RLMError, OSError) as error:
         row.failed_step = row.failed_step or "setup"
         row.error = f"{type(error).__name__}: {error}".splitlines()[0][:200]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from rlm.cli import main
@@ -44,3 +46,13 @@ def test_every_row_names_its_target_and_a_failure_names_its_step(capsys):
 def test_an_unknown_provider_is_refused_with_the_choices(capsys):
     assert main(["providers", "check", "modall"]) == 2
     assert "modal, e2b, daytona, prime" in capsys.readouterr().out
+
+
+def test_without_the_standins_installed_the_row_says_how_to_get_them(monkeypatch):
+    """The stand-ins are not in the rlm wheel (they are the rlm-standins distribution)."""
+    for module in ("rlm_standins", "rlm_standins.modal"):
+        monkeypatch.setitem(sys.modules, module, None)
+    row = check("modal")
+    assert not row.passed and row.failed_step == "stand-in"
+    assert "pip install ./standins" in row.error and "MODAL_TOKEN_ID" in row.error
+    assert format_row(row).endswith(row.error)

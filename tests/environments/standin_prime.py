@@ -1,6 +1,6 @@
 """The Prime fixture of the shared contract suite (loaded by ``cloud_fixture("prime")``).
 
-``running_standin()`` starts :class:`rlm.testing.standins.prime.PrimeStandIn` and yields the
+``running_standin()`` starts :class:`rlm_standins.prime.PrimeStandIn` and yields the
 environment_kwargs that point the real ``prime-sandboxes`` SDK at it (its ``api_url`` and API key;
 ``python`` is this interpreter, which has grpcio and protobuf). ``prime-sandboxes`` cannot share
 a virtualenv with ``e2b`` (connectrpc pins), so this runs in ``.venv-prime`` (``.ci/sdk-venvs.sh``):
@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from hermetic import hermetic_environ
+from hermetic import hermetic_environ, standins_missing
 
 
 def _skip_reason() -> str | None:
@@ -31,7 +31,7 @@ def _skip_reason() -> str | None:
             "pip install 'rlm[prime]' (in a venv of its own: .ci/sdk-venvs.sh makes .venv-prime; "
             "run .venv-prime/bin/python -m pytest tests/environments -k prime)"
         )
-    return None
+    return standins_missing()
 
 
 SKIP_REASON: str | None = _skip_reason()
@@ -57,7 +57,7 @@ def live_kwargs() -> dict[str, Any]:
 def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
     """A started stand-in (``options`` go to :class:`PrimeStandIn`) and the environment_kwargs
     that reach it through the real SDK."""
-    from rlm.testing.standins.prime import PrimeStandIn
+    from rlm_standins.prime import PrimeStandIn
 
     with (
         tempfile.TemporaryDirectory(prefix="prime-home-") as home,

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from conftest import docker_variant_id, require_docker_runtime, start_environment
 from docker_check import docker_available, our_containers
-from test_e2e import depth_script, is_root_request, iteration_of
 
 from rlm.broker.loop import run_sync
 from rlm.errors import ConfigurationError
 from rlm.testing import Reply
+from rlm.testing.scripts import depth_script, is_root_request, iteration_of
 
 VARIANTS = [
     pytest.param(("local", None), id="local"),

@@ -62,9 +62,9 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from rlm.testing.standins._processes import alive, first_missing, with_descendants
-from rlm.testing.standins._server import LoopThreadServer
-from rlm.testing.standins._shaping import Shaping
+from rlm_standins._processes import alive, first_missing, with_descendants
+from rlm_standins._server import LoopThreadServer
+from rlm_standins._shaping import Shaping
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STDOUT_PREFIX = b"\x01\x01\x01"

@@ -68,7 +68,7 @@ from modal_proto import task_command_router_pb2 as sr_pb2
 from modal_proto.api_grpc import ModalClientBase
 from modal_proto.task_command_router_grpc import TaskCommandRouterBase
 
-from rlm.testing.standins._shaping import Shaping
+from rlm_standins._shaping import Shaping
 
 FS_TOOLS_PATH = "/__modal/.bin/modal-sandbox-fs-tools"
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

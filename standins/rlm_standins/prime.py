@@ -47,9 +47,9 @@ from typing import Any
 
 from aiohttp import web
 
-from rlm.testing.standins._processes import first_missing, signal_group, with_descendants
-from rlm.testing.standins._server import LoopThreadServer
-from rlm.testing.standins._shaping import Shaping
+from rlm_standins._processes import first_missing, signal_group, with_descendants
+from rlm_standins._server import LoopThreadServer
+from rlm_standins._shaping import Shaping
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEEPALIVE_SECONDS = 15.0

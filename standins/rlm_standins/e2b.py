@@ -55,9 +55,9 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from rlm.testing.standins._processes import first_missing, signal_group, with_descendants
-from rlm.testing.standins._server import LoopThreadServer
-from rlm.testing.standins._shaping import Shaping
+from rlm_standins._processes import first_missing, signal_group, with_descendants
+from rlm_standins._server import LoopThreadServer
+from rlm_standins._shaping import Shaping
 
 #: the envd version the stand-in reports: the lowest whose features it implements (octet-stream
 #: uploads, closing stdin, the default user), so the SDK uses exactly those

@@ -40,7 +40,9 @@ def problems(event: RLMEvent) -> list[str]:
     if payload is None:
         return [f"{event.kind}: not a declared kind"]
     hints = typing.get_type_hints(payload, include_extras=True)
-    found = [f"{event.kind}: lacks {key!r}" for key in payload.__required_keys__ - event.data.keys()]
+    found = [
+        f"{event.kind}: lacks {key!r}" for key in payload.__required_keys__ - event.data.keys()
+    ]
     for key, value in event.data.items():
         if key not in hints:
             found.append(f"{event.kind}: undeclared key {key!r}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -29,7 +30,11 @@ pytestmark = pytest.mark.slow
 
 
 def build_wheel(source: pathlib.Path, dist: pathlib.Path) -> pathlib.Path:
-    """``pip wheel`` of ``source`` (no dependencies, this environment's build tools)."""
+    """``pip wheel`` of ``source`` (no dependencies, this environment's build tools). setuptools
+    copies into ``build/lib`` and never removes what is no longer in the tree: a module moved out
+    of the package would still ship from a checkout built before, so the copy starts empty."""
+    for stale in [source / "build" / "lib", *source.glob("build/bdist.*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     subprocess.run(
         [*PIP, "wheel", "-q", "--no-deps", "--no-build-isolation", str(source), "-w", str(dist)],
         check=True,

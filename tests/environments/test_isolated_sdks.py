@@ -2,7 +2,8 @@
 
 ``e2b`` needs ``connectrpc>=0.12.1,<0.13`` and ``prime-sandboxes`` needs ``connectrpc<0.12``:
 ``.ci/sdk-venvs.sh`` makes ``.venv-e2b`` and ``.venv-prime`` (each with rlm installed editable plus
-that one SDK), and this test runs the shared contract suite for that provider inside it.
+that one SDK), and this test runs the shared suites (environment contract, cloud contract,
+throttling) and the provider's own tests inside it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ def test_provider_suite_in_its_own_venv(provider: str) -> None:
         if os.environ.get("RLM_REQUIRE_SDK_VENVS") == "1":
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    files = [str(p) for p in (ROOT / "tests" / "environments").glob(f"test_*{provider}*.py")]
+    here = ROOT / "tests" / "environments"
+    # The shared suites (selected by -k) and the provider's own.
+    shared = ["test_env_contract.py", "test_cloud_contract.py", "test_throttling.py"]
+    files = [str(here / name) for name in shared]
+    files += [str(p) for p in here.glob(f"test_*{provider}*.py")]
     completed = subprocess.run(
         [
             str(python),
@@ -39,7 +44,6 @@ def test_provider_suite_in_its_own_venv(provider: str) -> None:
             "-q",
             "-p",
             "no:cacheprovider",
-            str(ROOT / "tests" / "environments" / "test_env_contract.py"),
             *files,
             "-k",
             provider,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -24,7 +25,7 @@ from rlm.testing.standins._shaping import ENV_VAR
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHAPED = "rtt=0.08,bandwidth=4e6,drop=200000,throttle=7"
-#: the cloud contract tests that run against a stand-in (the live one is skipped)
+#: the cloud contract tests that run against a stand-in, at least (the live one is deselected)
 CONTRACT_TESTS = 5
 
 
@@ -65,4 +66,6 @@ def test_the_cloud_contract_holds_over_a_shaped_link(provider: str) -> None:
     )
     summary = (completed.stdout.strip().splitlines() or ["(no output)"])[-1]
     assert completed.returncode == 0, completed.stdout[-6000:] + completed.stderr[-2000:]
-    assert f"{CONTRACT_TESTS} passed" in summary and "skipped" not in summary, summary
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) >= CONTRACT_TESTS, summary
+    assert "skipped" not in summary and "failed" not in summary, summary

@@ -48,10 +48,17 @@ from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
+from rlm.errors import (
+    ConfigurationError,
+    SandboxDiedError,
+    SandboxError,
+    SandboxStartError,
+    SandboxThrottledError,
+)
 
 from .docker_image import REQUIREMENTS
 from .relay import REQUIREMENTS_CHECK, RelayedSandboxEnvironment, RemoteProcess, upload_timeout
+from .throttling import Throttled
 
 DEFAULT_TEMPLATE = "rlm-runner"
 """The template :func:`build_template` builds: Python 3.12 with grpcio and protobuf."""
@@ -217,6 +224,7 @@ class E2BEnvironment(RelayedSandboxEnvironment):
     """The runner in an E2B sandbox, reached through the exec stream."""
 
     name = "e2b"
+    provider = "E2B"
 
     def __init__(
         self,
@@ -298,7 +306,9 @@ class E2BEnvironment(RelayedSandboxEnvironment):
         if self.network is not None:
             options["network"] = self.network
         try:
-            self._sandbox = await sdk.AsyncSandbox.create(**options)
+            self._sandbox = await self._retrying(
+                "creating the sandbox", lambda: sdk.AsyncSandbox.create(**options)
+            )
         except sdk.AuthenticationException as error:
             raise SandboxStartError(
                 f"E2B refused the API key ({error}): check E2B_API_KEY or the api_key kwarg"
@@ -367,8 +377,11 @@ class E2BEnvironment(RelayedSandboxEnvironment):
         sandbox = self._require_sandbox()
         try:
             # The SDK's request_timeout (60 s) bounds the whole request: scale it to the size.
-            await sandbox.files.write(
-                path, data, use_octet_stream=True, request_timeout=upload_timeout(len(data))
+            await self._retrying(
+                f"uploading {path}",
+                lambda: sandbox.files.write(
+                    path, data, use_octet_stream=True, request_timeout=upload_timeout(len(data))
+                ),
             )
         except _sdk().SandboxException as error:
             raise SandboxError(
@@ -409,12 +422,18 @@ class E2BEnvironment(RelayedSandboxEnvironment):
             return
         sdk = _sdk()
         try:
-            await sandbox.kill()
-        except sdk.SandboxException as error:
+            await self._retrying("killing the sandbox", sandbox.kill)
+        except (sdk.SandboxException, SandboxThrottledError) as error:
             raise SandboxError(
                 f"killing E2B sandbox {self.sandbox_id} failed ({error}); it is billed until its "
                 f"timeout: run `e2b sandbox kill {self.sandbox_id}`"
             ) from error
+
+    def _throttled(self, error: BaseException) -> Throttled | None:
+        """E2B answers 429 (https://e2b.dev/docs/sandbox/rate-limits); its SDK retries control
+        calls three times itself, honouring Retry-After, then raises RateLimitException, which
+        carries no headers: from there on the wait is a backoff."""
+        return Throttled() if isinstance(error, _sdk().RateLimitException) else None
 
     def _require_sandbox(self) -> Any:
         if self._sandbox is None:

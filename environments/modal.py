@@ -38,10 +38,17 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
-from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
+from rlm.errors import (
+    ConfigurationError,
+    SandboxDiedError,
+    SandboxError,
+    SandboxStartError,
+    SandboxThrottledError,
+)
 
 from .docker_image import REQUIREMENTS
 from .relay import RelayedSandboxEnvironment, RemoteProcess, upload_timeout
+from .throttling import Throttled
 
 STDERR_TAIL = 8192
 KILL_WAIT_SECONDS = 5.0
@@ -126,6 +133,15 @@ async def _closing_stream(reader: Any) -> AsyncIterator[Any]:
             await stream.aclose()
 
 
+def _retry_after_secs(details: Any) -> float | None:
+    """The wait a RESOURCE_EXHAUSTED's ``RPCRetryPolicy`` detail asks for, if it has one."""
+    for detail in details or ():
+        seconds = getattr(detail, "retry_after_secs", None)
+        if seconds is not None:
+            return max(float(seconds), 0.1)
+    return None
+
+
 class ModalProcess(RemoteProcess):
     """A process started with ``sandbox.exec``: stdin drained to the command router, stdout
     streamed from it, the exit code from a background ``wait``."""
@@ -203,6 +219,7 @@ class ModalEnvironment(RelayedSandboxEnvironment):
     """The runner in a Modal Sandbox, reached through the exec stream."""
 
     name = "modal"
+    provider = "Modal"
 
     def __init__(
         self,
@@ -292,14 +309,18 @@ class ModalEnvironment(RelayedSandboxEnvironment):
             network["outbound_cidr_allowlist"] = list(self.outbound_cidr_allowlist)
         if self.outbound_domain_allowlist is not None:
             network["outbound_domain_allowlist"] = list(self.outbound_domain_allowlist)
-        try:
-            app = await modal.App.lookup.aio(
-                self.app_name,
-                create_if_missing=True,
-                client=self._client,
-                environment_name=self.environment_name,
-            )
-            self._sandbox = await modal.Sandbox.create.aio(
+        app: Any = None
+
+        async def create() -> Any:
+            nonlocal app
+            if app is None:
+                app = await modal.App.lookup.aio(
+                    self.app_name,
+                    create_if_missing=True,
+                    client=self._client,
+                    environment_name=self.environment_name,
+                )
+            return await modal.Sandbox.create.aio(
                 app=app,
                 image=self.image if self.image is not None else default_image(),
                 client=self._client,
@@ -312,6 +333,9 @@ class ModalEnvironment(RelayedSandboxEnvironment):
                 **network,
                 **self.sandbox_kwargs,
             )
+
+        try:
+            self._sandbox = await self._retrying("creating the sandbox", create)
         except modal.exception.AuthError as error:
             raise SandboxStartError(
                 f"Modal refused the credentials ({error}): check MODAL_TOKEN_ID and "
@@ -329,8 +353,13 @@ class ModalEnvironment(RelayedSandboxEnvironment):
         try:
             # The SDK sets no deadline of its own on a write.
             await asyncio.wait_for(
-                sandbox.filesystem.write_bytes.aio(data, path), upload_timeout(len(data))
+                self._retrying(
+                    f"uploading {path}", lambda: sandbox.filesystem.write_bytes.aio(data, path)
+                ),
+                upload_timeout(len(data)),
             )
+        except SandboxThrottledError:
+            raise
         except Exception as error:
             raise SandboxError(
                 f"writing {path} ({len(data)} bytes) into Modal sandbox {self.sandbox_id} failed: "
@@ -343,7 +372,12 @@ class ModalEnvironment(RelayedSandboxEnvironment):
         pidfile = f"{self.sandbox_dir}/runner-{self._launches}.pid"
         command = [self.python, "-I", "-c", _LAUNCHER, pidfile, *argv]
         try:
-            process = await sandbox.exec.aio(*command, text=False, workdir=self.sandbox_dir)
+            process = await self._retrying(
+                "starting the runner",
+                lambda: sandbox.exec.aio(*command, text=False, workdir=self.sandbox_dir),
+            )
+        except SandboxThrottledError:
+            raise
         except Exception as error:
             raise SandboxDiedError(
                 f"starting the runner in Modal sandbox {self.sandbox_id} failed: "
@@ -369,7 +403,7 @@ class ModalEnvironment(RelayedSandboxEnvironment):
         try:
             if sandbox is not None:
                 try:
-                    await sandbox.terminate.aio()
+                    await self._retrying("terminating the sandbox", sandbox.terminate.aio)
                 except Exception as error:
                     if "not found" not in str(error).lower():
                         raise SandboxError(
@@ -384,6 +418,18 @@ class ModalEnvironment(RelayedSandboxEnvironment):
             if client is not None and self._owns_client:
                 with contextlib.suppress(Exception):
                     await client.close.aio()
+
+    def _throttled(self, error: BaseException) -> Throttled | None:
+        """The SDK waits out a RESOURCE_EXHAUSTED that carries a retry policy by itself (within
+        MODAL_MAX_THROTTLE_WAIT); what reaches here is one it gave up on or got without one."""
+        if isinstance(error, _sdk().exception.ResourceExhaustedError):
+            return Throttled()
+        from grpclib import Status
+        from grpclib.exceptions import GRPCError
+
+        if isinstance(error, GRPCError) and error.status == Status.RESOURCE_EXHAUSTED:
+            return Throttled(_retry_after_secs(error.details))
+        return None
 
     def _require_sandbox(self) -> Any:
         if self._sandbox is None:

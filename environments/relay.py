@@ -18,8 +18,8 @@ import json
 import logging
 import secrets
 from abc import abstractmethod
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from rlm.errors import SandboxDiedError, SandboxError
 
@@ -27,8 +27,10 @@ from .base import RunnerProcess, SandboxEnvironment, _encode_context
 from .runner.bootstrap import Bootstrap
 from .runner.bundle import runner_bundle
 from .runner.relay import ACK_SECONDS, CONTROL, Frame, FrameError, FrameGap, Sequencer
+from .throttling import DEFAULT_POLICY, RetryPolicy, Throttled, call_with_retries
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 READ_CHUNK = 48 * 1024
 #: contexts up to this size go through the relayed stream; bigger ones as a file
@@ -329,6 +331,10 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
     max_file_bytes: int | None = None
     #: how many parts of one file may be uploaded at once
     upload_concurrency: int = UPLOAD_CONCURRENCY
+    #: the provider's name in messages
+    provider: str = ""
+    #: how long a call the provider throttles keeps being tried (see :mod:`.throttling`)
+    throttle_policy: RetryPolicy = DEFAULT_POLICY
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -346,6 +352,22 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
     @abstractmethod
     async def _exec(self, argv: list[str]) -> RemoteProcess:
         """Starts ``argv`` in the sandbox with stdin and stdout streaming to and from the host."""
+
+    def _throttled(self, error: BaseException) -> Throttled | None:
+        """Whether ``error`` is the provider throttling the call (and the wait it asked for);
+        each adapter knows how its SDK says so."""
+        return None
+
+    async def _retrying(self, action: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()``, tried again while the provider throttles it (bounded by
+        :attr:`throttle_policy`; then :class:`rlm.errors.SandboxThrottledError`)."""
+        return await call_with_retries(
+            call,
+            self._throttled,
+            provider=self.provider or self.name,
+            action=action,
+            policy=self.throttle_policy,
+        )
 
     # ---- files -----------------------------------------------------------------------------
 

@@ -54,6 +54,24 @@ def live_kwargs() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
+def short_sdk_throttle_waits() -> Iterator[None]:
+    """prime-sandboxes waits a fixed 10, 30 and 40 s after a 429 on an upload before it gives up
+    (``_gateway_post``'s tenacity policy, ignoring Retry-After). Those waits are the SDK's, not
+    the adapter's: under the stand-in they are cut to 0.1 s so that a throttled suite still
+    finishes in seconds; the adapter's own retries take over after the SDK gives up."""
+    import tenacity
+    from prime_sandboxes.sandbox import AsyncSandboxClient
+
+    retrying = AsyncSandboxClient._gateway_post.retry  # type: ignore[attr-defined]
+    saved = retrying.wait
+    retrying.wait = tenacity.wait_fixed(0.1)
+    try:
+        yield
+    finally:
+        retrying.wait = saved
+
+
+@contextlib.contextmanager
 def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
     """A started stand-in (``options`` go to :class:`PrimeStandIn`) and the environment_kwargs
     that reach it through the real SDK."""
@@ -64,6 +82,7 @@ def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
         # The SDK reads ~/.prime and PRIME_* variables and caches gateway tokens in ~/.prime:
         # an empty home keeps the developer's config out and the stand-in's tokens in.
         hermetic_environ("PRIME_", names=("HOME",), values={"HOME": home}),
+        short_sdk_throttle_waits(),
         PrimeStandIn(**options) as server,
     ):
         kwargs = {"python": sys.executable, "api_url": server.api_url, "api_key": server.api_key}

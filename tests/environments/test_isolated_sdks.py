@@ -3,7 +3,8 @@
 ``e2b`` needs ``connectrpc>=0.12.1,<0.13`` and ``prime-sandboxes`` needs ``connectrpc<0.12``:
 ``.ci/sdk-venvs.sh`` makes ``.venv-e2b`` and ``.venv-prime`` (each with rlm and the stand-ins
 installed editable plus that one SDK), and this test runs that provider's suites inside it: the
-shared contract suite, the shared cloud suite and its own ``test_<provider>.py``. There the
+shared contract suite, the shared cloud suite, the throttling suite and its own
+``test_<provider>.py``. There the
 provider runs, so every selected test must run: a skip is a failure (the live tests, which need
 credentials, are deselected).
 """
@@ -34,7 +35,11 @@ def test_provider_suite_in_its_own_venv(provider: str) -> None:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     folder = ROOT / "tests" / "environments"
-    suites = [folder / "test_env_contract.py", folder / "test_cloud_contract.py"]
+    suites = [
+        folder / "test_env_contract.py",
+        folder / "test_cloud_contract.py",
+        folder / "test_throttling.py",
+    ]
     files = [str(p) for p in [*suites, *folder.glob(f"test_*{provider}*.py")]]
     options = ["-q", "-rs", "-p", "no:cacheprovider", "-m", "not live", "-k", provider]
     completed = subprocess.run(

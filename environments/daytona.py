@@ -48,7 +48,6 @@ import contextlib
 import math
 import secrets
 import shlex
-from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -61,17 +60,21 @@ from rlm.errors import (
 )
 
 from .docker_image import REQUIREMENTS
-from .relay import RelayedSandboxEnvironment, RemoteProcess, upload_timeout
+from .relay import (
+    KILL_WAIT_SECONDS,
+    OutputTail,
+    RelayedSandboxEnvironment,
+    RemoteProcess,
+    import_sdk,
+    upload_timeout,
+)
 from .throttling import Throttled, retry_after_from_headers
 
 DEFAULT_BASE_IMAGE = "python:3.12-slim"
-STDERR_TAIL = 8192
 #: the most stdin bytes sent in one ``send_session_command_input`` request
 MAX_INPUT_BATCH = 1 << 20
 #: queued stdin bytes above which ``write`` waits for the requests to catch up
 MAX_INPUT_PENDING = 8 << 20
-#: how long a killed runner's log stream may take to end before it is abandoned
-KILL_WAIT = 5.0
 
 _HINTS = {
     "No module named 'grpc'": "the image lacks grpcio and protobuf: use the default image, or "
@@ -86,13 +89,9 @@ _HINTS = {
 
 
 def _sdk() -> Any:
-    try:
-        import daytona
-    except ImportError as error:
-        raise ConfigurationError(
-            "the daytona environment needs the Daytona SDK: pip install 'rlm[daytona]'"
-        ) from error
-    return daytona
+    return import_sdk(
+        "daytona", "the daytona environment needs the Daytona SDK: pip install 'rlm[daytona]'"
+    )
 
 
 def default_image() -> Any:
@@ -111,8 +110,7 @@ class DaytonaProcess(RemoteProcess):
         self.command_id = command_id
         self._errors = errors
         self._stdout: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._stderr: deque[str] = deque()
-        self._stderr_size = 0
+        self._stderr = OutputTail()
         self._exit_code: int | None = None
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -160,10 +158,7 @@ class DaytonaProcess(RemoteProcess):
         self._stdout.put_nowait(text.encode("utf-8"))
 
     def _on_stderr(self, text: str) -> None:
-        self._stderr.append(text)
-        self._stderr_size += len(text)
-        while self._stderr_size - len(self._stderr[0]) >= STDERR_TAIL:
-            self._stderr_size -= len(self._stderr.popleft())
+        self._stderr.add(text)
 
     async def write(self, data: bytes) -> None:
         """Queues ``data`` for the runner's stdin; one request carries everything queued while
@@ -216,14 +211,14 @@ class DaytonaProcess(RemoteProcess):
         with contextlib.suppress(Exception):
             await self._sandbox.process.delete_session(self.session_id)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(self._pump_task), KILL_WAIT)
+            await asyncio.wait_for(asyncio.shield(self._pump_task), KILL_WAIT_SECONDS)
         self._pump_task.cancel()
         if self._exit_code is None:
             self._exit_code = -9
             self._stdout.put_nowait(None)
 
     def diagnostics(self) -> str:
-        text = "".join(self._stderr)[-STDERR_TAIL:]
+        text = self._stderr.text()
         hints = [hint for needle, hint in _HINTS.items() if needle in text]
         return text + (f"\n({hints[0]})" if hints else "")
 

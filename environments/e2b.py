@@ -44,7 +44,6 @@ import importlib
 import importlib.metadata
 import re
 import shlex
-from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -57,7 +56,16 @@ from rlm.errors import (
 )
 
 from .docker_image import REQUIREMENTS
-from .relay import REQUIREMENTS_CHECK, RelayedSandboxEnvironment, RemoteProcess, upload_timeout
+from .relay import (
+    KILL_WAIT_SECONDS,
+    REQUIREMENTS_CHECK,
+    RUNNER_ENV_ALLOWLIST,
+    OutputTail,
+    RelayedSandboxEnvironment,
+    RemoteProcess,
+    import_sdk,
+    upload_timeout,
+)
 from .throttling import Throttled
 
 DEFAULT_TEMPLATE = "rlm-runner"
@@ -65,21 +73,15 @@ DEFAULT_TEMPLATE = "rlm-runner"
 
 #: ``commands.stream_input`` came in 2.58, ``retain_output`` in 2.63
 MIN_SDK_VERSION = (2, 63)
-STDERR_TAIL = 8192
-KILL_WAIT_SECONDS = 5.0
-#: the only variables the runner inherits from the sandbox's environment
-RUNNER_ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
 
 def _sdk() -> Any:
     """The ``e2b`` SDK, imported on first use (``import rlm`` must not pull it in)."""
-    try:
-        sdk = importlib.import_module("e2b")
-    except ImportError as error:
-        raise ConfigurationError(
-            "the e2b environment needs the E2B SDK: pip install 'rlm[e2b]' (in a virtualenv "
-            "without rlm[prime]: their connectrpc pins conflict)"
-        ) from error
+    sdk = import_sdk(
+        "e2b",
+        "the e2b environment needs the E2B SDK: pip install 'rlm[e2b]' (in a virtualenv "
+        "without rlm[prime]: their connectrpc pins conflict)",
+    )
     version = _sdk_version()
     if _version_tuple(version) < MIN_SDK_VERSION:
         raise ConfigurationError(
@@ -124,8 +126,7 @@ class E2BProcess(RemoteProcess):
         self._stdin: Any = None
         self._waiter: asyncio.Future[None] | None = None
         self._stdout: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._stderr: deque[str] = deque()
-        self._stderr_size = 0
+        self._stderr = OutputTail()
         self._ended = False
         self._dropped = False
 
@@ -175,10 +176,7 @@ class E2BProcess(RemoteProcess):
 
     def on_stderr(self, text: str) -> None:
         # Keep only the tail, for diagnostics.
-        self._stderr.append(text)
-        self._stderr_size += len(text)
-        while self._stderr_size - len(self._stderr[0]) >= STDERR_TAIL:
-            self._stderr_size -= len(self._stderr.popleft())
+        self._stderr.add(text)
 
     async def write(self, data: bytes) -> None:
         try:
@@ -215,9 +213,6 @@ class E2BProcess(RemoteProcess):
             await asyncio.wait_for(self._stdin.close(), KILL_WAIT_SECONDS)
         if self._waiter is not None:
             self._waiter.cancel()
-
-    def diagnostics(self) -> str:
-        return "".join(self._stderr)[-STDERR_TAIL:]
 
 
 class E2BEnvironment(RelayedSandboxEnvironment):

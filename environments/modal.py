@@ -34,7 +34,6 @@ import concurrent.futures
 import contextlib
 import importlib
 import weakref
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
@@ -47,15 +46,19 @@ from rlm.errors import (
 )
 
 from .docker_image import REQUIREMENTS
-from .relay import RelayedSandboxEnvironment, RemoteProcess, upload_timeout
+from .relay import (
+    KILL_WAIT_SECONDS,
+    RUNNER_ENV_ALLOWLIST,
+    OutputTail,
+    RelayedSandboxEnvironment,
+    RemoteProcess,
+    import_sdk,
+    upload_timeout,
+)
 from .throttling import Throttled
 
-STDERR_TAIL = 8192
-KILL_WAIT_SECONDS = 5.0
 #: how long interpreter exit waits for unclosed sandboxes to be terminated
 EXIT_CLEANUP_SECONDS = 30.0
-#: the only variables the runner inherits from the container's environment
-RUNNER_ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
 # The runner is started through this: it records its pid for kill() (Modal has no exec-kill
 # call), leads a process group of its own (so a kill also takes what the cell spawned) and swaps
@@ -86,12 +89,9 @@ _exit_hook_registered = False
 def _sdk() -> Any:
     """The ``modal`` SDK, imported on first use (``import rlm`` must not pull it in)."""
     global _exit_hook_registered
-    try:
-        modal = importlib.import_module("modal")
-    except ImportError as error:
-        raise ConfigurationError(
-            "the modal environment needs the Modal SDK: pip install 'rlm[modal]'"
-        ) from error
+    modal = import_sdk(
+        "modal", "the modal environment needs the Modal SDK: pip install 'rlm[modal]'"
+    )
     if not _exit_hook_registered:
         # The SDK stops its own event loop at interpreter exit, from an atexit hook registered
         # when it was imported, which would leave our sandboxes running (and billed) until their
@@ -151,8 +151,7 @@ class ModalProcess(RemoteProcess):
         self._process = process
         self._pidfile = pidfile
         self._code: int | None = None
-        self._stderr: deque[bytes] = deque()
-        self._stderr_size = 0
+        self._stderr = OutputTail()
         self._stderr_task = asyncio.ensure_future(self._drain_stderr())
         self._waiter = asyncio.ensure_future(self._wait())
 
@@ -169,10 +168,7 @@ class ModalProcess(RemoteProcess):
         # Read stderr as it comes (the router keeps it until read), keeping only the tail.
         async with _closing_stream(self._process.stderr) as stream:
             async for data in stream:
-                self._stderr.append(data)
-                self._stderr_size += len(data)
-                while self._stderr_size - len(self._stderr[0]) >= STDERR_TAIL:
-                    self._stderr_size -= len(self._stderr.popleft())
+                self._stderr.add(data)
 
     async def write(self, data: bytes) -> None:
         try:
@@ -210,9 +206,6 @@ class ModalProcess(RemoteProcess):
             self._waiter.cancel()
         # Let the cancelled tasks close their SDK streams now, while the SDK's loop still runs.
         await asyncio.wait({self._stderr_task, self._waiter}, timeout=KILL_WAIT_SECONDS)
-
-    def diagnostics(self) -> str:
-        return b"".join(self._stderr).decode("utf-8", "replace")[-STDERR_TAIL:]
 
 
 class ModalEnvironment(RelayedSandboxEnvironment):

@@ -37,7 +37,6 @@ import os
 import re
 import secrets
 import shlex
-from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -50,13 +49,18 @@ from rlm.errors import (
 )
 
 from .docker_image import REQUIREMENTS
-from .relay import REQUIREMENTS_CHECK, RelayedSandboxEnvironment, RemoteProcess, upload_timeout
+from .relay import (
+    REQUIREMENTS_CHECK,
+    OutputTail,
+    RelayedSandboxEnvironment,
+    RemoteProcess,
+    import_sdk,
+    upload_timeout,
+)
 from .throttling import Throttled, retry_after_from_headers
 
 DEFAULT_IMAGE = "python:3.12-slim"
 """A stock image; the runner's dependencies are pip-installed into it on start."""
-
-STDERR_TAIL = 8192
 
 
 def _slug(label: str) -> str:
@@ -65,14 +69,11 @@ def _slug(label: str) -> str:
 
 
 def _sdk() -> Any:
-    try:
-        import prime_sandboxes
-    except ImportError as error:
-        raise ConfigurationError(
-            "the prime environment needs the Prime sandboxes SDK: pip install 'rlm[prime]' "
-            "(it cannot share a virtualenv with e2b: their connectrpc pins conflict)"
-        ) from error
-    return prime_sandboxes
+    return import_sdk(
+        "prime_sandboxes",
+        "the prime environment needs the Prime sandboxes SDK: pip install 'rlm[prime]' "
+        "(it cannot share a virtualenv with e2b: their connectrpc pins conflict)",
+    )
 
 
 def _sdk_errors(sdk: Any) -> tuple[type[BaseException], ...]:
@@ -92,18 +93,14 @@ class PrimeProcess(RemoteProcess):
         self._process = process
         self._errors = errors
         self._ended = False
-        self._stderr: deque[bytes] = deque()
-        self._stderr_size = 0
+        self._stderr = OutputTail()
         self._stderr_task = asyncio.ensure_future(self._drain_stderr())
 
     async def _drain_stderr(self) -> None:
         # The SDK queues stderr without bound: read it, keeping only the tail for diagnostics.
         with contextlib.suppress(Exception):
             async for data in self._process.stderr:
-                self._stderr.append(data)
-                self._stderr_size += len(data)
-                while self._stderr_size - len(self._stderr[0]) >= STDERR_TAIL:
-                    self._stderr_size -= len(self._stderr.popleft())
+                self._stderr.add(data)
 
     async def write(self, data: bytes) -> None:
         try:
@@ -136,9 +133,6 @@ class PrimeProcess(RemoteProcess):
         with contextlib.suppress(Exception):
             await self._process.aclose()  # waits for the exit event, releases the transport
         self._stderr_task.cancel()
-
-    def diagnostics(self) -> str:
-        return b"".join(self._stderr).decode("utf-8", "replace")[-STDERR_TAIL:]
 
 
 class PrimeEnvironment(RelayedSandboxEnvironment):

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import importlib
 import itertools
 import json
 import logging
@@ -21,7 +22,7 @@ from abc import abstractmethod
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from rlm.errors import SandboxDiedError, SandboxError
+from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError
 
 from .base import RunnerProcess, SandboxEnvironment, _encode_context
 from .runner.bootstrap import Bootstrap
@@ -85,8 +86,51 @@ sys.exit(not (at_least(grpc.__version__, (1, 85, 1))
 """
 
 
+#: Bytes of a remote runner's stderr kept for error messages.
+STDERR_TAIL_BYTES = 8192
+#: How long killing a remote runner waits for the provider's confirmation.
+KILL_WAIT_SECONDS = 5.0
+#: The variables of the sandbox's own environment a remote runner keeps (nothing else: the
+#: image's or the provider's variables could hold their secrets).
+RUNNER_ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+
+
+def import_sdk(module: str, missing: str) -> Any:
+    """A provider's SDK, imported on first use (``import rlm`` pulls in none); ``missing`` is
+    the error's text when it is not installed (which extra to install, and where)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ConfigurationError(missing) from error
+
+
+class OutputTail:
+    """The last ``limit`` bytes of what a process wrote (its stderr, for error messages):
+    bounded however much it writes."""
+
+    def __init__(self, limit: int = STDERR_TAIL_BYTES) -> None:
+        self.limit = limit
+        self._pieces: collections.deque[bytes] = collections.deque()
+        self._size = 0
+
+    def add(self, data: bytes | str) -> None:
+        piece = data.encode("utf-8", "replace") if isinstance(data, str) else bytes(data)
+        self._pieces.append(piece)
+        self._size += len(piece)
+        while self._size - len(self._pieces[0]) >= self.limit:
+            self._size -= len(self._pieces.popleft())
+
+    def text(self) -> str:
+        return b"".join(self._pieces)[-self.limit :].decode("utf-8", "replace")
+
+
 class RemoteProcess(RunnerProcess):
-    """A process started by a provider's exec API, with streaming stdin and stdout."""
+    """A process started by a provider's exec API, with streaming stdin and stdout; its stderr
+    goes to ``_stderr`` (the tail its error messages quote)."""
+
+    def diagnostics(self) -> str:
+        tail = getattr(self, "_stderr", None)
+        return tail.text() if isinstance(tail, OutputTail) else ""
 
     @abstractmethod
     async def write(self, data: bytes) -> None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Virtual environments for the provider SDKs that cannot share one environment
-# (e2b needs connectrpc>=0.12.1,<0.13; prime-sandboxes needs connectrpc<0.12).
+# (e2b needs connectrpc>=0.12.1,<0.13; prime-sandboxes needs connectrpc<0.12), each with the
+# provider stand-ins (standins/) its suite runs against.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for provider in e2b prime; do
@@ -8,7 +9,7 @@ for provider in e2b prime; do
   if [ ! -x "${venv}/bin/python" ]; then
     python3 -m venv "${venv}"
   fi
-  "${venv}/bin/python" -m pip install -q -e ".[dev,${provider}]"
+  "${venv}/bin/python" -m pip install -q -e ".[dev,${provider}]" -e ./standins
 done
 
 # The framework integrations, each in a venv of its own: verifiers pins openai<3 and pulls

@@ -15,7 +15,7 @@ import sys
 
 from rlm.testing import ScriptedLMServer
 
-from . import report, standins
+from . import report, standins, targets
 from .providers import probe_all
 from .reference import reference_python
 from .suite import WORKLOADS, Suite, SuiteConfig
@@ -33,6 +33,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--environments",
         default="local,docker",
         help="comma-separated environments to compare (skipped with a reason when unavailable)",
+    )
+    parser.add_argument(
+        "--gate",
+        action="store_true",
+        help="check the documented targets (bench/targets.py) and exit 1 when one is missed",
     )
     parser.add_argument("--out", default="bench/out", help="folder for results.md/.json/.png")
     parser.add_argument("--load-sizes", help="comma-separated context sizes in characters")
@@ -88,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     written = report.write(out, measurements, providers, config.repeats, not args.no_reference)
     print((out / "results.md").read_text())
     print("wrote " + ", ".join(str(p) for p in written))
+    if args.gate:
+        lines, all_met = targets.check(measurements)
+        print("\ntargets:\n" + "\n".join("  " + line for line in lines))
+        if not all_met:
+            return 1
     return 0
 
 

@@ -51,7 +51,7 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _modal() -> Iterator[RunningStandIn]:
-    from rlm.testing.standins.modal import ModalStandIn
+    from rlm_standins.modal import ModalStandIn
 
     with tempfile.TemporaryDirectory(prefix="bench-modal-home-") as home, ModalStandIn() as server:
         values = {
@@ -71,7 +71,7 @@ def _modal() -> Iterator[RunningStandIn]:
 
 @contextlib.contextmanager
 def _daytona() -> Iterator[RunningStandIn]:
-    from rlm.testing.standins.daytona import DaytonaStandIn
+    from rlm_standins.daytona import DaytonaStandIn
 
     with DaytonaStandIn() as server:
         values = {"DAYTONA_API_URL": server.api_url, "DAYTONA_API_KEY": server.api_key}

@@ -48,23 +48,33 @@ import contextlib
 import math
 import secrets
 import shlex
-from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
+from rlm.errors import (
+    ConfigurationError,
+    SandboxDiedError,
+    SandboxError,
+    SandboxStartError,
+    SandboxThrottledError,
+)
 
 from .docker_image import REQUIREMENTS
-from .relay import RelayedSandboxEnvironment, RemoteProcess, upload_timeout
+from .relay import (
+    KILL_WAIT_SECONDS,
+    OutputTail,
+    RelayedSandboxEnvironment,
+    RemoteProcess,
+    import_sdk,
+    upload_timeout,
+)
+from .throttling import Throttled, retry_after_from_headers
 
 DEFAULT_BASE_IMAGE = "python:3.12-slim"
-STDERR_TAIL = 8192
 #: the most stdin bytes sent in one ``send_session_command_input`` request
 MAX_INPUT_BATCH = 1 << 20
 #: queued stdin bytes above which ``write`` waits for the requests to catch up
 MAX_INPUT_PENDING = 8 << 20
-#: how long a killed runner's log stream may take to end before it is abandoned
-KILL_WAIT = 5.0
 
 _HINTS = {
     "No module named 'grpc'": "the image lacks grpcio and protobuf: use the default image, or "
@@ -79,13 +89,9 @@ _HINTS = {
 
 
 def _sdk() -> Any:
-    try:
-        import daytona
-    except ImportError as error:
-        raise ConfigurationError(
-            "the daytona environment needs the Daytona SDK: pip install 'rlm[daytona]'"
-        ) from error
-    return daytona
+    return import_sdk(
+        "daytona", "the daytona environment needs the Daytona SDK: pip install 'rlm[daytona]'"
+    )
 
 
 def default_image() -> Any:
@@ -104,8 +110,7 @@ class DaytonaProcess(RemoteProcess):
         self.command_id = command_id
         self._errors = errors
         self._stdout: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._stderr: deque[str] = deque()
-        self._stderr_size = 0
+        self._stderr = OutputTail()
         self._exit_code: int | None = None
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -153,10 +158,7 @@ class DaytonaProcess(RemoteProcess):
         self._stdout.put_nowait(text.encode("utf-8"))
 
     def _on_stderr(self, text: str) -> None:
-        self._stderr.append(text)
-        self._stderr_size += len(text)
-        while self._stderr_size - len(self._stderr[0]) >= STDERR_TAIL:
-            self._stderr_size -= len(self._stderr.popleft())
+        self._stderr.add(text)
 
     async def write(self, data: bytes) -> None:
         """Queues ``data`` for the runner's stdin; one request carries everything queued while
@@ -209,14 +211,14 @@ class DaytonaProcess(RemoteProcess):
         with contextlib.suppress(Exception):
             await self._sandbox.process.delete_session(self.session_id)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(self._pump_task), KILL_WAIT)
+            await asyncio.wait_for(asyncio.shield(self._pump_task), KILL_WAIT_SECONDS)
         self._pump_task.cancel()
         if self._exit_code is None:
             self._exit_code = -9
             self._stdout.put_nowait(None)
 
     def diagnostics(self) -> str:
-        text = "".join(self._stderr)[-STDERR_TAIL:]
+        text = self._stderr.text()
         hints = [hint for needle, hint in _HINTS.items() if needle in text]
         return text + (f"\n({hints[0]})" if hints else "")
 
@@ -225,6 +227,7 @@ class DaytonaEnvironment(RelayedSandboxEnvironment):
     """The runner in a Daytona sandbox, reached through a session command's streams."""
 
     name = "daytona"
+    provider = "Daytona"
 
     def __init__(
         self,
@@ -309,7 +312,10 @@ class DaytonaEnvironment(RelayedSandboxEnvironment):
         except ValueError as error:
             raise ConfigurationError(f"bad environment_kwargs for daytona: {error}") from error
         try:
-            self.sandbox = await self._client.create(params, timeout=self.create_timeout)
+            client = self._client
+            self.sandbox = await self._retrying(
+                "creating the sandbox", lambda: client.create(params, timeout=self.create_timeout)
+            )
         except sdk.DaytonaError as error:
             # A create that timed out may have left a sandbox behind: remove it.
             orphan = getattr(error, "sandbox_id", None)
@@ -330,7 +336,9 @@ class DaytonaEnvironment(RelayedSandboxEnvironment):
         sandbox = self._require_sandbox()
         try:
             timeout = self.upload_timeout or upload_timeout(len(data))
-            await sandbox.fs.upload_file(data, path, timeout=timeout)
+            await self._retrying(
+                f"uploading {path}", lambda: sandbox.fs.upload_file(data, path, timeout=timeout)
+            )
         except self._errors as error:
             raise SandboxError(
                 f"uploading {path} ({len(data)} bytes) to Daytona sandbox {sandbox.id} failed: "
@@ -352,9 +360,14 @@ class DaytonaEnvironment(RelayedSandboxEnvironment):
             command=command, run_async=True, suppress_input_echo=True
         )
         try:
-            await sandbox.process.create_session(session_id)
+            await self._retrying(
+                "creating the runner's session", lambda: sandbox.process.create_session(session_id)
+            )
             try:
-                response = await sandbox.process.execute_session_command(session_id, request)
+                response = await self._retrying(
+                    "starting the runner",
+                    lambda: sandbox.process.execute_session_command(session_id, request),
+                )
             except BaseException:
                 with contextlib.suppress(Exception):
                     await sandbox.process.delete_session(session_id)
@@ -370,9 +383,13 @@ class DaytonaEnvironment(RelayedSandboxEnvironment):
         self.sandbox, self._client = None, None
         try:
             if sandbox is not None:
+                failures: tuple[type[BaseException], ...] = (
+                    *self._error_types(),
+                    SandboxThrottledError,
+                )
                 try:
-                    await sandbox.delete()
-                except self._errors as error:
+                    await self._retrying("deleting the sandbox", sandbox.delete)
+                except failures as error:
                     if getattr(error, "status_code", None) != 404:
                         raise SandboxError(
                             f"deleting Daytona sandbox {sandbox.id} failed ({error}); it is "
@@ -382,6 +399,21 @@ class DaytonaEnvironment(RelayedSandboxEnvironment):
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.close()
+
+    def _error_types(self) -> tuple[type[BaseException], ...]:
+        errors = self._errors
+        return errors if isinstance(errors, tuple) else (errors,)
+
+    def _throttled(self, error: BaseException) -> Throttled | None:
+        """Daytona answers 429 with Retry-After (https://www.daytona.io/docs/en/rate-limits);
+        its SDK raises it (DaytonaRateLimitError from the API, a DaytonaError with status 429
+        from the toolbox) with the response headers, and retries nothing."""
+        sdk = _sdk()
+        if isinstance(error, sdk.DaytonaError) and (
+            isinstance(error, sdk.DaytonaRateLimitError) or error.status_code == 429
+        ):
+            return Throttled(retry_after_from_headers(error.headers))
+        return None
 
     def _require_sandbox(self) -> Any:
         if self.sandbox is None:

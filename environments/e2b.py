@@ -44,35 +44,44 @@ import importlib
 import importlib.metadata
 import re
 import shlex
-from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
+from rlm.errors import (
+    ConfigurationError,
+    SandboxDiedError,
+    SandboxError,
+    SandboxStartError,
+    SandboxThrottledError,
+)
 
 from .docker_image import REQUIREMENTS
-from .relay import REQUIREMENTS_CHECK, RelayedSandboxEnvironment, RemoteProcess, upload_timeout
+from .relay import (
+    KILL_WAIT_SECONDS,
+    REQUIREMENTS_CHECK,
+    RUNNER_ENV_ALLOWLIST,
+    OutputTail,
+    RelayedSandboxEnvironment,
+    RemoteProcess,
+    import_sdk,
+    upload_timeout,
+)
+from .throttling import Throttled
 
 DEFAULT_TEMPLATE = "rlm-runner"
 """The template :func:`build_template` builds: Python 3.12 with grpcio and protobuf."""
 
 #: ``commands.stream_input`` came in 2.58, ``retain_output`` in 2.63
 MIN_SDK_VERSION = (2, 63)
-STDERR_TAIL = 8192
-KILL_WAIT_SECONDS = 5.0
-#: the only variables the runner inherits from the sandbox's environment
-RUNNER_ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
 
 def _sdk() -> Any:
     """The ``e2b`` SDK, imported on first use (``import rlm`` must not pull it in)."""
-    try:
-        sdk = importlib.import_module("e2b")
-    except ImportError as error:
-        raise ConfigurationError(
-            "the e2b environment needs the E2B SDK: pip install 'rlm[e2b]' (in a virtualenv "
-            "without rlm[prime]: their connectrpc pins conflict)"
-        ) from error
+    sdk = import_sdk(
+        "e2b",
+        "the e2b environment needs the E2B SDK: pip install 'rlm[e2b]' (in a virtualenv "
+        "without rlm[prime]: their connectrpc pins conflict)",
+    )
     version = _sdk_version()
     if _version_tuple(version) < MIN_SDK_VERSION:
         raise ConfigurationError(
@@ -117,8 +126,7 @@ class E2BProcess(RemoteProcess):
         self._stdin: Any = None
         self._waiter: asyncio.Future[None] | None = None
         self._stdout: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._stderr: deque[str] = deque()
-        self._stderr_size = 0
+        self._stderr = OutputTail()
         self._ended = False
         self._dropped = False
 
@@ -168,10 +176,7 @@ class E2BProcess(RemoteProcess):
 
     def on_stderr(self, text: str) -> None:
         # Keep only the tail, for diagnostics.
-        self._stderr.append(text)
-        self._stderr_size += len(text)
-        while self._stderr_size - len(self._stderr[0]) >= STDERR_TAIL:
-            self._stderr_size -= len(self._stderr.popleft())
+        self._stderr.add(text)
 
     async def write(self, data: bytes) -> None:
         try:
@@ -209,14 +214,12 @@ class E2BProcess(RemoteProcess):
         if self._waiter is not None:
             self._waiter.cancel()
 
-    def diagnostics(self) -> str:
-        return "".join(self._stderr)[-STDERR_TAIL:]
-
 
 class E2BEnvironment(RelayedSandboxEnvironment):
     """The runner in an E2B sandbox, reached through the exec stream."""
 
     name = "e2b"
+    provider = "E2B"
 
     def __init__(
         self,
@@ -298,7 +301,9 @@ class E2BEnvironment(RelayedSandboxEnvironment):
         if self.network is not None:
             options["network"] = self.network
         try:
-            self._sandbox = await sdk.AsyncSandbox.create(**options)
+            self._sandbox = await self._retrying(
+                "creating the sandbox", lambda: sdk.AsyncSandbox.create(**options)
+            )
         except sdk.AuthenticationException as error:
             raise SandboxStartError(
                 f"E2B refused the API key ({error}): check E2B_API_KEY or the api_key kwarg"
@@ -367,8 +372,11 @@ class E2BEnvironment(RelayedSandboxEnvironment):
         sandbox = self._require_sandbox()
         try:
             # The SDK's request_timeout (60 s) bounds the whole request: scale it to the size.
-            await sandbox.files.write(
-                path, data, use_octet_stream=True, request_timeout=upload_timeout(len(data))
+            await self._retrying(
+                f"uploading {path}",
+                lambda: sandbox.files.write(
+                    path, data, use_octet_stream=True, request_timeout=upload_timeout(len(data))
+                ),
             )
         except _sdk().SandboxException as error:
             raise SandboxError(
@@ -409,12 +417,18 @@ class E2BEnvironment(RelayedSandboxEnvironment):
             return
         sdk = _sdk()
         try:
-            await sandbox.kill()
-        except sdk.SandboxException as error:
+            await self._retrying("killing the sandbox", sandbox.kill)
+        except (sdk.SandboxException, SandboxThrottledError) as error:
             raise SandboxError(
                 f"killing E2B sandbox {self.sandbox_id} failed ({error}); it is billed until its "
                 f"timeout: run `e2b sandbox kill {self.sandbox_id}`"
             ) from error
+
+    def _throttled(self, error: BaseException) -> Throttled | None:
+        """E2B answers 429 (https://e2b.dev/docs/sandbox/rate-limits); its SDK retries control
+        calls three times itself, honouring Retry-After, then raises RateLimitException, which
+        carries no headers: from there on the wait is a backoff."""
+        return Throttled() if isinstance(error, _sdk().RateLimitException) else None
 
     def _require_sandbox(self) -> Any:
         if self._sandbox is None:

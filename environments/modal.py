@@ -34,21 +34,31 @@ import concurrent.futures
 import contextlib
 import importlib
 import weakref
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
-from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
+from rlm.errors import (
+    ConfigurationError,
+    SandboxDiedError,
+    SandboxError,
+    SandboxStartError,
+    SandboxThrottledError,
+)
 
 from .docker_image import REQUIREMENTS
-from .relay import RelayedSandboxEnvironment, RemoteProcess, upload_timeout
+from .relay import (
+    KILL_WAIT_SECONDS,
+    RUNNER_ENV_ALLOWLIST,
+    OutputTail,
+    RelayedSandboxEnvironment,
+    RemoteProcess,
+    import_sdk,
+    upload_timeout,
+)
+from .throttling import Throttled
 
-STDERR_TAIL = 8192
-KILL_WAIT_SECONDS = 5.0
 #: how long interpreter exit waits for unclosed sandboxes to be terminated
 EXIT_CLEANUP_SECONDS = 30.0
-#: the only variables the runner inherits from the container's environment
-RUNNER_ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
 # The runner is started through this: it records its pid for kill() (Modal has no exec-kill
 # call), leads a process group of its own (so a kill also takes what the cell spawned) and swaps
@@ -79,12 +89,9 @@ _exit_hook_registered = False
 def _sdk() -> Any:
     """The ``modal`` SDK, imported on first use (``import rlm`` must not pull it in)."""
     global _exit_hook_registered
-    try:
-        modal = importlib.import_module("modal")
-    except ImportError as error:
-        raise ConfigurationError(
-            "the modal environment needs the Modal SDK: pip install 'rlm[modal]'"
-        ) from error
+    modal = import_sdk(
+        "modal", "the modal environment needs the Modal SDK: pip install 'rlm[modal]'"
+    )
     if not _exit_hook_registered:
         # The SDK stops its own event loop at interpreter exit, from an atexit hook registered
         # when it was imported, which would leave our sandboxes running (and billed) until their
@@ -126,6 +133,15 @@ async def _closing_stream(reader: Any) -> AsyncIterator[Any]:
             await stream.aclose()
 
 
+def _retry_after_secs(details: Any) -> float | None:
+    """The wait a RESOURCE_EXHAUSTED's ``RPCRetryPolicy`` detail asks for, if it has one."""
+    for detail in details or ():
+        seconds = getattr(detail, "retry_after_secs", None)
+        if seconds is not None:
+            return max(float(seconds), 0.1)
+    return None
+
+
 class ModalProcess(RemoteProcess):
     """A process started with ``sandbox.exec``: stdin drained to the command router, stdout
     streamed from it, the exit code from a background ``wait``."""
@@ -135,8 +151,7 @@ class ModalProcess(RemoteProcess):
         self._process = process
         self._pidfile = pidfile
         self._code: int | None = None
-        self._stderr: deque[bytes] = deque()
-        self._stderr_size = 0
+        self._stderr = OutputTail()
         self._stderr_task = asyncio.ensure_future(self._drain_stderr())
         self._waiter = asyncio.ensure_future(self._wait())
 
@@ -153,10 +168,7 @@ class ModalProcess(RemoteProcess):
         # Read stderr as it comes (the router keeps it until read), keeping only the tail.
         async with _closing_stream(self._process.stderr) as stream:
             async for data in stream:
-                self._stderr.append(data)
-                self._stderr_size += len(data)
-                while self._stderr_size - len(self._stderr[0]) >= STDERR_TAIL:
-                    self._stderr_size -= len(self._stderr.popleft())
+                self._stderr.add(data)
 
     async def write(self, data: bytes) -> None:
         try:
@@ -195,14 +207,12 @@ class ModalProcess(RemoteProcess):
         # Let the cancelled tasks close their SDK streams now, while the SDK's loop still runs.
         await asyncio.wait({self._stderr_task, self._waiter}, timeout=KILL_WAIT_SECONDS)
 
-    def diagnostics(self) -> str:
-        return b"".join(self._stderr).decode("utf-8", "replace")[-STDERR_TAIL:]
-
 
 class ModalEnvironment(RelayedSandboxEnvironment):
     """The runner in a Modal Sandbox, reached through the exec stream."""
 
     name = "modal"
+    provider = "Modal"
 
     def __init__(
         self,
@@ -292,14 +302,18 @@ class ModalEnvironment(RelayedSandboxEnvironment):
             network["outbound_cidr_allowlist"] = list(self.outbound_cidr_allowlist)
         if self.outbound_domain_allowlist is not None:
             network["outbound_domain_allowlist"] = list(self.outbound_domain_allowlist)
-        try:
-            app = await modal.App.lookup.aio(
-                self.app_name,
-                create_if_missing=True,
-                client=self._client,
-                environment_name=self.environment_name,
-            )
-            self._sandbox = await modal.Sandbox.create.aio(
+        app: Any = None
+
+        async def create() -> Any:
+            nonlocal app
+            if app is None:
+                app = await modal.App.lookup.aio(
+                    self.app_name,
+                    create_if_missing=True,
+                    client=self._client,
+                    environment_name=self.environment_name,
+                )
+            return await modal.Sandbox.create.aio(
                 app=app,
                 image=self.image if self.image is not None else default_image(),
                 client=self._client,
@@ -312,6 +326,9 @@ class ModalEnvironment(RelayedSandboxEnvironment):
                 **network,
                 **self.sandbox_kwargs,
             )
+
+        try:
+            self._sandbox = await self._retrying("creating the sandbox", create)
         except modal.exception.AuthError as error:
             raise SandboxStartError(
                 f"Modal refused the credentials ({error}): check MODAL_TOKEN_ID and "
@@ -329,8 +346,13 @@ class ModalEnvironment(RelayedSandboxEnvironment):
         try:
             # The SDK sets no deadline of its own on a write.
             await asyncio.wait_for(
-                sandbox.filesystem.write_bytes.aio(data, path), upload_timeout(len(data))
+                self._retrying(
+                    f"uploading {path}", lambda: sandbox.filesystem.write_bytes.aio(data, path)
+                ),
+                upload_timeout(len(data)),
             )
+        except SandboxThrottledError:
+            raise
         except Exception as error:
             raise SandboxError(
                 f"writing {path} ({len(data)} bytes) into Modal sandbox {self.sandbox_id} failed: "
@@ -343,7 +365,12 @@ class ModalEnvironment(RelayedSandboxEnvironment):
         pidfile = f"{self.sandbox_dir}/runner-{self._launches}.pid"
         command = [self.python, "-I", "-c", _LAUNCHER, pidfile, *argv]
         try:
-            process = await sandbox.exec.aio(*command, text=False, workdir=self.sandbox_dir)
+            process = await self._retrying(
+                "starting the runner",
+                lambda: sandbox.exec.aio(*command, text=False, workdir=self.sandbox_dir),
+            )
+        except SandboxThrottledError:
+            raise
         except Exception as error:
             raise SandboxDiedError(
                 f"starting the runner in Modal sandbox {self.sandbox_id} failed: "
@@ -369,7 +396,7 @@ class ModalEnvironment(RelayedSandboxEnvironment):
         try:
             if sandbox is not None:
                 try:
-                    await sandbox.terminate.aio()
+                    await self._retrying("terminating the sandbox", sandbox.terminate.aio)
                 except Exception as error:
                     if "not found" not in str(error).lower():
                         raise SandboxError(
@@ -384,6 +411,18 @@ class ModalEnvironment(RelayedSandboxEnvironment):
             if client is not None and self._owns_client:
                 with contextlib.suppress(Exception):
                     await client.close.aio()
+
+    def _throttled(self, error: BaseException) -> Throttled | None:
+        """The SDK waits out a RESOURCE_EXHAUSTED that carries a retry policy by itself (within
+        MODAL_MAX_THROTTLE_WAIT); what reaches here is one it gave up on or got without one."""
+        if isinstance(error, _sdk().exception.ResourceExhaustedError):
+            return Throttled()
+        from grpclib import Status
+        from grpclib.exceptions import GRPCError
+
+        if isinstance(error, GRPCError) and error.status == Status.RESOURCE_EXHAUSTED:
+            return Throttled(_retry_after_secs(error.details))
+        return None
 
     def _require_sandbox(self) -> Any:
         if self._sandbox is None:

@@ -37,19 +37,30 @@ import os
 import re
 import secrets
 import shlex
-from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
+from rlm.errors import (
+    ConfigurationError,
+    SandboxDiedError,
+    SandboxError,
+    SandboxStartError,
+    SandboxThrottledError,
+)
 
 from .docker_image import REQUIREMENTS
-from .relay import REQUIREMENTS_CHECK, RelayedSandboxEnvironment, RemoteProcess, upload_timeout
+from .relay import (
+    REQUIREMENTS_CHECK,
+    OutputTail,
+    RelayedSandboxEnvironment,
+    RemoteProcess,
+    import_sdk,
+    upload_timeout,
+)
+from .throttling import Throttled, retry_after_from_headers
 
 DEFAULT_IMAGE = "python:3.12-slim"
 """A stock image; the runner's dependencies are pip-installed into it on start."""
-
-STDERR_TAIL = 8192
 
 
 def _slug(label: str) -> str:
@@ -58,14 +69,11 @@ def _slug(label: str) -> str:
 
 
 def _sdk() -> Any:
-    try:
-        import prime_sandboxes
-    except ImportError as error:
-        raise ConfigurationError(
-            "the prime environment needs the Prime sandboxes SDK: pip install 'rlm[prime]' "
-            "(it cannot share a virtualenv with e2b: their connectrpc pins conflict)"
-        ) from error
-    return prime_sandboxes
+    return import_sdk(
+        "prime_sandboxes",
+        "the prime environment needs the Prime sandboxes SDK: pip install 'rlm[prime]' "
+        "(it cannot share a virtualenv with e2b: their connectrpc pins conflict)",
+    )
 
 
 def _sdk_errors(sdk: Any) -> tuple[type[BaseException], ...]:
@@ -85,18 +93,14 @@ class PrimeProcess(RemoteProcess):
         self._process = process
         self._errors = errors
         self._ended = False
-        self._stderr: deque[bytes] = deque()
-        self._stderr_size = 0
+        self._stderr = OutputTail()
         self._stderr_task = asyncio.ensure_future(self._drain_stderr())
 
     async def _drain_stderr(self) -> None:
         # The SDK queues stderr without bound: read it, keeping only the tail for diagnostics.
         with contextlib.suppress(Exception):
             async for data in self._process.stderr:
-                self._stderr.append(data)
-                self._stderr_size += len(data)
-                while self._stderr_size - len(self._stderr[0]) >= STDERR_TAIL:
-                    self._stderr_size -= len(self._stderr.popleft())
+                self._stderr.add(data)
 
     async def write(self, data: bytes) -> None:
         try:
@@ -130,14 +134,12 @@ class PrimeProcess(RemoteProcess):
             await self._process.aclose()  # waits for the exit event, releases the transport
         self._stderr_task.cancel()
 
-    def diagnostics(self) -> str:
-        return b"".join(self._stderr).decode("utf-8", "replace")[-STDERR_TAIL:]
-
 
 class PrimeEnvironment(RelayedSandboxEnvironment):
     """The runner in a Prime Intellect sandbox, reached through the exec stream."""
 
     name = "prime"
+    provider = "Prime"
     #: Prime's sandbox files docs: uploads are capped at 16 MiB per file (413 above)
     max_file_bytes = 16 * 1024 * 1024
 
@@ -283,12 +285,15 @@ class PrimeEnvironment(RelayedSandboxEnvironment):
     async def _write_file(self, path: str, data: bytes) -> None:
         client, sandbox_id = self._require_sandbox()
         try:
-            await client.upload_bytes(
-                sandbox_id,
-                path,
-                data,
-                os.path.basename(path),
-                timeout=self.upload_timeout or upload_timeout(len(data)),
+            await self._retrying(
+                f"uploading {path}",
+                lambda: client.upload_bytes(
+                    sandbox_id,
+                    path,
+                    data,
+                    os.path.basename(path),
+                    timeout=self.upload_timeout or upload_timeout(len(data)),
+                ),
             )
         except self._errors as error:
             raise SandboxError(
@@ -302,7 +307,10 @@ class PrimeEnvironment(RelayedSandboxEnvironment):
         # signals reach. No env: nothing secret is passed on the command line or environment.
         command = "exec " + shlex.join(argv)
         try:
-            process = await client.open_process(sandbox_id, command, working_dir=self.sandbox_dir)
+            process = await self._retrying(
+                "starting the runner",
+                lambda: client.open_process(sandbox_id, command, working_dir=self.sandbox_dir),
+            )
         except self._errors as error:
             raise SandboxDiedError(
                 f"starting the runner in Prime sandbox {sandbox_id} failed: {error}"
@@ -314,9 +322,10 @@ class PrimeEnvironment(RelayedSandboxEnvironment):
         self._client, self.sandbox_id = None, None
         try:
             if client is not None and sandbox_id is not None:
+                failures: tuple[type[BaseException], ...] = (*self._errors, SandboxThrottledError)
                 try:
-                    await client.delete(sandbox_id)
-                except self._errors as error:
+                    await self._retrying("deleting the sandbox", lambda: client.delete(sandbox_id))
+                except failures as error:
                     if "404" not in str(error):
                         raise SandboxError(
                             f"deleting Prime sandbox {sandbox_id} failed ({error}); it is billed "
@@ -326,6 +335,17 @@ class PrimeEnvironment(RelayedSandboxEnvironment):
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.aclose()
+
+    def _throttled(self, error: BaseException) -> Throttled | None:
+        """A 429 the SDK did not retry itself. It retries control-plane 429s (waiting 10 s, then
+        30 s) but not an upload's, which it raises as ``APIError("Upload failed: HTTP 429 ...")``
+        without the headers."""
+        response = getattr(error, "response", None)
+        if getattr(response, "status_code", None) == 429:
+            return Throttled(retry_after_from_headers(getattr(response, "headers", None)))
+        if isinstance(error, self._errors) and "HTTP 429" in str(error):
+            return Throttled()
+        return None
 
     def _require_sandbox(self) -> tuple[Any, str]:
         if self._client is None or self.sandbox_id is None:

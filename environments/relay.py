@@ -17,15 +17,16 @@ import collections
 import contextlib
 import copy
 import dataclasses
+import importlib
 import itertools
 import json
 import logging
 import secrets
 from abc import abstractmethod
-from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from rlm.errors import SandboxDiedError, SandboxError
+from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError
 
 from .base import (
     CHILD_SANDBOX_OWN,
@@ -38,11 +39,13 @@ from .base import (
 from .runner.bootstrap import Bootstrap
 from .runner.bundle import runner_bundle
 from .runner.relay import ACK_SECONDS, CONTROL, Frame, FrameError, FrameGap, Sequencer
+from .throttling import DEFAULT_POLICY, RetryPolicy, Throttled, call_with_retries
 
 if TYPE_CHECKING:
     from .relaytree import RelayedTree
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 READ_CHUNK = 48 * 1024
 #: contexts up to this size go through the relayed stream; bigger ones as a file
@@ -100,8 +103,51 @@ sys.exit(not (at_least(grpc.__version__, (1, 85, 1))
 """
 
 
+#: Bytes of a remote runner's stderr kept for error messages.
+STDERR_TAIL_BYTES = 8192
+#: How long killing a remote runner waits for the provider's confirmation.
+KILL_WAIT_SECONDS = 5.0
+#: The variables of the sandbox's own environment a remote runner keeps (nothing else: the
+#: image's or the provider's variables could hold their secrets).
+RUNNER_ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+
+
+def import_sdk(module: str, missing: str) -> Any:
+    """A provider's SDK, imported on first use (``import rlm`` pulls in none); ``missing`` is
+    the error's text when it is not installed (which extra to install, and where)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ConfigurationError(missing) from error
+
+
+class OutputTail:
+    """The last ``limit`` bytes of what a process wrote (its stderr, for error messages):
+    bounded however much it writes."""
+
+    def __init__(self, limit: int = STDERR_TAIL_BYTES) -> None:
+        self.limit = limit
+        self._pieces: collections.deque[bytes] = collections.deque()
+        self._size = 0
+
+    def add(self, data: bytes | str) -> None:
+        piece = data.encode("utf-8", "replace") if isinstance(data, str) else bytes(data)
+        self._pieces.append(piece)
+        self._size += len(piece)
+        while self._size - len(self._pieces[0]) >= self.limit:
+            self._size -= len(self._pieces.popleft())
+
+    def text(self) -> str:
+        return b"".join(self._pieces)[-self.limit :].decode("utf-8", "replace")
+
+
 class RemoteProcess(RunnerProcess):
-    """A process started by a provider's exec API, with streaming stdin and stdout."""
+    """A process started by a provider's exec API, with streaming stdin and stdout; its stderr
+    goes to ``_stderr`` (the tail its error messages quote)."""
+
+    def diagnostics(self) -> str:
+        tail = getattr(self, "_stderr", None)
+        return tail.text() if isinstance(tail, OutputTail) else ""
 
     @abstractmethod
     async def write(self, data: bytes) -> None:
@@ -356,6 +402,10 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
     max_file_bytes: int | None = None
     #: how many parts of one file may be uploaded at once
     upload_concurrency: int = UPLOAD_CONCURRENCY
+    #: the provider's name in messages
+    provider: str = ""
+    #: how long a call the provider throttles keeps being tried (see :mod:`.throttling`)
+    throttle_policy: RetryPolicy = DEFAULT_POLICY
 
     def __init__(
         self,
@@ -387,6 +437,22 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
     @abstractmethod
     async def _exec(self, argv: list[str]) -> RemoteProcess:
         """Starts ``argv`` in the sandbox with stdin and stdout streaming to and from the host."""
+
+    def _throttled(self, error: BaseException) -> Throttled | None:
+        """Whether ``error`` is the provider throttling the call (and the wait it asked for);
+        each adapter knows how its SDK says so."""
+        return None
+
+    async def _retrying(self, action: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()``, tried again while the provider throttles it (bounded by
+        :attr:`throttle_policy`; then :class:`rlm.errors.SandboxThrottledError`)."""
+        return await call_with_retries(
+            call,
+            self._throttled,
+            provider=self.provider or self.name,
+            action=action,
+            policy=self.throttle_policy,
+        )
 
     # ---- the tree's shared sandbox ---------------------------------------------------------
 

@@ -15,6 +15,7 @@ from rlm.errors import (
     SandboxDiedError,
     SandboxError,
     SandboxStartError,
+    SandboxThrottledError,
     TimeoutExceededError,
     TokenLimitExceededError,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "SandboxError",
     "SandboxPool",
     "SandboxStartError",
+    "SandboxThrottledError",
     "TimeoutExceededError",
     "TokenLimitExceededError",
     "UsageSummary",

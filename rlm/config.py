@@ -31,7 +31,7 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ __all__ = [
     "find_config_file",
     "load_settings",
     "parse_price",
+    "request_limits",
 ]
 
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -53,26 +54,74 @@ DEFAULT_MAX_ERRORS = 5
 code for five iterations will not start at the twenty-sixth, and each one costs a call."""
 
 
+def _option(
+    default: Any,
+    kind: type,
+    help: str,
+    *,
+    request: str | None = None,
+    short: str | None = None,
+) -> Any:
+    """A setting: its type (``tuple`` for a price), its help text, and, where a request to
+    ``rlm serve`` may lower it, the request field that does. Its flag (``--max-depth``), env var
+    (``RLM_MAX_DEPTH``) and config-file key (``max_depth``) follow from its name: every layer is
+    derived from this one declaration."""
+    metadata = {"kind": kind, "help": help, "request": request, "short": short}
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class Settings:
-    """Everything needed to build an ``RLM``; ``sources`` says where each value came from."""
+    """Everything needed to build an ``RLM``; ``sources`` says where each value came from.
 
-    backend: str = "openai"
-    model: str = DEFAULT_MODEL
-    base_url: str | None = None
-    api_key: str | None = None
-    sub_model: str | None = None
-    environment: str = "local"
-    max_depth: int = 1
-    max_iterations: int = 30
-    max_budget: float | None = None
-    max_timeout: float | None = None
-    max_tokens: int | None = None
-    max_errors: int | None = DEFAULT_MAX_ERRORS
-    price_per_million: tuple[float, float] | str | None = None
+    The fields declared with ``_option`` are the options schema: the config file's keys, the
+    ``RLM_*`` env vars, the flags of ``rlm run`` / ``rlm serve`` and the limits a ``rlm serve``
+    request may lower (``request_limits``) all come from it."""
+
+    backend: str = _option(
+        "openai", str, "LM backend: openai, openrouter, vllm, ollama, lmstudio, vercel, "
+        "anthropic, gemini, local (default openai; local, the offline SmolLM2 model, when it is "
+        "installed and there is no key and no --base-url)",
+    )  # fmt: skip
+    model: str = _option(DEFAULT_MODEL, str, f"model name (default {DEFAULT_MODEL})")
+    base_url: str | None = _option(
+        None, str, "OpenAI-compatible endpoint, e.g. http://localhost:8000/v1"
+    )
+    api_key: str | None = _option(
+        None, str, "LM API key (prefer the provider's env var, e.g. OPENAI_API_KEY)"
+    )
+    sub_model: str | None = _option(
+        None, str, "model for llm_query/rlm_query calls (default: --model)"
+    )
+    environment: str = _option(
+        "local", str, "where the generated code runs: local, docker, ... (default local)",
+        short="-e",
+    )  # fmt: skip
+    max_depth: int = _option(
+        1, int, "recursion depth (1 = no child RLMs; default 1)", request="max_depth"
+    )
+    max_iterations: int = _option(30, int, "root iterations (default 30)", request="max_iterations")
+    max_budget: float | None = _option(
+        None, float, "stop after spending this many US dollars", request="max_budget"
+    )
+    max_timeout: float | None = _option(
+        None, float, "stop after this many seconds", request="max_timeout"
+    )
+    max_tokens: int | None = _option(
+        None, int, "stop after this many tokens (whole tree)", request="max_tree_tokens"
+    )
+    max_errors: int | None = _option(
+        DEFAULT_MAX_ERRORS, int, "stop after this many failing iterations in a row "
+        f"(default {DEFAULT_MAX_ERRORS})", request="max_errors",
+    )  # fmt: skip
+    price_per_million: tuple[float, float] | str | None = _option(
+        None, tuple, "IN,OUT: US dollars per million input and output tokens, for a model the "
+        "price table lacks (needed by --max-budget); or 'reported' for an endpoint that reports "
+        "each call's usage.cost",
+    )  # fmt: skip
     """(input, output) USD per million tokens, or ``"reported"``: the endpoint's usage.cost."""
-    cell_timeout: float = 120.0
-    log_dir: str | None = None
+    cell_timeout: float = _option(120.0, float, "seconds per code block (default 120)")
+    log_dir: str | None = _option(None, str, "write JSONL trajectories to this directory")
     backend_kwargs: dict[str, Any] = field(default_factory=dict)
     environment_kwargs: dict[str, Any] = field(default_factory=dict)
     config_file: str | None = None
@@ -123,25 +172,18 @@ class Settings:
 
 
 _TABLES = ("backend_kwargs", "environment_kwargs")
-_META = ("config_file", "sources")
-_SCALARS: dict[str, type] = {
-    "backend": str,
-    "model": str,
-    "base_url": str,
-    "api_key": str,
-    "sub_model": str,
-    "environment": str,
-    "max_depth": int,
-    "max_iterations": int,
-    "max_budget": float,
-    "max_timeout": float,
-    "max_tokens": int,
-    "max_errors": int,
-    "price_per_million": tuple,
-    "cell_timeout": float,
-    "log_dir": str,
-}
+_OPTIONS = [f for f in fields(Settings) if "kind" in f.metadata]
+_SCALARS: dict[str, type] = {f.name: f.metadata["kind"] for f in _OPTIONS}
 """Top-level key -> the type its value must have (None is allowed where the default is None)."""
+
+
+def request_limits() -> dict[str, tuple[str, type]]:
+    """The limits a ``rlm serve`` request may lower: request field -> (setting, type)."""
+    return {
+        f.metadata["request"]: (f.name, f.metadata["kind"])
+        for f in _OPTIONS
+        if f.metadata["request"]
+    }
 
 
 def find_config_file(
@@ -282,35 +324,14 @@ def add_settings_arguments(parser: Any, *, api_key_flag: str = "--api-key") -> N
     that ``settings_from_args`` can tell a flag that was given from one that was not."""
     parser.add_argument("--config", help="TOML config file (default: $RLM_CONFIG, ./rlm.toml, "
                         "~/.config/rlm/config.toml)")  # fmt: skip
-    flags: list[tuple[str, str, type, str]] = [
-        ("--backend", "backend", str, "LM backend: openai, openrouter, vllm, ollama, lmstudio, "
-         "vercel, anthropic, gemini, local (default openai; local, the offline SmolLM2 model, "
-         "when it is installed and there is no key and no --base-url)"),
-        ("--model", "model", str, f"model name (default {DEFAULT_MODEL})"),
-        ("--base-url", "base_url", str, "OpenAI-compatible endpoint, e.g. http://localhost:8000/v1"),
-        (api_key_flag, "api_key", str, "LM API key (prefer the provider's env var, e.g. "
-         "OPENAI_API_KEY)"),
-        ("--sub-model", "sub_model", str, "model for llm_query/rlm_query calls (default: --model)"),
-        ("--environment", "environment", str, "where the generated code runs: local, docker, ... "
-         "(default local)"),
-        ("--max-depth", "max_depth", int, "recursion depth (1 = no child RLMs; default 1)"),
-        ("--max-iterations", "max_iterations", int, "root iterations (default 30)"),
-        ("--max-budget", "max_budget", float, "stop after spending this many US dollars"),
-        ("--max-timeout", "max_timeout", float, "stop after this many seconds"),
-        ("--max-tokens", "max_tokens", int, "stop after this many tokens (whole tree)"),
-        ("--max-errors", "max_errors", int, "stop after this many failing iterations in a row "
-         f"(default {DEFAULT_MAX_ERRORS})"),
-        ("--price-per-million", "price_per_million", str, "IN,OUT: US dollars per million input "
-         "and output tokens, for a model the price table lacks (needed by --max-budget); or "
-         "'reported' for an endpoint that reports each call's usage.cost"),
-        ("--cell-timeout", "cell_timeout", float, "seconds per code block (default 120)"),
-        ("--log-dir", "log_dir", str, "write JSONL trajectories to this directory"),
-    ]  # fmt: skip
-    for flag, key, kind, text in flags:
-        extra = ["-e"] if key == "environment" else []
+    for option in _OPTIONS:
+        key = option.name
+        flag = api_key_flag if key == "api_key" else f"--{key.replace('_', '-')}"
+        short = [option.metadata["short"]] if option.metadata["short"] else []
+        kind = str if option.metadata["kind"] is tuple else option.metadata["kind"]
         parser.add_argument(
-            flag, *extra, dest=key, type=kind, default=None,
-            help=f"{text} [env RLM_{key.upper()}]",
+            flag, *short, dest=key, type=kind, default=None,
+            help=f"{option.metadata['help']} [env RLM_{key.upper()}]",
         )  # fmt: skip
     parser.add_argument(
         "--environment-kwarg", "--environment-kwargs", dest="environment_kwargs",

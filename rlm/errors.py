@@ -224,6 +224,35 @@ class SandboxDiedError(SandboxError):
     """The runner process died or stopped answering."""
 
 
+class SandboxThrottledError(SandboxError):
+    """The provider kept throttling a call (HTTP 429, gRPC RESOURCE_EXHAUSTED) past the retry
+    budget; ``provider``, ``action``, ``attempts``, ``waited`` (seconds) and ``retry_after``
+    (the last wait the provider asked for, if it named one) say what happened."""
+
+    def __init__(
+        self,
+        provider: str,
+        action: str,
+        *,
+        attempts: int,
+        waited: float,
+        retry_after: float | None = None,
+        reason: str = "",
+    ) -> None:
+        self.provider = provider
+        self.action = action
+        self.attempts = attempts
+        self.waited = waited
+        self.retry_after = retry_after
+        asked = f"; it last asked to wait {retry_after:g} s" if retry_after is not None else ""
+        why = f" ({reason})" if reason else ""
+        super().__init__(
+            f"{provider} kept throttling {action}: {attempts} attempts over {waited:.1f} s{asked}"
+            f"{why}. Try again later, run fewer sandboxes or sub-calls at once, or ask "
+            f"{provider} for a higher rate limit"
+        )
+
+
 class CellError(RLMError):
     """The generated code raised; the traceback is shown to the model and the session goes on."""
 
@@ -246,6 +275,7 @@ __all__ = [
     "SandboxDiedError",
     "SandboxError",
     "SandboxStartError",
+    "SandboxThrottledError",
     "TimeoutExceededError",
     "TokenLimitExceededError",
 ]

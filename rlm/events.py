@@ -1,25 +1,111 @@
 """The one event model behind the logger, the live progress view and user callbacks."""
 
-from __future__ import annotations
-
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 log = logging.getLogger("rlm")
 
-#: Every kind of event, in the order a run emits them.
-EVENT_KINDS = (
-    "run_started",  # data: model, environment, context_chars, root_prompt, max_iterations
-    "iteration_started",  # data: iteration
-    "lm_response",  # data: iteration, text, seconds, input_tokens, output_tokens
-    "cell_executed",  # data: iteration, block, code, stdout, stderr, error, seconds, restarted
-    "subcall_started",  # data: call_id, call (llm_query | rlm_query | tool), prompt_preview
-    "subcall_finished",  # data: call_id, call, seconds, error, input_tokens, output_tokens, child_run_id
-    "run_finished",  # data: response, finished_by, seconds, usage, error
+# ---- what each kind of event carries (``RLMEvent.data``) -----------------------------------
+
+
+class RunStarted(TypedDict):
+    model: str
+    environment: str
+    context_chars: int | None
+    root_prompt: str | None
+    max_iterations: int
+
+
+class IterationStarted(TypedDict):
+    iteration: int
+
+
+class LMResponded(TypedDict):
+    iteration: int
+    text: str
+    seconds: float
+    input_tokens: int
+    output_tokens: int
+
+
+class CellExecuted(TypedDict):
+    iteration: int
+    block: int
+    code: str
+    stdout: str
+    stderr: str
+    error: str | None
+    seconds: float
+    restarted: bool
+
+
+class IterationFinished(TypedDict):
+    iteration: int | None
+    """The loop's iteration; ``None`` for a compaction step or the answer asked for after the
+    last iteration."""
+    seconds: float | None
+    final_answer: str | None
+    kind: str | None
+    """``None`` for an iteration of the loop; other steps name themselves."""
+
+
+class SubcallStarted(TypedDict):
+    call_id: str
+    call: str
+    """``llm_query`` | ``llm_query_batched`` | ``rlm_query`` | ... (what the code called)."""
+    prompt_preview: str
+    model: NotRequired[str | None]
+    child_run_id: NotRequired[str]
+
+
+class SubcallFinished(TypedDict):
+    call_id: str
+    call: str
+    model: str | None
+    seconds: float
+    error: NotRequired[str]
+    """Set when the call failed; the token counts and the preview are then absent."""
+    input_tokens: NotRequired[int]
+    output_tokens: NotRequired[int]
+    cost: NotRequired[float | None]
+    response_preview: NotRequired[str]
+    child_run_id: NotRequired[str]
+
+
+class RunFinished(TypedDict):
+    response: str | None
+    finished_by: str | None
+    seconds: float
+    usage: dict[str, Any]
+    error: str | None
+
+
+EventData = (
+    RunStarted
+    | IterationStarted
+    | LMResponded
+    | CellExecuted
+    | IterationFinished
+    | SubcallStarted
+    | SubcallFinished
+    | RunFinished
 )
+
+#: Every kind of event, in the order a run emits them, with the type of its ``data``.
+PAYLOADS: dict[str, type] = {
+    "run_started": RunStarted,
+    "iteration_started": IterationStarted,
+    "lm_response": LMResponded,
+    "cell_executed": CellExecuted,
+    "subcall_started": SubcallStarted,
+    "subcall_finished": SubcallFinished,
+    "iteration_finished": IterationFinished,
+    "run_finished": RunFinished,
+}
+EVENT_KINDS = tuple(PAYLOADS)
 
 
 @dataclass(frozen=True)
@@ -27,6 +113,7 @@ class RLMEvent:
     """Something that happened in a run (root or child)."""
 
     kind: str
+    """One of ``EVENT_KINDS``; ``data`` is then the ``PAYLOADS[kind]`` typed dict."""
     run_id: str
     depth: int
     parent_run_id: str | None = None

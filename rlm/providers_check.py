@@ -4,8 +4,12 @@ For each provider it starts a sandbox with the adapter the library uses and runs
 the first cell, a trivial cell's round trip, a sub-call's round trip (``llm_query`` back to the
 host), a 10 MB and a 50 MB context through the provider's file API, a runaway cell interrupted,
 and the teardown. With the provider's credentials in the environment it runs against the real
-service (and is billed); without them it runs against the wire-level stand-in
-(:mod:`rlm.testing.standins`, driven through the same SDK) and every row says so.
+service (and is billed); without them it runs against the provider's wire-level stand-in, driven
+through the same SDK, and every row says so. The stand-ins are not part of the ``rlm`` wheel: they
+ship as the ``rlm-standins`` distribution (``pip install ./standins`` from a source checkout), and
+a row says how to get them when they are missing. A live row also estimates what its sandbox cost
+from the provider's published per-second rates (:mod:`rlm.sandbox_pricing`); a stand-in row costs nothing
+and says "stand-in" there.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rlm.errors import RLMError
+from rlm.sandbox_pricing import estimate_usd, reserved
 
 if TYPE_CHECKING:
     from rlm.environments.base import Environment
@@ -34,6 +39,11 @@ CREDENTIALS = {
     "daytona": ("DAYTONA_API_KEY",),
     "prime": ("PRIME_API_KEY",),
 }
+#: what a row says when the stand-ins are not installed
+STANDINS_MISSING = (
+    "the stand-ins are not installed (they ship separately as rlm-standins: "
+    "pip install ./standins from an rlm source checkout), and no credentials are set"
+)
 SMOKE_CONTEXT_MB = (10, 50)
 ROUND_TRIPS = 5
 
@@ -49,6 +59,10 @@ class Row:
     callback_rtt_ms: float | None = None
     upload_mb_s: float | None = None
     teardown_s: float | None = None
+    #: how long the sandbox lived (create to the end of its teardown)
+    sandbox_s: float | None = None
+    #: (CPU units, GiB) the sandbox reserved, as the provider bills them
+    reserved: tuple[float, float] | None = None
     failed_step: str | None = None
     error: str = ""
 
@@ -56,11 +70,32 @@ class Row:
     def passed(self) -> bool:
         return self.failed_step is None
 
+    @property
+    def live(self) -> bool:
+        return self.target == "live"
+
+    @property
+    def cost_usd(self) -> float | None:
+        """The sandbox's estimated list price (live rows with a published rate only)."""
+        if not self.live or self.reserved is None or self.sandbox_s is None:
+            return None
+        return estimate_usd(self.provider, *self.reserved, self.sandbox_s)
+
 
 HEADER = (
     f"{'provider':<9} {'target':<30} {'create->cell':>12} {'cell RTT':>9} {'callback RTT':>12} "
-    f"{'upload':>11} {'teardown':>9}  result"
+    f"{'upload':>11} {'teardown':>9} {'cost (est.)':>14}  result"
 )
+
+
+def format_cost(row: Row) -> str:
+    """The cost column: an estimate for a live row, "stand-in" for a stand-in's."""
+    if not row.live:
+        return "stand-in"
+    cost = row.cost_usd
+    if cost is not None:
+        return f"${cost:.4f} est."
+    return "no public rate" if row.reserved is not None else "-"
 
 
 def format_row(row: Row) -> str:
@@ -71,7 +106,8 @@ def format_row(row: Row) -> str:
     return (
         f"{row.provider:<9} {row.target:<30} {number(row.create_to_first_cell_s, 's'):>12} "
         f"{number(row.cell_rtt_ms, 'ms', 1):>9} {number(row.callback_rtt_ms, 'ms', 1):>12} "
-        f"{number(row.upload_mb_s, 'MB/s', 1):>11} {number(row.teardown_s, 's'):>9}  {result}"
+        f"{number(row.upload_mb_s, 'MB/s', 1):>11} {number(row.teardown_s, 's'):>9} "
+        f"{format_cost(row):>14}  {result}"
     )
 
 
@@ -114,7 +150,7 @@ def standin(name: str) -> Iterator[dict[str, Any]]:
     """The provider's stand-in, running, and the environment_kwargs that reach it."""
     python = {"python": sys.executable}
     if name == "modal":
-        from rlm.testing.standins.modal import ModalStandIn
+        from rlm_standins.modal import ModalStandIn
 
         with tempfile.TemporaryDirectory(prefix="modal-home-") as home, ModalStandIn() as server:
             values = {
@@ -127,7 +163,7 @@ def standin(name: str) -> Iterator[dict[str, Any]]:
             with _only_environ("MODAL_", values):
                 yield {**python, "server_url": server.server_url}
     elif name == "e2b":
-        from rlm.testing.standins.e2b import E2BStandIn
+        from rlm_standins.e2b import E2BStandIn
 
         with _only_environ("E2B_", {}), E2BStandIn() as server:
             yield {
@@ -137,12 +173,12 @@ def standin(name: str) -> Iterator[dict[str, Any]]:
                 "sandbox_url": server.envd_url,
             }
     elif name == "daytona":
-        from rlm.testing.standins.daytona import DaytonaStandIn
+        from rlm_standins.daytona import DaytonaStandIn
 
         with _only_environ("DAYTONA_", {}), DaytonaStandIn() as server:
             yield {**python, "api_url": server.api_url, "api_key": server.api_key}
     elif name == "prime":
-        from rlm.testing.standins.prime import PrimeStandIn
+        from rlm_standins.prime import PrimeStandIn
 
         with (
             tempfile.TemporaryDirectory(prefix="prime-home-") as home,
@@ -165,10 +201,11 @@ async def _smoke(name: str, row: Row, kwargs: dict[str, Any]) -> None:
     env: Any = None
     try:
         row.failed_step = "create"
-        started = time.perf_counter()
+        created = started = time.perf_counter()
         make: Callable[..., Environment] = environment_class(name)
         env = make(broker=broker, handler=_EchoHandler(), label="check", **kwargs)
         await env.start()
+        row.reserved = reserved(name, env)
         row.failed_step = "first cell"
         await _expect(env, "print('ready')", "ready\n")
         row.create_to_first_cell_s = time.perf_counter() - started
@@ -200,6 +237,7 @@ async def _smoke(name: str, row: Row, kwargs: dict[str, Any]) -> None:
         await closing.aclose()
         await broker.aclose_resources()  # the sandbox a tree's sessions share goes with the tree
         row.teardown_s = time.perf_counter() - started
+        row.sandbox_s = time.perf_counter() - created
         row.failed_step = None
     finally:
         if env is not None:
@@ -237,8 +275,12 @@ def check(name: str, *, force_standin: bool = False) -> Row:
             with standin(name) as kwargs:
                 run_sync(_smoke(name, row, kwargs))
     except ImportError as error:
-        row.failed_step = row.failed_step or "sdk"
-        row.error = f"{error}; pip install 'rlm[{name}]'"
+        if (error.name or "").split(".")[0] == "rlm_standins":
+            row.failed_step = row.failed_step or "stand-in"
+            row.error = f"{STANDINS_MISSING} ({missing})"
+        else:
+            row.failed_step = row.failed_step or "sdk"
+            row.error = f"{error}; pip install 'rlm[{name}]'"
     except (TimeoutError, RLMError, OSError) as error:
         row.failed_step = row.failed_step or "setup"
         row.error = f"{type(error).__name__}: {error}".splitlines()[0][:200]
@@ -273,8 +315,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         help="create a sandbox per provider and time the smoke",
         description="For each provider (default: all): create a sandbox, run the first cell, "
         "time a cell and a sub-call round trip, upload a 10 MB and a 50 MB context, interrupt a "
-        "runaway cell and tear down. Live where the provider's credentials are set (billed), "
-        "else against its local stand-in, as each row says.",
+        "runaway cell and tear down. Live where the provider's credentials are set (billed, "
+        "with a cost estimate from the provider's published rates), else against its local "
+        "stand-in, as each row says.",
     )
     check_parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(PROVIDERS))
     check_parser.add_argument(

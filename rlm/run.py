@@ -25,7 +25,19 @@ from rlm.errors import (
     LimitExceededError,
     RLMError,
 )
-from rlm.events import EventBus, RLMEvent
+from rlm.events import (
+    CellExecuted,
+    EventBus,
+    EventData,
+    IterationFinished,
+    IterationStarted,
+    LMResponded,
+    RLMEvent,
+    RunFinished,
+    RunStarted,
+    SubcallFinished,
+    SubcallStarted,
+)
 from rlm.logger import RLMLogger, iteration_entry
 from rlm.parsing import parse_reply
 from rlm.protos import rlm_sandbox_pb2 as pb
@@ -219,9 +231,10 @@ class RLMRun:
 
     # ---- events ----------------------------------------------------------------------------
 
-    def emit(self, event_kind: str, /, **data: Any) -> None:
+    def emit(self, event_kind: str, data: EventData, /) -> None:
+        """Emits ``data`` (the ``PAYLOADS[event_kind]`` typed dict) as an event of this run."""
         self.config.events.emit(
-            RLMEvent(event_kind, self.run_id, self.depth, self.parent_run_id, data)
+            RLMEvent(event_kind, self.run_id, self.depth, self.parent_run_id, dict(data))
         )
 
     def _record_call(self, call: RLMChatCompletion) -> None:
@@ -236,7 +249,10 @@ class RLMRun:
         call_id = f"{self.run_id}:{next(self._call_ids)}"
         prompt: Any = messages if request_is_chat(request) else messages[-1]["content"]
         preview = prompt_preview(prompt)
-        self.emit("subcall_started", call_id=call_id, call=kind, prompt_preview=preview)
+        self.emit(
+            "subcall_started",
+            SubcallStarted(call_id=call_id, call=kind, prompt_preview=preview),
+        )
         started = time.perf_counter()
         client = self.config.router.client_for(request.model or None, self.depth + 1)
         try:
@@ -265,11 +281,13 @@ class RLMRun:
             )
             self.emit(
                 "subcall_finished",
-                call_id=call_id,
-                call=kind,
-                model=client.model_name,
-                seconds=seconds,
-                error=message,
+                SubcallFinished(
+                    call_id=call_id,
+                    call=kind,
+                    model=client.model_name,
+                    seconds=seconds,
+                    error=message,
+                ),
             )
             raise
         seconds = time.perf_counter() - started
@@ -299,14 +317,16 @@ class RLMRun:
         )
         self.emit(
             "subcall_finished",
-            call_id=call_id,
-            call=kind,
-            model=response.model,
-            seconds=seconds,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cost=cost,
-            response_preview=response.text[:PREVIEW_CHARS],
+            SubcallFinished(
+                call_id=call_id,
+                call=kind,
+                model=response.model,
+                seconds=seconds,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cost=cost,
+                response_preview=response.text[:PREVIEW_CHARS],
+            ),
         )
         return pb.CompleteReply(
             text=response.text,
@@ -339,11 +359,13 @@ class RLMRun:
         model = self.config.router.client_for(None, child.depth).model_name
         self.emit(
             "subcall_started",
-            call_id=call_id,
-            call="rlm_query",
-            model=model,
-            prompt_preview=request.prompt[:PREVIEW_CHARS],
-            child_run_id=child.run_id,
+            SubcallStarted(
+                call_id=call_id,
+                call="rlm_query",
+                model=model,
+                prompt_preview=request.prompt[:PREVIEW_CHARS],
+                child_run_id=child.run_id,
+            ),
         )
         started = time.perf_counter()
         extras = {"kind": "rlm_query", "call_id": call_id, "child_run_id": child.run_id}
@@ -368,12 +390,14 @@ class RLMRun:
             )
             self.emit(
                 "subcall_finished",
-                call_id=call_id,
-                call="rlm_query",
-                model=model,
-                seconds=seconds,
-                error=message,
-                child_run_id=child.run_id,
+                SubcallFinished(
+                    call_id=call_id,
+                    call="rlm_query",
+                    model=model,
+                    seconds=seconds,
+                    error=message,
+                    child_run_id=child.run_id,
+                ),
             )
             raise
         seconds = time.perf_counter() - started
@@ -383,15 +407,17 @@ class RLMRun:
         self._record_call(result)
         self.emit(
             "subcall_finished",
-            call_id=call_id,
-            call="rlm_query",
-            model=model,
-            seconds=seconds,
-            input_tokens=usage.total_input_tokens,
-            output_tokens=usage.total_output_tokens,
-            cost=usage.total_cost,
-            response_preview=result.response[:PREVIEW_CHARS],
-            child_run_id=child.run_id,
+            SubcallFinished(
+                call_id=call_id,
+                call="rlm_query",
+                model=model,
+                seconds=seconds,
+                input_tokens=usage.total_input_tokens,
+                output_tokens=usage.total_output_tokens,
+                cost=usage.total_cost,
+                response_preview=result.response[:PREVIEW_CHARS],
+                child_run_id=child.run_id,
+            ),
         )
         return pb.CompleteReply(text=result.response)
 
@@ -441,10 +467,12 @@ class RLMRun:
             self.iterations.append(iteration_entry(len(self.iterations) + 1, iteration))
         self.emit(
             "iteration_finished",
-            iteration=number,
-            seconds=iteration.iteration_time,
-            final_answer=iteration.final_answer,
-            kind=iteration.extras.get("kind"),
+            IterationFinished(
+                iteration=number,
+                seconds=iteration.iteration_time,
+                final_answer=iteration.final_answer,
+                kind=iteration.extras.get("kind"),
+            ),
         )
 
     # ---- the loop --------------------------------------------------------------------------
@@ -481,11 +509,13 @@ class RLMRun:
             self.logger.clear_iterations()
         self.emit(
             "run_started",
-            model=root_model,
-            environment=environment_name(self.config.environment),
-            context_chars=len(context) if isinstance(context, (str, list, dict)) else None,
-            root_prompt=root_prompt,
-            max_iterations=self.config.max_iterations,
+            RunStarted(
+                model=root_model,
+                environment=environment_name(self.config.environment),
+                context_chars=len(context) if isinstance(context, (str, list, dict)) else None,
+                root_prompt=root_prompt,
+                max_iterations=self.config.max_iterations,
+            ),
         )
         owned = environment is None
         env = environment
@@ -520,11 +550,13 @@ class RLMRun:
                 await env.aclose()
             self.emit(
                 "run_finished",
-                response=response,
-                finished_by=self._finished_by,
-                seconds=time.perf_counter() - started,
-                usage=UsageSummary.from_ledger(self.ledger.usage).to_dict(),
-                error=error_text,
+                RunFinished(
+                    response=response,
+                    finished_by=self._finished_by,
+                    seconds=time.perf_counter() - started,
+                    usage=UsageSummary.from_ledger(self.ledger.usage).to_dict(),
+                    error=error_text,
+                ),
             )
 
     def _first_messages(self, context: Any, root_prompt: str | None, turn: int) -> list[dict]:
@@ -568,7 +600,7 @@ class RLMRun:
                 if compacted is not None:
                     compactions += 1
                     messages = self.messages = compacted
-            self.emit("iteration_started", iteration=iteration)
+            self.emit("iteration_started", IterationStarted(iteration=iteration))
             started = time.perf_counter()
             prompt_snapshot = list(messages)
             reply, lm_seconds = await self._ask_model(messages, iteration)
@@ -612,11 +644,13 @@ class RLMRun:
         seconds = time.perf_counter() - started
         self.emit(
             "lm_response",
-            iteration=iteration,
-            text=reply.text,
-            seconds=seconds,
-            input_tokens=reply.usage.input_tokens,
-            output_tokens=reply.usage.output_tokens,
+            LMResponded(
+                iteration=iteration,
+                text=reply.text,
+                seconds=seconds,
+                input_tokens=reply.usage.input_tokens,
+                output_tokens=reply.usage.output_tokens,
+            ),
         )
         return reply, seconds
 
@@ -633,14 +667,16 @@ class RLMRun:
             cells.blocks.append(CodeBlock(code, repl_result(result, calls, tools)))
             self.emit(
                 "cell_executed",
-                iteration=iteration,
-                block=index,
-                code=code,
-                stdout=result.stdout,
-                stderr=result.stderr,
-                error=result.error,
-                seconds=result.seconds,
-                restarted=result.restarted,
+                CellExecuted(
+                    iteration=iteration,
+                    block=index,
+                    code=code,
+                    stdout=result.stdout,
+                    stderr=result.stderr,
+                    error=result.error,
+                    seconds=result.seconds,
+                    restarted=result.restarted,
+                ),
             )
             cells.outputs.append(prompts.format_cell(index, code, result))
             if result.answer_content:

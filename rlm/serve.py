@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rlm.broker.loop import submit
+from rlm.config import request_limits
 from rlm.core import RLM
 from rlm.errors import (
     BudgetExceededError,
@@ -70,15 +71,9 @@ __all__ = ["OVERRIDES", "RLMServer", "ServeConfig", "add_cli", "event_stream", "
 
 log = logging.getLogger("rlm.serve")
 
-OVERRIDES: dict[str, tuple[str, type]] = {
-    "max_depth": ("max_depth", int),
-    "max_iterations": ("max_iterations", int),
-    "max_budget": ("max_budget", float),
-    "max_timeout": ("max_timeout", float),
-    "max_errors": ("max_errors", int),
-    "max_tree_tokens": ("max_tokens", int),
-}
-"""Request field -> (``RLM`` kwarg, type). A request may lower these, never raise them."""
+OVERRIDES: dict[str, tuple[str, type]] = request_limits()
+"""Request field -> (``RLM`` kwarg, type). A request may lower these, never raise them. Derived
+from the options schema (``rlm.config.Settings``), like the flags and the config file."""
 
 HEARTBEAT_SECONDS = 10.0
 

@@ -110,3 +110,28 @@ def test_the_checker_sees_lazy_and_relative_imports():
         "rlm.run.RLMRun",
         "rlm.cli",
     }
+
+
+#: The package's one use of the stand-ins (the ``rlm-standins`` distribution in ``standins/``):
+#: ``rlm providers check`` imports them lazily and says how to install them when they are missing.
+STANDIN_USERS = {"rlm/providers_check.py"}
+PROVIDER_SDKS = ("modal", "modal_proto", "grpclib", "e2b", "daytona", "prime_sandboxes", "docker")
+
+
+def test_the_package_ships_no_standin_and_reaches_for_them_only_in_the_providers_check():
+    users = {
+        str(path.relative_to(ROOT))
+        for folder in ("rlm", "broker", "environments", "protos")
+        for path in sources(folder)
+        if any(
+            is_under(name, ("rlm_standins", "rlm.testing.standins")) for name in imports_of(path)
+        )
+    }
+    assert users == STANDIN_USERS
+    assert not (ROOT / "rlm" / "testing" / "standins").exists()
+
+
+@pytest.mark.parametrize("path", sources("rlm/testing"), ids=lambda p: p.name)
+def test_the_test_helpers_import_no_provider_sdk(path: Path):
+    bad = [name for name in imports_of(path) if is_under(name, PROVIDER_SDKS)]
+    assert not bad, f"{path.relative_to(ROOT)} imports {bad}: rlm.testing must not need them"

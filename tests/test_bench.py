@@ -278,3 +278,47 @@ def test_batch_sizes_can_be_chosen_on_the_command_line() -> None:
     assert config_from(parse_args(["--batch-sizes", "64"])).batch_sizes == [64]
     assert config_from(parse_args(["--batch-sizes", "8, 256"])).batch_sizes == [8, 256]
     assert config_from(parse_args([])).batch_sizes == [8, 64, 256]
+
+
+# ---- the documented targets (--gate) -------------------------------------------------------------
+
+
+def test_the_gate_names_rows_the_full_suite_writes() -> None:
+    from bench.suite import SuiteConfig
+    from bench.targets import TARGETS
+
+    config = SuiteConfig()
+    rows = {
+        f"root iteration overhead, 0 ms LM (completion of {config.iterations} iterations / "
+        f"{config.iterations})",
+        *(f"context {chars / 1e6:g}M chars: load + first cell" for chars in config.load_sizes),
+        *(
+            f"llm_query_batched({n}) / raw aiohttp floor ({n} POSTs), same run"
+            for n in config.batch_sizes
+        ),
+        f"{config.children} rlm_query_batched children × one "
+        f"{config.children_latency * 1000:g} ms llm_query: wall time of the batch",
+    }
+    assert {target.row for target in TARGETS} <= rows
+
+
+def test_the_gate_says_met_missed_or_not_measured() -> None:
+    from bench.targets import CHILDREN, check
+
+    local = Measurement(CHILDREN, "s", "local", ours=[0.5, 0.55, 0.7])
+    docker = Measurement(CHILDREN, "s", "docker", ours=[2.4, 2.5, 2.6])
+    lines, all_met = check([local])
+    assert all_met and any(line.startswith("met") and "[local]" in line for line in lines)
+    assert any(line.startswith("not measured") and "[docker]" in line for line in lines)
+    lines, all_met = check([local, docker])
+    assert not all_met
+    assert any(line.startswith("MISSED") and "2.5 s (limit 1)" in line for line in lines)
+    ratio = Measurement(
+        "root iteration overhead, 0 ms LM (completion of 30 iterations / 30)",
+        "ms / iteration",
+        "local",
+        ours=[3.0],
+        reference=[10.0],
+    )
+    lines, _ = check([ratio])
+    assert any("0.3×" in line and line.startswith("met") for line in lines)

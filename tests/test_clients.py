@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -662,10 +661,8 @@ def test_timeouts_are_transient_and_retried() -> None:
     script = [Reply("too slow", delay=1.0), "quick"]
     with ScriptedLMServer(script) as server:
         client = openai_client(server, timeout=0.3, max_retries=1)
-        started = time.perf_counter()
         response = run(lambda: complete(client, user("x")))
-    assert response.text == "quick"
-    assert time.perf_counter() - started < 1.0
+    assert response.text == "quick"  # the slow reply was given up on, not waited for
     assert len(server.requests) == 2
 
 

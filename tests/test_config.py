@@ -136,3 +136,65 @@ def test_cli_flags_default_to_not_given(tmp_path):
     args = parser.parse_args(["--config", str(config), "--max-iterations", "9", "-e", "docker"])
     settings = settings_from_args(args)
     assert (settings.model, settings.max_iterations, settings.environment) == ("file", 9, "docker")
+
+
+# ---- one options schema: every layer is derived from Settings' declarations ------------------
+
+#: A value of each option's type, as a flag / env var would spell it and as TOML writes it.
+SAMPLES = {str: ("some-text", '"some-text"'), int: ("7", "7"), float: ("2.5", "2.5")}
+PRICE = ("0.5,2", "[0.5, 2.0]")
+
+
+def option_fields() -> list:
+    import dataclasses
+
+    return [f for f in dataclasses.fields(Settings) if "kind" in f.metadata]
+
+
+@pytest.mark.parametrize("option", option_fields(), ids=lambda f: f.name)
+def test_each_option_is_a_flag_an_env_var_and_a_file_key_with_the_same_meaning(option, tmp_path):
+    """A setting declared once in ``Settings`` is read the same from all three layers."""
+    spelled, toml = PRICE if option.metadata["kind"] is tuple else SAMPLES[option.metadata["kind"]]
+    flag = f"--{option.name.replace('_', '-')}"
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser)
+    from_flag = settings_from_args(parser.parse_args([flag, spelled]))
+    home = {"HOME": str(tmp_path)}
+    from_env = load_settings(env={**home, f"RLM_{option.name.upper()}": spelled}, cwd=tmp_path)
+    write(tmp_path / "rlm.toml", f"{option.name} = {toml}\n")
+    from_file = load_settings(env=home, cwd=tmp_path)
+    values = [getattr(s, option.name) for s in (from_flag, from_env, from_file)]
+    assert values[0] == values[1] == values[2] != option.default, values
+    assert [s.sources[option.name].split()[0] for s in (from_flag, from_env, from_file)] == [
+        "cli",
+        "env",
+        "file",
+    ]
+
+
+def test_the_limits_a_serve_request_may_lower_are_the_rlm_limits_of_the_schema():
+    import inspect
+
+    from rlm.config import request_limits
+    from rlm.serve import OVERRIDES
+
+    assert request_limits() == OVERRIDES
+    kwargs = Settings().rlm_kwargs()
+    rlm_limits = {
+        p
+        for p in inspect.signature(RLM.__init__).parameters
+        if p.startswith("max_") and not p.startswith("max_concurrent_")  # throughput, not limits
+    }
+    # Every RLM limit is a setting a request may lower, under its own name or a clearer one.
+    assert {setting for setting, _kind in OVERRIDES.values()} == rlm_limits
+    assert all(setting in kwargs for setting in rlm_limits)
+
+
+def test_rlm_serve_takes_every_setting_as_a_flag():
+    from rlm.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("run", "serve"):
+        dests = {a.dest for a in subparsers.choices[command]._actions}
+        assert {f.name for f in option_fields()} <= dests, command

@@ -9,6 +9,7 @@ import pytest
 
 from rlm import BudgetExceededError, ErrorThresholdExceededError, RLMLogger
 from rlm.testing import RecordedRequest, Reply
+from rlm.testing.scripts import depth_script, is_root_request, iteration_of
 
 NEEDLE = "The secret launch code is 7491-ALPHA."
 
@@ -40,14 +41,6 @@ ROOT_FINISH = """```repl
 answer["content"] = found[0]
 answer["ready"] = True
 ```"""
-
-
-def is_root_request(request: RecordedRequest) -> bool:
-    return any(m.get("role") == "system" for m in request.messages)
-
-
-def iteration_of(request: RecordedRequest) -> int:
-    return sum(1 for m in request.messages if m.get("role") == "assistant")
 
 
 def needle_script(request: RecordedRequest) -> str:
@@ -103,37 +96,6 @@ def test_needle_in_a_2mb_haystack_with_concurrent_batched_subcalls(lm_server, ma
     assert entries[0]["root_model"] == "root-model"
     assert entries[1:] == result.metadata["iterations"]
     assert result.metadata["run_metadata"]["backend_kwargs"]["api_key"] == "<hidden>"
-
-
-def depth_script(leaf_reply: str = "leaf answer"):
-    plans = {
-        "root": [
-            '```repl\nr = rlm_query("CHILD: summarise the task")\nprint(r)\n```',
-            '```repl\nanswer["content"] = "root got: " + r\nanswer["ready"] = True\n```',
-        ],
-        "child": [
-            '```repl\ng = rlm_query("GRANDCHILD: go deeper")\nprint(g)\n```',
-            '```repl\nanswer.update({"content": "child got: " + g, "ready": True})\n```',
-        ],
-        "grandchild": [
-            '```repl\nv = llm_query("leaf question")\nprint(v[:20])\n```',
-            '```repl\nanswer = {"content": "grand got: " + v[:10], "ready": True}\n```',
-        ],
-    }
-
-    def script(request: RecordedRequest) -> str | Reply:
-        if not is_root_request(request):
-            return leaf_reply
-        first_user = request.messages[1]["content"]
-        if "GRANDCHILD" in first_user:
-            who = "grandchild"
-        elif "CHILD" in first_user:
-            who = "child"
-        else:
-            who = "root"
-        return plans[who][iteration_of(request)]
-
-    return script
 
 
 def test_depth_two_recursion_rolls_child_usage_into_the_root(lm_server, make_rlm):
@@ -291,17 +253,16 @@ def test_max_tokens_stops_the_tree(lm_server, make_rlm):
         rlm.completion("data")
 
 
-def test_max_timeout_stops_a_slow_run_with_a_typed_error(lm_server, make_rlm):
-    import time
-
+def test_max_timeout_stops_a_slow_run_with_a_typed_error(lm_server, make_rlm, tmp_path):
     from rlm import TimeoutExceededError
 
-    lm_server.set_script(["```repl\nimport time\ntime.sleep(30)\n```"])
+    finished = tmp_path / "finished"
+    cell = f"import time\ntime.sleep(30)\nopen({str(finished)!r}, 'w').close()"
+    lm_server.set_script([f"```repl\n{cell}\n```"])
     rlm = make_rlm(max_timeout=1.5)
-    started = time.perf_counter()
     with pytest.raises(TimeoutExceededError, match="max_timeout"):
         rlm.completion("data")
-    assert time.perf_counter() - started < 1.5 + 4
+    assert not finished.exists(), "the run waited for the cell instead of stopping it"
 
 
 def test_rlm_query_batched_runs_children_concurrently(lm_server, make_rlm):

@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     ),
     "python -m pytest": ".ci/run",
     "pip install -e '.[dev,local]'": ".ci/run",
+    "pip install -e ./standins": ".ci/run",
     "sudo apt-get install -y mmdebstrap": ".ci/run",
     "pip install -e '.[docker]' && rlm docker build-image": ".ci/run",
     "rlm docker build-image": ".ci/run",
@@ -65,6 +66,7 @@ EXTRA = re.compile(r"pip install 'rlm\[(\w+)\]'")
 
 CI_STEPS = {
     "pip install -e '.[dev,local]'": "pip install -q -e '.[dev,local]'",
+    "pip install -e ./standins": "pip install -q -e ./standins",
     "python -m pytest": "python3 -m pytest",
     "sudo apt-get install -y mmdebstrap": "mmdebstrap",
     "pip install -e '.[docker]' && rlm docker build-image": "rlm docker build-image",

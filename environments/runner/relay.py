@@ -55,8 +55,11 @@ REPLAY_LIMIT = 32 << 20
 #: a receiver acknowledges at least this often while it has something to acknowledge
 ACK_SECONDS = 0.1
 #: a resend request that brought nothing (it or the resent frames were lost too) is repeated
-#: after this long
+#: after this long, then after twice as long each time (up to RESEND_MAX_SECONDS) while nothing
+#: arrives in order: on a slow link the resent frames may sit behind seconds of backlog, and
+#: every repeat would queue the whole replay again
 RESEND_SECONDS = 0.5
+RESEND_MAX_SECONDS = 30.0
 #: a sender whose frames have gone unacknowledged this long sends its newest one again: a
 #: receiver that lost the frames before it (a stream re-attached without replaying what was
 #: written meanwhile) then sees the gap and asks for them
@@ -115,9 +118,18 @@ class Sequencer:
         self.received = 0
         #: the ``received`` value last sent to the other side
         self.ack_sent = 0
-        self._buffer: collections.deque[tuple[int, bytes]] = collections.deque()
+        #: (seq, line, when it was last sent) of every frame not yet acknowledged
+        self._buffer: collections.deque[tuple[int, bytes, float]] = collections.deque()
         self.buffered_bytes = 0
         self._asked = (-1, 0.0)  # (received, when) of the last resend request
+        self._ask_interval = RESEND_SECONDS  # how long until that request may be repeated
+        self._heard_at = time.monotonic()  # when the last line of any kind arrived
+        self._replayed = (0, -1e9)  # (from seq, when) of the last replay sent
+        #: seconds from sending a frame to its acknowledgement, last measured (backlog included)
+        self.link_delay = 0.0
+        #: resend requests sent and replays answered (each replay resends every kept frame)
+        self.resend_requests = 0
+        self.replays = 0
         self._progress_at = time.monotonic()  # when the other side last acknowledged anything
 
     @property
@@ -131,9 +143,10 @@ class Sequencer:
     def stamp(self, conn: int, kind: bytes, data: bytes = b"") -> bytes:
         """A numbered frame, kept for a resend until acknowledged."""
         line = encode_frame(self.next_seq, self.received, conn, kind, data)
+        now = time.monotonic()
         if not self._buffer:
-            self._progress_at = time.monotonic()
-        self._buffer.append((self.next_seq, line))
+            self._progress_at = now
+        self._buffer.append((self.next_seq, line, now))
         self.buffered_bytes += len(line)
         self.next_seq += 1
         self.ack_sent = self.received
@@ -146,24 +159,34 @@ class Sequencer:
 
     def resend_request(self, force: bool = False) -> bytes | None:
         """An ``R`` asking for everything after the last frame received in order, or None when
-        one was asked for that less than RESEND_SECONDS ago (unless ``force``)."""
+        the same was asked for too recently (unless ``force``): RESEND_SECONDS after the first
+        request, then twice as long after each repeat, up to RESEND_MAX_SECONDS."""
         now = time.monotonic()
         asked_for, asked_at = self._asked
-        if not force and asked_for == self.received and now - asked_at < RESEND_SECONDS:
+        if asked_for != self.received:
+            self._ask_interval = RESEND_SECONDS
+        elif not force and now - asked_at < self._ask_interval:
             return None
+        else:
+            self._ask_interval = min(self._ask_interval * 2, RESEND_MAX_SECONDS)
         self._asked = (self.received, now)
+        self.resend_requests += 1
         return self.control(b"R", b"%d" % (self.received + 1))
 
     def overdue_resend(self) -> bytes | None:
-        """The resend request again when nothing arrived since the last one, RESEND_SECONDS
-        ago (it, or what it brought, was lost as well); None otherwise."""
+        """The resend request again when nothing arrived in order since the last one and the
+        link has been quiet for RESEND_SECONDS (it, or what it brought, was lost as well);
+        None otherwise. While lines keep arriving the replay may be behind them."""
         if self._asked[0] != self.received:
+            return None
+        if time.monotonic() - self._heard_at < RESEND_SECONDS:
             return None
         return self.resend_request()
 
     def receive(self, line: bytes) -> Frame | None:
         """The frame to act on; None for a duplicate. Raises FrameError (corrupt) or FrameGap
         (frames missing before it); either way the caller asks for a resend."""
+        self._heard_at = time.monotonic()
         frame = decode_frame(line)
         self._acknowledged(frame.ack)
         if frame.seq == 0:
@@ -177,10 +200,21 @@ class Sequencer:
 
     def replay_from(self, seq: int) -> list[bytes]:
         """The kept frames from ``seq`` on; FrameError when some were already dropped (the
-        other side acknowledged them, so it cannot be asking for them honestly)."""
+        other side acknowledged them, so it cannot be asking for them honestly). Empty when a
+        replay covering ``seq`` went out less than the link's delay ago (at least
+        RESEND_SECONDS): the request was sent before that replay could arrive."""
         if self._buffer and self._buffer[0][0] > seq:
             raise FrameError(f"frame {seq} was acknowledged and is gone")
-        return [line for number, line in self._buffer if number >= seq]
+        now = time.monotonic()
+        since, when = self._replayed
+        if since <= seq and now - when < max(RESEND_SECONDS, self.link_delay):
+            return []
+        self._replayed = (seq, now)
+        self.replays += 1
+        self._buffer = collections.deque(
+            (number, line, now if number >= seq else sent) for number, line, sent in self._buffer
+        )
+        return [line for number, line, _sent in self._buffer if number >= seq]
 
     def probe(self) -> bytes | None:
         """The newest unacknowledged frame when nothing was acknowledged for PROBE_SECONDS."""
@@ -191,10 +225,13 @@ class Sequencer:
         return self._buffer[-1][1]
 
     def _acknowledged(self, ack: int) -> None:
+        now = time.monotonic()
         if self._buffer and self._buffer[0][0] <= ack:
-            self._progress_at = time.monotonic()
+            self._progress_at = now
         while self._buffer and self._buffer[0][0] <= ack:
-            self.buffered_bytes -= len(self._buffer.popleft()[1])
+            _seq, line, sent = self._buffer.popleft()
+            self.buffered_bytes -= len(line)
+            self.link_delay = now - sent
 
 
 class StdioRelay:

@@ -358,23 +358,36 @@ class _SessionAuth(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInte
         return continuation(self._with_token(details), requests)
 
 
+#: gRPC keepalive of a runner that dials the broker directly (ping every 20 s, 10 s to answer)
+DIRECT_KEEPALIVE_MS = (20_000, 10_000)
+#: ... and of one behind the stdio relay. Its ping queues behind every frame the relay has not
+#: delivered yet: up to the relay's replay limit (32 MiB), which on the slowest link the adapters
+#: accept (256 KiB/s, ``UPLOAD_MIN_BYTES_PER_SECOND``) takes 128 s, plus a provider's re-attach
+#: that replays a whole log. A dead host needs no ping to be noticed there: the relay sees its
+#: stdin close.
+RELAYED_KEEPALIVE_MS = (60_000, 180_000)
+
+
 class Runner:
     """One persistent interpreter attached to one broker session."""
 
-    def __init__(self, address: str, token: str, shell: str = "python") -> None:
+    def __init__(
+        self, address: str, token: str, shell: str = "python", relayed: bool = False
+    ) -> None:
         if shell not in SHELLS:
             raise ValueError(f"unknown shell {shell!r}; choose one of: {', '.join(SHELLS)}")
         self.namespace: dict[str, Any] = {}
         self._reset_namespace()
         # Made first: a sandbox without IPython fails here, before anything is attached.
         self._ipython = IPythonCells(self.namespace) if shell == "ipython" else None
+        ping_every, ping_timeout = RELAYED_KEEPALIVE_MS if relayed else DIRECT_KEEPALIVE_MS
         channel = grpc.insecure_channel(
             address,
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.keepalive_time_ms", 20_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.keepalive_time_ms", ping_every),
+                ("grpc.keepalive_timeout_ms", ping_timeout),
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
@@ -986,7 +999,12 @@ def main() -> int:
             os.makedirs(boot.workdir, mode=0o700, exist_ok=True)
         os.chdir(boot.workdir)
     try:
-        runner = Runner(boot.address, boot.token, shell=boot.shell or "python")
+        runner = Runner(
+            boot.address,
+            boot.token,
+            shell=boot.shell or "python",
+            relayed=boot.relay == "stdio",
+        )
     except (ShellUnavailableError, ValueError) as error:
         print(f"rlm-runner: {error}", file=sys.stderr, flush=True)
         return 2

@@ -31,8 +31,8 @@ from rlm.broker.loop import run_sync
 from rlm.broker.server import BrokerServer
 from rlm.environments import environment_class
 from rlm.environments.base import SandboxEnvironment
-from rlm.errors import ConfigurationError
-from rlm.protos import rlm_sandbox_pb2 as pb
+from rlm.testing import contract
+from rlm.testing.contract import RecordingHandler
 
 #: Cloud providers: each has a stand-in (``standin_<name>.py`` beside this file) speaking its
 #: wire protocol, used through the real SDK; ``RLM_LIVE_<NAME>=1`` plus credentials runs the same
@@ -64,13 +64,16 @@ def usable_cloud_fixture(name: str):
     return module
 
 
-def _test_adapter(name: str) -> type | None:
-    """Adapters that exist only for the tests (a relayed adapter over local pipes)."""
+def adapter_class(name: str) -> type[SandboxEnvironment]:
+    """The adapter class for ``name``: a registered environment, or one that exists only for
+    the tests (``stdio-relay``: a relayed adapter over local pipes)."""
     if name == "stdio-relay":
         from stdio_adapter import StdioRelayEnvironment
 
         return StdioRelayEnvironment
-    return None
+    cls = environment_class(name)
+    assert issubclass(cls, SandboxEnvironment), cls
+    return cls
 
 
 def own_sandbox_standins(
@@ -92,36 +95,7 @@ def start_environment(
     name: str, broker: BrokerServer, handler: Any, **kwargs: Any
 ) -> SandboxEnvironment:
     """A started environment of kind ``name`` (the caller closes it)."""
-    cls = _test_adapter(name) or environment_class(name)
-    env = cls(broker=broker, handler=handler, label="test", **kwargs)
-    run_sync(env.start())
-    return env
-
-
-class RecordingHandler:
-    """A session handler that answers sub-calls from a table and records them."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.tools: dict[str, Any] = {}
-
-    async def complete(self, request: pb.CompleteRequest) -> pb.CompleteReply:
-        self.calls.append(("complete", request.prompt))
-        return pb.CompleteReply(text=f"echo:{request.prompt}", input_tokens=1, output_tokens=1)
-
-    async def subcall(self, request: pb.SubcallRequest) -> pb.CompleteReply:
-        self.calls.append(("subcall", request.prompt))
-        return pb.CompleteReply(text=f"child:{request.prompt}")
-
-    async def call_tool(self, request: pb.ToolRequest) -> pb.ToolReply:
-        import json
-
-        self.calls.append(("tool", request.name))
-        payload = json.loads(request.args_json)
-        if request.name not in self.tools:
-            raise ConfigurationError(f"no tool {request.name}")
-        value = self.tools[request.name](*payload["args"], **payload["kwargs"])
-        return pb.ToolReply(result_json=json.dumps(value).encode())
+    return contract.start_environment(adapter_class(name), broker, handler, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -132,21 +106,21 @@ def broker() -> Iterator[BrokerServer]:
     run_sync(server.aclose())
 
 
-def _variants() -> list[Any]:
-    """(environment name, docker runtime) for every variant the contract suite runs."""
-    variants = []
-    for name in ENVIRONMENTS:
+def variants(names: list[str]) -> list[Any]:
+    """(environment name, docker runtime) for each of ``names``, docker once per runtime."""
+    found = []
+    for name in names:
         runtimes = DOCKER_RUNTIMES if name == "docker" else [None]
         for runtime in runtimes:
             ident = docker_variant_id(runtime) if name == "docker" else name
-            variants.append(pytest.param((name, runtime), id=ident))
-    return variants
+            found.append(pytest.param((name, runtime), id=ident))
+    return found
 
 
-@pytest.fixture(params=_variants())
-def env_variant(request: pytest.FixtureRequest) -> tuple[str, str | None]:
-    """The environment under test and, for docker, its OCI runtime (None: the engine's default)."""
-    name, runtime = request.param
+def usable_variant(variant: tuple[str, str | None]) -> tuple[str, str | None]:
+    """``variant`` when it can run here; skips the test with the reason otherwise (docker fails
+    instead under RLM_REQUIRE_DOCKER=1 / RLM_REQUIRE_GVISOR=1)."""
+    name, runtime = variant
     if name == "docker":
         reason = docker_available()
         if reason:
@@ -155,6 +129,12 @@ def env_variant(request: pytest.FixtureRequest) -> tuple[str, str | None]:
     if name in CLOUD_PROVIDERS:
         usable_cloud_fixture(name)
     return name, runtime
+
+
+@pytest.fixture(params=variants(ENVIRONMENTS))
+def env_variant(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    """The environment under test and, for docker, its OCI runtime (None: the engine's default)."""
+    return usable_variant(request.param)
 
 
 @pytest.fixture

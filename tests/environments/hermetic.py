@@ -28,3 +28,17 @@ def hermetic_environ(
         for name in [k for k in os.environ if ours(k)]:
             del os.environ[name]
         os.environ.update(saved)
+
+
+def standins_missing() -> str | None:
+    """Why the provider stand-ins cannot run here (they are the ``rlm-standins`` distribution in
+    ``standins/``, not part of the rlm wheel), or None. Under ``RLM_REQUIRE_STANDINS=1`` (set by
+    .ci/run) their absence is an error instead of a reason to skip."""
+    import importlib.util
+
+    if importlib.util.find_spec("rlm_standins") is not None:
+        return None
+    reason = "the provider stand-ins are not installed: pip install -e ./standins"
+    if os.environ.get("RLM_REQUIRE_STANDINS") == "1":
+        raise RuntimeError(reason)
+    return reason

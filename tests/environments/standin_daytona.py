@@ -1,6 +1,6 @@
 """The Daytona fixture of the shared contract suite (loaded by ``cloud_fixture("daytona")``).
 
-``running_standin()`` starts :class:`rlm.testing.standins.daytona.DaytonaStandIn` and yields the
+``running_standin()`` starts :class:`rlm_standins.daytona.DaytonaStandIn` and yields the
 environment_kwargs that point the real ``daytona`` SDK at it (its ``api_url`` and API key;
 ``python`` is this interpreter, which has grpcio and protobuf). ``daytona`` lives in the main
 virtualenv: ``python -m pytest tests/environments -k daytona``.
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from hermetic import hermetic_environ
+from hermetic import hermetic_environ, standins_missing
 
 
 def _skip_reason() -> str | None:
@@ -27,7 +27,7 @@ def _skip_reason() -> str | None:
         import daytona  # noqa: F401
     except ImportError:
         return "pip install 'rlm[daytona]'"
-    return None
+    return standins_missing()
 
 
 SKIP_REASON: str | None = _skip_reason()
@@ -52,7 +52,7 @@ def live_kwargs() -> dict[str, Any]:
 def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
     """A started stand-in (``options`` go to :class:`DaytonaStandIn`) and the environment_kwargs
     that reach it through the real SDK."""
-    from rlm.testing.standins.daytona import DaytonaStandIn
+    from rlm_standins.daytona import DaytonaStandIn
 
     # The SDK reads DAYTONA_* variables: the developer's must not reach (or bill) the real platform.
     with hermetic_environ("DAYTONA_"), DaytonaStandIn(**options) as server:

@@ -1,6 +1,6 @@
 """The E2B fixture of the shared contract suite (loaded by ``cloud_fixture("e2b")``).
 
-``running_standin()`` starts :class:`rlm.testing.standins.e2b.E2BStandIn` and yields the environment_kwargs
+``running_standin()`` starts :class:`rlm_standins.e2b.E2BStandIn` and yields the environment_kwargs
 that point the real ``e2b`` SDK at it (its control API as ``api_url``, its envd proxy as
 ``sandbox_url``, its API key; ``python`` is this interpreter, which has grpcio and protobuf).
 ``e2b`` cannot share a virtualenv with ``prime-sandboxes`` (connectrpc pins), so this runs in
@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from hermetic import hermetic_environ
+from hermetic import hermetic_environ, standins_missing
 
 
 def _skip_reason() -> str | None:
@@ -31,7 +31,7 @@ def _skip_reason() -> str | None:
             "pip install 'rlm[e2b]' (in a venv of its own: .ci/sdk-venvs.sh makes .venv-e2b; "
             "run .venv-e2b/bin/python -m pytest tests/environments -k e2b)"
         )
-    return None
+    return standins_missing()
 
 
 SKIP_REASON: str | None = _skip_reason()
@@ -57,7 +57,7 @@ def live_kwargs() -> dict[str, Any]:
 def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
     """A started stand-in (``options`` go to :class:`E2BStandIn`) and the environment_kwargs
     that reach it through the real SDK."""
-    from rlm.testing.standins.e2b import E2BStandIn
+    from rlm_standins.e2b import E2BStandIn
 
     # The SDK reads E2B_* variables (E2B_DEBUG would send it elsewhere): hide the developer's.
     with hermetic_environ("E2B_"), E2BStandIn(**options) as server:

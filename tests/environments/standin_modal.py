@@ -1,6 +1,6 @@
 """The Modal fixture of the shared contract suite (loaded by ``cloud_fixture("modal")``).
 
-``running_standin()`` starts :class:`rlm.testing.standins.modal.ModalStandIn`, points the real ``modal``
+``running_standin()`` starts :class:`rlm_standins.modal.ModalStandIn`, points the real ``modal``
 SDK at it (``MODAL_SERVER_URL`` and a token pair the stand-in accepts, set in the environment for
 the duration, with ``HOME`` and ``MODAL_CONFIG_PATH`` pointing at an empty directory so that the
 developer's ``~/.modal.toml`` neither leaks in nor is touched) and yields the environment_kwargs:
@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from hermetic import hermetic_environ
+from hermetic import hermetic_environ, standins_missing
 
 #: the token pair handed to the SDK for the stand-in (any non-empty pair is accepted there)
 STANDIN_TOKEN_ID = "ak-standin"
@@ -36,7 +36,7 @@ def _skip_reason() -> str | None:
         import modal  # noqa: F401
     except ImportError:
         return "pip install 'rlm[modal]'"
-    return None
+    return standins_missing()
 
 
 SKIP_REASON: str | None = _skip_reason()
@@ -71,7 +71,7 @@ def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
     """A started stand-in (``options`` go to :class:`ModalStandIn`) and the environment_kwargs
     that reach it through the real SDK; on the way out it checks that no sandbox was left
     running."""
-    from rlm.testing.standins.modal import ModalStandIn
+    from rlm_standins.modal import ModalStandIn
 
     with (
         tempfile.TemporaryDirectory(prefix="modal-home-") as home,

@@ -1,6 +1,6 @@
 """The Prime fixture of the shared contract suite (loaded by ``cloud_fixture("prime")``).
 
-``running_standin()`` starts :class:`rlm.testing.standins.prime.PrimeStandIn` and yields the
+``running_standin()`` starts :class:`rlm_standins.prime.PrimeStandIn` and yields the
 environment_kwargs that point the real ``prime-sandboxes`` SDK at it (its ``api_url`` and API key;
 ``python`` is this interpreter, which has grpcio and protobuf). ``prime-sandboxes`` cannot share
 a virtualenv with ``e2b`` (connectrpc pins), so this runs in ``.venv-prime`` (``.ci/sdk-venvs.sh``):
@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from hermetic import hermetic_environ
+from hermetic import hermetic_environ, standins_missing
 
 
 def _skip_reason() -> str | None:
@@ -31,7 +31,7 @@ def _skip_reason() -> str | None:
             "pip install 'rlm[prime]' (in a venv of its own: .ci/sdk-venvs.sh makes .venv-prime; "
             "run .venv-prime/bin/python -m pytest tests/environments -k prime)"
         )
-    return None
+    return standins_missing()
 
 
 SKIP_REASON: str | None = _skip_reason()
@@ -54,16 +54,35 @@ def live_kwargs() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
+def short_sdk_throttle_waits() -> Iterator[None]:
+    """prime-sandboxes waits a fixed 10, 30 and 40 s after a 429 on an upload before it gives up
+    (``_gateway_post``'s tenacity policy, ignoring Retry-After). Those waits are the SDK's, not
+    the adapter's: under the stand-in they are cut to 0.1 s so that a throttled suite still
+    finishes in seconds; the adapter's own retries take over after the SDK gives up."""
+    import tenacity
+    from prime_sandboxes.sandbox import AsyncSandboxClient
+
+    retrying = AsyncSandboxClient._gateway_post.retry  # type: ignore[attr-defined]
+    saved = retrying.wait
+    retrying.wait = tenacity.wait_fixed(0.1)
+    try:
+        yield
+    finally:
+        retrying.wait = saved
+
+
+@contextlib.contextmanager
 def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
     """A started stand-in (``options`` go to :class:`PrimeStandIn`) and the environment_kwargs
     that reach it through the real SDK."""
-    from rlm.testing.standins.prime import PrimeStandIn
+    from rlm_standins.prime import PrimeStandIn
 
     with (
         tempfile.TemporaryDirectory(prefix="prime-home-") as home,
         # The SDK reads ~/.prime and PRIME_* variables and caches gateway tokens in ~/.prime:
         # an empty home keeps the developer's config out and the stand-in's tokens in.
         hermetic_environ("PRIME_", names=("HOME",), values={"HOME": home}),
+        short_sdk_throttle_waits(),
         PrimeStandIn(**options) as server,
     ):
         kwargs = {"python": sys.executable, "api_url": server.api_url, "api_key": server.api_key}

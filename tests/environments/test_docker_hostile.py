@@ -183,9 +183,8 @@ def test_huge_print_and_runaway_loop(make_env):
     env = make_env(max_output_chars=500)
     result = run(env, 'print("y" * 10**9)', timeout=60)
     assert len(result.stdout) == 500 and result.stdout_dropped > 0
-    started = time.perf_counter()
     loop = run(env, "while True: pass", timeout=1)
-    assert time.perf_counter() - started < 3 and loop.interrupted
+    assert loop.interrupted and not loop.restarted
     assert run(env, "print('next')").stdout == "next\n"
 
 
@@ -201,14 +200,14 @@ def test_warm_pool_hands_out_fresh_containers(broker, handler, env_kwargs):
         envs.append(first)
         pool = first.pool
         run_sync(pool.fill(first.pool_key(), first._spawn_runner))
-        started = time.perf_counter()
+        waiting = [process for _started, process in pool._ready[first.pool_key()]]
         second = DockerEnvironment(
             broker=broker, handler=handler, pool_size=2, child_sandbox="own", **env_kwargs
         )
         run_sync(second.start())
         envs.append(second)
         assert second.pool is pool  # one pool per tree (a broker resource)
-        assert time.perf_counter() - started < 1.0
+        assert second._process in waiting, "the new session did not get a pre-started container"
         run(first, "secret = 1")
         assert run(second, "print('secret' in globals())").stdout == "False\n"
         ids = {env._process.container.id for env in envs}
@@ -243,7 +242,8 @@ def test_gc_removes_orphans_of_dead_owners(env_kwargs):
         assert orphan.status == "running"
         assert orphan.attrs["HostConfig"]["Runtime"] == env_kwargs.get("runtime", "runc")
         assert orphan.id in gc(client)
-        assert orphan.id not in {c.id for c in client.containers.list(all=True)}
+        # sparse: no inspect per container (another test run's container may go meanwhile).
+        assert orphan.id not in {c.id for c in client.containers.list(all=True, sparse=True)}
     finally:
         with contextlib.suppress(Exception):
             orphan.remove(force=True)
@@ -290,7 +290,7 @@ def test_sigkill_of_the_host_leaves_no_container(tmp_path, env_kwargs):
 def test_depth_two_completion_runs_children_in_their_own_pooled_containers(
     lm_server, make_rlm, env_kwargs
 ):
-    from test_e2e import depth_script
+    from rlm.testing.scripts import depth_script
 
     seen_hosts: list[str] = []
 

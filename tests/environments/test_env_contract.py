@@ -1,279 +1,35 @@
-"""The shared contract every environment passes (parametrised over ``ENVIRONMENTS``)."""
+"""Our environments against the shipped contract suite (:mod:`rlm.testing.contract`), the classes
+a third-party adapter subclasses too: every entry of ``ENVIRONMENTS`` (docker once per OCI
+runtime; each cloud provider on its stand-in, or live when asked for), and the warm pool where an
+adapter has one."""
 
 from __future__ import annotations
 
-import json
-import time
+from typing import Any
 
-import grpc
 import pytest
+from conftest import adapter_class, usable_variant, variants
 
-from rlm.broker.loop import run_sync
-from rlm.environments.base import CHUNK_CHARS, ToolSpec
-from rlm.environments.relay import RelayedSandboxEnvironment
-from rlm.protos import rlm_sandbox_pb2 as pb
-from rlm.protos import rlm_sandbox_pb2_grpc as pb_grpc
+from rlm.testing.contract import Adapter, EnvironmentContract, WarmPoolContract
 
 
-def run(env, code: str, timeout: float | None = None):
-    return run_sync(env.execute(code, timeout=timeout))
+class TestContract(EnvironmentContract):
+    """Parametrised over ``ENVIRONMENTS`` by conftest's ``env_variant``."""
+
+    @pytest.fixture
+    def adapter(self, env_name: str, env_kwargs: dict[str, Any]) -> Adapter:
+        return Adapter(adapter_class(env_name), env_kwargs)
 
 
-def test_state_persists_between_cells(make_env):
-    env = make_env()
-    assert run(env, "x = 41").ok
-    result = run(env, "x += 1\nprint(x)")
-    assert result.stdout == "42\n"
-    assert "x" in result.variables
+class TestWarmPool(WarmPoolContract):
+    """local, and docker with a container per session (by default docker forks every session
+    inside the tree's one container: nothing to pool)."""
 
+    @pytest.fixture(params=variants(["local", "docker"]))
+    def env_variant(self, request: pytest.FixtureRequest) -> tuple[str, str | None]:
+        return usable_variant(request.param)
 
-def test_last_expression_is_shown_and_errors_are_tracebacks(make_env):
-    env = make_env()
-    assert run(env, "1 + 1").stdout == "2\n"
-    result = run(env, "def f():\n    return 1 / 0\nf()")
-    assert "ZeroDivisionError" in result.error
-    assert "<cell" in result.error and "runner.py" not in result.error
-    assert (
-        run(env, "def broken(:").error.startswith("  File") or "SyntaxError" in run(env, "(").error
-    )
-    # The session goes on after errors.
-    assert run(env, "print('still here')").stdout == "still here\n"
-
-
-def test_stdout_and_stderr_are_captured_per_cell(make_env):
-    env = make_env()
-    result = run(env, "import sys\nprint('out')\nprint('err', file=sys.stderr)")
-    assert result.stdout == "out\n"
-    assert result.stderr == "err\n"
-    assert run(env, "pass").stdout == ""
-
-
-@pytest.mark.parametrize(
-    "code",
-    [
-        'answer["content"] = "A"\nanswer["ready"] = True',
-        'answer.update({"content": "A", "ready": True})',
-        'answer = {"content": "A", "ready": True}',
-        'answer["ready"] = True\nanswer["content"] = "A"',
-    ],
-    ids=["items", "update", "rebind", "ready-first"],
-)
-def test_answer_detected_by_any_means(make_env, code):
-    env = make_env()
-    assert not run(env, "x = 1").answer_ready
-    result = run(env, code)
-    assert result.answer_ready
-    assert result.answer_content == "A"
-
-
-def test_context_kinds_load(make_env):
-    env = make_env()
-    run_sync(env.load_context("héllo wörld", name="context"))
-    assert run(env, "print(context)").stdout == "héllo wörld\n"
-    run_sync(env.load_context(["a", "b"], name="context_1", aliases=("context",)))
-    assert run(env, "print(context, context_1 is context)").stdout == "['a', 'b'] True\n"
-    run_sync(env.load_context({"k": [1, 2]}, name="data"))
-    assert run(env, "print(data['k'][1])").stdout == "2\n"
-    run_sync(env.load_context("", name="empty"))
-    assert run(env, "print(repr(empty))").stdout == "''\n"
-
-
-def test_big_context_streams_in_chunks(make_env):
-    """A 100 MB context reaches the sandbox whole: as messages of CHUNK_CHARS each over the
-    runner's connection, or (relayed sandboxes) by the provider's file upload, the connection
-    carrying only a reference to it."""
-    env = make_env()
-    size = 100 * 1024 * 1024
-    text = "a" * (size - 6) + "NEEDLE"
-    connection = env._require_connection()
-    send, chunks = connection.send, []
-
-    async def counting_send(message):
-        if message.WhichOneof("kind") == "context":
-            chunks.append(len(message.context.data))
-        await send(message)
-
-    connection.send = counting_send
-    try:
-        run_sync(env.load_context(text))
-    finally:
-        connection.send = send
-    result = run(env, "print(len(context), context[-6:])")
-    assert result.stdout == f"{size} NEEDLE\n", result.error
-    if isinstance(env, RelayedSandboxEnvironment):
-        assert chunks == [0]
-    else:
-        assert len(chunks) == -(-size // CHUNK_CHARS) and max(chunks) == CHUNK_CHARS
-        assert sum(chunks) == size
-
-
-def test_callbacks_reach_the_host(make_env, handler):
-    env = make_env()
-    result = run(
-        env,
-        "print(llm_query('a'))\n"
-        "print(llm_query_batched(['b', 'c']))\n"
-        "print(rlm_query('d'))\n"
-        "print(rlm_query_batched(['e']))",
-    )
-    assert result.ok, result.error
-    assert result.stdout.splitlines() == [
-        "echo:a",
-        "['echo:b', 'echo:c']",
-        "child:d",
-        "['child:e']",
-    ]
-    assert ("complete", "a") in handler.calls and ("subcall", "e") in handler.calls
-
-
-def test_custom_tools_values_and_host_callables(make_env, handler):
-    env = make_env()
-    handler.tools["add"] = lambda a, b: a + b
-    run_sync(env.set_variables({"threshold": 3, "names": ["x"]}, [ToolSpec("add", "adds")]))
-    result = run(env, "print(threshold, names, add(2, b=5))")
-    assert result.stdout == "3 ['x'] 7\n", result.error
-
-
-def test_runaway_cell_is_interrupted_and_state_survives(make_env):
-    env = make_env()
-    run(env, "kept = 'yes'")
-    started = time.perf_counter()
-    result = run(env, "while True: pass", timeout=1.0)
-    assert time.perf_counter() - started < 1.0 + 2.0
-    assert result.interrupted and "TimeoutError" in result.error
-    assert not result.restarted
-    assert run(env, "print(kept)").stdout == "yes\n"
-
-
-def test_cell_ignoring_interrupts_is_killed_and_sandbox_restarts(make_env):
-    env = make_env()
-    run_sync(env.load_context("the context"))
-    run(env, "lost = 1")
-    code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    x = 1"
-    started = time.perf_counter()
-    result = run(env, code, timeout=1.0)
-    assert time.perf_counter() - started < 1.0 + 2.0 + 3.0  # timeout + grace + restart
-    assert result.restarted and "restarted" in result.error
-    after = run(env, "print(context); print('lost' in globals())")
-    assert after.stdout == "the context\nFalse\n"
-
-
-def test_huge_output_is_capped(make_env):
-    env = make_env(max_output_chars=1000)
-    result = run(env, 'print("x" * 10**9)')
-    assert result.ok, result.error
-    assert len(result.stdout) == 1000
-    assert result.stdout_dropped == 10**9 + 1 - 1000
-
-
-def test_memory_bomb_is_contained(make_env):
-    env = make_env(memory_mb=512)
-    result = run(env, "blocks = []\nwhile True:\n    blocks.append(bytearray(50 * 1024 * 1024))")
-    assert "MemoryError" in result.error or result.restarted
-    assert run(env, "blocks = None\nprint('alive')").stdout == "alive\n"
-
-
-def test_dead_runner_is_restarted_with_a_note(make_env):
-    env = make_env()
-    result = run(env, "import os\nos._exit(7)")
-    assert result.restarted and "died" in result.error
-    assert run(env, "print('back')").stdout == "back\n"
-
-
-def test_no_host_secrets_in_the_sandbox(make_env, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-should-not-leak")
-    monkeypatch.setenv("MY_SECRET", "hush")
-    monkeypatch.setenv("GH_TOKEN", "ghp_nope")
-    env = make_env()
-    result = run(env, "import os\nprint(sorted(os.environ))")
-    names = eval(result.stdout)
-    assert not [n for n in names if any(w in n.upper() for w in ("KEY", "TOKEN", "SECRET"))]
-    assert "sk-should-not-leak" not in result.stdout
-
-
-def test_system_exit_and_input_do_not_break_the_repl(make_env):
-    env = make_env()
-    assert "SystemExit" in run(env, "raise SystemExit(3)").error
-    assert "EOFError" in run(env, "input()").error
-    assert run(env, "print(1)").stdout == "1\n"
-
-
-def test_calls_without_the_session_token_are_refused(make_env, broker):
-    make_env()
-    target = broker.address
-    with grpc.insecure_channel(target) as channel:
-        stub = pb_grpc.BrokerStub(channel)
-        for metadata in [(), (("authorization", "Bearer wrong"),)]:
-            with pytest.raises(grpc.RpcError) as caught:
-                stub.Complete(pb.CompleteRequest(prompt="x"), metadata=metadata, timeout=5)
-            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        with pytest.raises(grpc.RpcError) as caught:
-            list(stub.Attach(iter([]), metadata=(("authorization", "Bearer wrong"),), timeout=5))
-        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-
-
-def test_close_is_idempotent_and_execute_after_close_fails(make_env):
-    from rlm.errors import SandboxError
-
-    env = make_env()
-    run_sync(env.aclose())
-    run_sync(env.aclose())
-    with pytest.raises(SandboxError):
-        run(env, "1")
-
-
-def test_json_tool_results_roundtrip(make_env, handler):
-    env = make_env()
-    handler.tools["lookup"] = lambda key: {"key": key, "values": [1, 2]}
-    run_sync(env.set_variables({}, [ToolSpec("lookup", "")]))
-    result = run(env, "print(lookup('k'))")
-    assert json.loads(result.stdout.replace("'", '"')) == {"key": "k", "values": [1, 2]}
-
-
-def test_warm_pool_gives_fresh_isolated_runners(make_env, env_name, broker):
-    if env_name not in ("local", "docker"):
-        pytest.skip(f"{env_name} has no warm pool")
-    # docker pools containers only with a container per session (its default forks sessions
-    # inside the tree's one container: nothing to pool).
-    own = {"child_sandbox": "own"} if env_name == "docker" else {}
-    first = make_env(pool_size=1, **own)
-    run_sync(first.pool.fill(first.pool_key(), first._spawn_runner))
-    started = time.perf_counter()
-    second = make_env(pool_size=1, **own)
-    acquire = time.perf_counter() - started
-    try:
-        assert second.pool is first.pool
-        assert acquire < 0.5, f"a pooled start took {acquire:.3f}s"
-        run(first, "mine = 1")
-        assert run(second, "print('mine' in globals())").stdout == "False\n"
-        assert run(second, "import os\nprint(os.getcwd() == os.environ['HOME'])").stdout == "True\n"
-    finally:
-        run_sync(first.aclose())
-        run_sync(second.aclose())
-        run_sync(broker.aclose_resources())
-
-
-def test_batched_subcalls_overlap_in_a_full_completion(env_name, env_kwargs, lm_server, make_rlm):
-    """Through RLM(environment=...): the sub-calls of one llm_query_batched reach the LM at once."""
-    if env_name == "stdio-relay":
-        pytest.skip("stdio-relay is a test adapter, not a registered environment")
-    from test_e2e import is_root_request, iteration_of
-
-    prompts = [f"item {i}" for i in range(8)]
-
-    def script(request):
-        if not is_root_request(request):
-            return "sub:" + request.prompt
-        return [
-            f"```repl\nreplies = llm_query_batched({prompts!r})\nprint(len(replies))\n```",
-            '```repl\nanswer["content"] = ",".join(replies)\nanswer["ready"] = True\n```',
-        ][iteration_of(request)]
-
-    lm_server.set_script(script)
-    lm_server.latency = 0.3
-    rlm = make_rlm(environment=env_name, environment_kwargs=env_kwargs)
-    started = time.perf_counter()
-    result = rlm.completion("data")
-    assert result.response == ",".join("sub:" + p for p in prompts)
-    assert lm_server.max_in_flight >= 8, "the batched sub-calls should run concurrently"
-    assert time.perf_counter() - started < 8 * 0.3 + 5
+    @pytest.fixture
+    def adapter(self, env_name: str, env_kwargs: dict[str, Any]) -> Adapter:
+        own = {"child_sandbox": "own"} if env_name == "docker" else {}
+        return Adapter(adapter_class(env_name), {**env_kwargs, **own})

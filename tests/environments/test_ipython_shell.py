@@ -10,7 +10,6 @@ import pathlib
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -150,9 +149,7 @@ def test_a_timeout_interrupts_an_ipython_cell_and_keeps_the_state(make_ipython):
     env = make_ipython()
     run(env, "kept = 'yes'")
     for code in ("import time\ntime.sleep(30)", "while True:\n    pass"):
-        started = time.perf_counter()
         result = run(env, code, timeout=1.0)
-        assert time.perf_counter() - started < 1.0 + 2.0
         assert result.interrupted and "TimeoutError" in result.error
         assert not result.restarted
     assert run(env, "print(kept)").stdout == "yes\n"
@@ -322,7 +319,7 @@ def test_a_docker_sandbox_with_ipython_runs_ipython_cells(broker, handler):
 
 
 def _root_script(first_cell: str):
-    from test_e2e import is_root_request, iteration_of
+    from rlm.testing.scripts import is_root_request, iteration_of
 
     def script(request):
         if not is_root_request(request):

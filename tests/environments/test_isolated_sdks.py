@@ -1,9 +1,12 @@
 """Providers whose SDKs cannot share one environment run their suites in a venv of their own.
 
 ``e2b`` needs ``connectrpc>=0.12.1,<0.13`` and ``prime-sandboxes`` needs ``connectrpc<0.12``:
-``.ci/sdk-venvs.sh`` makes ``.venv-e2b`` and ``.venv-prime`` (each with rlm installed editable plus
-that one SDK), and this test runs the shared contract suites (``test_env_contract.py``,
-``test_cloud_contract.py``) and the provider's own for that provider inside it.
+``.ci/sdk-venvs.sh`` makes ``.venv-e2b`` and ``.venv-prime`` (each with rlm and the stand-ins
+installed editable plus that one SDK), and this test runs that provider's suites inside it: the
+shared contract suite, the shared cloud suite, the throttling suite and its own
+``test_<provider>.py``. There the
+provider runs, so every selected test must run: a skip is a failure (the live tests, which need
+credentials, are deselected).
 """
 
 from __future__ import annotations
@@ -31,21 +34,16 @@ def test_provider_suite_in_its_own_venv(provider: str) -> None:
         if os.environ.get("RLM_REQUIRE_SDK_VENVS") == "1":
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    files = [str(p) for p in (ROOT / "tests" / "environments").glob(f"test_*{provider}*.py")]
+    folder = ROOT / "tests" / "environments"
+    suites = [
+        folder / "test_env_contract.py",
+        folder / "test_cloud_contract.py",
+        folder / "test_throttling.py",
+    ]
+    files = [str(p) for p in [*suites, *folder.glob(f"test_*{provider}*.py")]]
+    options = ["-q", "-rs", "-p", "no:cacheprovider", "-m", "not live", "-k", provider]
     completed = subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            str(ROOT / "tests" / "environments" / "test_env_contract.py"),
-            str(ROOT / "tests" / "environments" / "test_cloud_contract.py"),
-            *files,
-            "-k",
-            provider,
-        ],
+        [str(python), "-m", "pytest", *options, *files],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -54,4 +52,5 @@ def test_provider_suite_in_its_own_venv(provider: str) -> None:
     summary = completed.stdout.strip().splitlines()[-1:] or ["(no output)"]
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-2000:]
     assert " passed" in summary[0], summary
-    assert "skipped" not in summary[0] or " passed" in summary[0]
+    skips = [line for line in completed.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert "skipped" not in summary[0] and not skips, "\n".join([summary[0], *skips])

@@ -142,10 +142,9 @@ def test_expired_command_router_jwt_is_refreshed(broker, handler):
 
 def test_a_python_that_cannot_start_fails_fast_and_terminates(modal_standin, broker, handler):
     server, kwargs = modal_standin
-    started = time.perf_counter()
+    # The runner's exit is the error (not a startup timeout): it failed as soon as it could.
     with pytest.raises(SandboxError, match=r"exited with code 127.*/nonexistent/python3"):
         make_env(broker, handler, kwargs, python="/nonexistent/python3")
-    assert time.perf_counter() - started < 10
     assert server.calls.count("SandboxTerminateV2") == 1
     assert_all_gone(server)
 
@@ -247,7 +246,7 @@ def test_a_dropped_stdout_stream_resumes_from_its_offset(broker, handler):
 def test_throttled_router_calls_are_waited_out(broker, handler):
     """Modal throttles with RESOURCE_EXHAUSTED and a retry policy: the SDK waits and retries,
     and the session goes on."""
-    from rlm.testing.standins._shaping import Shaping
+    from rlm_standins._shaping import Shaping
 
     with running_standin(shaping=Shaping(throttle_every=3, retry_after=0.1)) as (server, kwargs):
         env = start_environment("modal", broker, handler, **kwargs)

@@ -237,3 +237,17 @@ def test_fd_output_of_a_cell_is_the_cells_and_grpc_log_lines_are_not(broker, han
         assert result.stderr == "err\ntail"
     finally:
         run_sync(env.aclose())
+
+
+def test_the_stderr_tail_keeps_the_last_bytes_and_no_more():
+    from rlm.environments.relay import OutputTail
+
+    tail = OutputTail(limit=100)
+    for i in range(1000):
+        tail.add(f"line {i}\n" if i % 2 else f"line {i}\n".encode())
+    text = tail.text()
+    assert len(text) == 100 and text.endswith("line 999\n")
+    assert sum(len(piece) for piece in tail._pieces) < 2 * 100  # bounded, not the whole stream
+    broken = OutputTail(limit=10)
+    broken.add(b"\xff\xfe ok")
+    assert broken.text().endswith(" ok")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hermetic import standins_missing
 
-from rlm.testing.standins._shaping import ENV_VAR, Shaping
+if reason := standins_missing():
+    pytest.skip(reason, allow_module_level=True)
+
+from rlm_standins._shaping import ENV_VAR, Shaping
 
 
 def test_the_spec_names_rtt_bandwidth_and_one_drop():
@@ -24,8 +28,8 @@ def test_shaping_is_off_unless_asked_for(monkeypatch):
 
 def test_each_standin_takes_its_drop_from_the_shaping_unless_given(monkeypatch):
     monkeypatch.setenv(ENV_VAR, "drop=1234")
-    daytona = pytest.importorskip("rlm.testing.standins.daytona")
+    daytona = pytest.importorskip("rlm_standins.daytona")
     assert daytona.DaytonaStandIn().drop_log_stream_after == 1234
     assert daytona.DaytonaStandIn(drop_log_stream_after=5).drop_log_stream_after == 5
-    modal = pytest.importorskip("rlm.testing.standins.modal")
+    modal = pytest.importorskip("rlm_standins.modal")
     assert modal.ModalStandIn().drop_stdout_stream_after == 1234

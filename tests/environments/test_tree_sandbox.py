@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from conftest import docker_variant_id, require_docker_runtime, start_environment
 from docker_check import docker_available, our_containers
-from test_e2e import depth_script, is_root_request, iteration_of
 
 from rlm.broker.loop import run_sync
 from rlm.errors import ConfigurationError
 from rlm.testing import Reply
+from rlm.testing.scripts import depth_script, fanout_script
 
 VARIANTS = [
     pytest.param(("local", None), id="local"),
@@ -194,26 +194,6 @@ def test_depth_three_recursion_in_one_sandbox(lm_server, make_rlm, tree_env, con
     rlm.close()
     if name == "docker":
         assert not our_containers(os.getpid()), "closing the tree must remove its container"
-
-
-def fanout_script(child_plans: dict[str, str]):
-    """The root asks one child per entry of ``child_plans`` (its code) in one batch, then answers
-    with their replies joined by ``|``; a child answers what its code put in ``answer``."""
-    names = list(child_plans)
-
-    def script(request):
-        if not is_root_request(request):
-            return "leaf"
-        first_user = request.messages[1]["content"]
-        for child, code in child_plans.items():
-            if f"CHILD {child}" in first_user:
-                return f"```repl\n{code}\n```"
-        if iteration_of(request) == 0:
-            prompts = [f"CHILD {child}" for child in names]
-            return f"```repl\nr = rlm_query_batched({prompts!r})\nprint(len(r))\n```"
-        return '```repl\nanswer["content"] = "|".join(r)\nanswer["ready"] = True\n```'
-
-    return script
 
 
 def test_a_crashing_child_fails_alone_and_its_siblings_finish(

@@ -47,9 +47,9 @@ from typing import Any
 
 from aiohttp import web
 
-from rlm.testing.standins._processes import first_missing, signal_group, with_descendants
-from rlm.testing.standins._server import LoopThreadServer
-from rlm.testing.standins._shaping import Shaping
+from rlm_standins._processes import first_missing, signal_group, with_descendants
+from rlm_standins._server import LoopThreadServer
+from rlm_standins._shaping import Shaping
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEEPALIVE_SECONDS = 15.0
@@ -159,6 +159,14 @@ class Sandbox:
         }
 
 
+def _throttleable(request: web.Request) -> bool:
+    """What the shaping may throttle: uploads. (The SDK answers a 429 on the control API with
+    fixed 10 s and 30 s waits, ignoring Retry-After (prime-sandboxes ``core/client.py``
+    ``_PLATFORM_RATE_LIMIT_DELAYS``): throttling create and delete would make a shaped suite
+    wait minutes to learn nothing about the adapter.)"""
+    return request.method == "POST" and request.path.endswith("/upload")
+
+
 class PrimeStandIn(LoopThreadServer):
     """The Prime control API and gateway on loopback, backed by local processes.
 
@@ -189,6 +197,8 @@ class PrimeStandIn(LoopThreadServer):
         self.dropped_streams = 0
         self.sandboxes: dict[str, Sandbox] = {}
         self.calls: list[str] = []
+        #: ``METHOD /path`` of every request the shaping answered 429 (throttled)
+        self.throttled_calls: list[str] = []
         #: the size of every upload the gateway received, refused ones included
         self.upload_sizes: list[int] = []
         self._by_job: dict[str, Sandbox] = {}
@@ -214,7 +224,15 @@ class PrimeStandIn(LoopThreadServer):
         self.gateway_url = f"http://127.0.0.1:{ports[1]}"
 
     async def _serve(self) -> tuple[int, int]:
-        shape = [self.shaping.aiohttp_middleware()] if self.shaping.active else []
+        shape = (
+            [
+                self.shaping.aiohttp_middleware(
+                    _throttleable, {"detail": "Rate limit exceeded"}, self._throttle
+                )
+            ]
+            if self.shaping.active
+            else []
+        )
         api = web.Application(middlewares=shape)
         api.router.add_post("/api/v1/sandbox", self._create)
         api.router.add_post("/api/v1/sandbox/status:batchGet", self._batch_status)
@@ -267,6 +285,9 @@ class PrimeStandIn(LoopThreadServer):
         """Gives every sandbox a new gateway token, as when one expires: clients must re-auth."""
         for sandbox in list(self.sandboxes.values()):
             sandbox.token = secrets.token_urlsafe(24)
+
+    def _throttle(self, request: web.Request) -> None:
+        self.throttled_calls.append(f"{request.method} {request.path}")
 
     # ---- control API -----------------------------------------------------------------------
 

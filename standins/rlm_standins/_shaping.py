@@ -11,15 +11,25 @@ to a provider's region; 4 MB/s is what Daytona's bash labellers sustain (the dae
 ``session/execute.go`` reads pipes a byte at a time); stream drops are what E2B's SDK does not
 survive and Prime's re-attaches without replay (see each stand-in's drop option); Modal's
 command router throttles with RESOURCE_EXHAUSTED carrying an RPCRetryPolicy, which its SDK
-waits out (``modal/sandbox/_task_command_router_client.py``, SDK 1.6.4). Throttling is only
-emulated where the service's behaviour is known (Modal).
+waits out (``modal/sandbox/_task_command_router_client.py``, SDK 1.6.4).
+
+Throttling (``throttle=N``: every Nth throttleable request is refused) is answered the way each
+service documents it: Modal with gRPC ``RESOURCE_EXHAUSTED`` carrying an ``RPCRetryPolicy``
+(control plane and command router); E2B, Daytona and Prime with HTTP 429 and a ``Retry-After``
+header (E2B: https://e2b.dev/docs/sandbox/rate-limits, its SDK's ``e2b/retry.py`` reads
+``Retry-After``; Daytona: https://www.daytona.io/docs/en/rate-limits, its SDK maps 429 to
+``DaytonaRateLimitError`` with the response headers; Prime publishes no rate-limit page, so its
+429 follows the HTTP convention). Each stand-in says which of its endpoints can be throttled:
+the control plane, file uploads and process starts, not the long-lived streams.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +44,11 @@ class Shaping:
     bandwidth: float | None = None
     #: output bytes after which one stream per stand-in drops (None: never)
     drop_after: int | None = None
-    #: every Nth request is throttled with a retry-after where the stand-in's service does so
-    #: (Modal: RESOURCE_EXHAUSTED with an RPCRetryPolicy); None: never
+    #: every Nth throttleable request is refused with a retry-after, as the stand-in's service
+    #: does (Modal: RESOURCE_EXHAUSTED with an RPCRetryPolicy; the others: HTTP 429 with a
+    #: Retry-After header); None: never
     throttle_every: int | None = None
-    #: the retry-after a throttled request names, in seconds
+    #: the retry-after a throttled request names, in seconds (HTTP: rounded up to whole seconds)
     retry_after: float = 0.2
     #: when the shaped link is next free (one link per stand-in: concurrent transfers share it)
     _link: list[float] = field(default_factory=lambda: [0.0], compare=False, repr=False)
@@ -57,8 +68,12 @@ class Shaping:
                 values["drop_after"] = int(float(value))
             elif key == "throttle":
                 values["throttle_every"] = int(value)
+            elif key == "retry_after":
+                values["retry_after"] = float(value)
             else:
-                raise ValueError(f"{ENV_VAR}: unknown key {key!r} (rtt, bandwidth, drop, throttle)")
+                raise ValueError(
+                    f"{ENV_VAR}: unknown key {key!r} (rtt, bandwidth, drop, throttle, retry_after)"
+                )
         return cls(**values)
 
     @classmethod
@@ -94,13 +109,33 @@ class Shaping:
             self._link[0] = done
             await asyncio.sleep(done - now)
 
-    def aiohttp_middleware(self) -> Any:
-        """An aiohttp middleware adding the round trip and pacing request bodies."""
+    @property
+    def retry_after_header(self) -> str:
+        """``Retry-After`` as HTTP sends it: whole seconds (RFC 9110 delta-seconds)."""
+        return str(max(0, math.ceil(self.retry_after)))
+
+    def aiohttp_middleware(
+        self,
+        throttleable: Callable[[Any], bool] = lambda request: False,
+        throttled_body: dict[str, Any] | None = None,
+        on_throttle: Callable[[Any], None] = lambda request: None,
+    ) -> Any:
+        """An aiohttp middleware adding the round trip and pacing request bodies; a request
+        ``throttleable(request)`` accepts counts towards the throttling and, when its turn
+        comes, is answered 429 with ``Retry-After`` and ``throttled_body`` (the service's error
+        JSON) before its handler runs (so nothing is done twice when it is repeated)."""
         from aiohttp import web
 
         @web.middleware
         async def shape(request: web.Request, handler: Any) -> Any:
             await self.round_trip()
+            if throttleable(request) and self.throttled():
+                on_throttle(request)
+                return web.json_response(
+                    throttled_body or {"message": "rate limit exceeded"},
+                    status=429,
+                    headers={"Retry-After": self.retry_after_header},
+                )
             await self.carry(request.content_length or 0)
             return await handler(request)
 

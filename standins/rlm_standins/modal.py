@@ -68,7 +68,7 @@ from modal_proto import task_command_router_pb2 as sr_pb2
 from modal_proto.api_grpc import ModalClientBase
 from modal_proto.task_command_router_grpc import TaskCommandRouterBase
 
-from rlm.testing.standins._shaping import Shaping
+from rlm_standins._shaping import Shaping
 
 FS_TOOLS_PATH = "/__modal/.bin/modal-sandbox-fs-tools"
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -285,6 +285,7 @@ class _ControlPlane(_ApiBase):
         )
 
     async def SandboxCreateV2(self, stream: Stream[Any, Any]) -> None:
+        self.s.throttle("SandboxCreateV2")
         self._authenticate_v2(stream, "SandboxCreateV2")
         request = await stream.recv_message()
         assert request is not None
@@ -337,6 +338,7 @@ class _ControlPlane(_ApiBase):
         )
 
     async def SandboxTerminateV2(self, stream: Stream[Any, Any]) -> None:
+        self.s.throttle("SandboxTerminateV2")
         self._authenticate_v2(stream, "SandboxTerminateV2")
         request = await stream.recv_message()
         assert request is not None
@@ -357,10 +359,8 @@ class _Router(_RouterBase):
         await self.s.shaping.round_trip()
         # Unary calls only: the SDK honours a retry policy there (call_with_retries_on_
         # transient_errors); its stdio read stream retries no RESOURCE_EXHAUSTED at all.
-        if name != "TaskExecStdioRead" and self.s.shaping.throttled():
-            self.s.throttled_calls += 1
-            policy = api_pb2.RPCRetryPolicy(retry_after_secs=self.s.shaping.retry_after)
-            raise GRPCError(Status.RESOURCE_EXHAUSTED, "rate limit exceeded", [policy])
+        if name != "TaskExecStdioRead":
+            self.s.throttle(name)
         request = await stream.recv_message()
         assert request is not None
         self._authorize(stream, request.task_id)
@@ -492,7 +492,8 @@ class ModalStandIn:
         )
         #: stdout streams ended by ``drop_stdout_stream_after``
         self.dropped_streams = 0
-        #: router calls answered RESOURCE_EXHAUSTED by the shaping's throttling
+        #: calls answered RESOURCE_EXHAUSTED by the shaping's throttling (sandbox create and
+        #: terminate, and the command router's unary calls)
         self.throttled_calls = 0
         self.jwt = _Jwt()
         self.router_jwt_seconds = router_jwt_seconds
@@ -570,6 +571,14 @@ class ModalStandIn:
                 await asyncio.wait_for(self._server.wait_closed(), 5)
 
     # ---- what tests inspect ------------------------------------------------------------
+
+    def throttle(self, name: str) -> None:
+        """Answers ``name`` RESOURCE_EXHAUSTED with an RPCRetryPolicy when the shaping's
+        throttling says so (Modal's servers attach one; its SDK waits it out)."""
+        if self.shaping.throttled():
+            self.throttled_calls += 1
+            policy = api_pb2.RPCRetryPolicy(retry_after_secs=self.shaping.retry_after)
+            raise GRPCError(Status.RESOURCE_EXHAUSTED, f"{name}: rate limit exceeded", [policy])
 
     def live_sandboxes(self) -> list[str]:
         """Ids of the sandboxes not yet terminated."""

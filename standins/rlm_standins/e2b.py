@@ -55,9 +55,9 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from rlm.testing.standins._processes import first_missing, signal_group, with_descendants
-from rlm.testing.standins._server import LoopThreadServer
-from rlm.testing.standins._shaping import Shaping
+from rlm_standins._processes import first_missing, signal_group, with_descendants
+from rlm_standins._server import LoopThreadServer
+from rlm_standins._shaping import Shaping
 
 #: the envd version the stand-in reports: the lowest whose features it implements (octet-stream
 #: uploads, closing stdin, the default user), so the SDK uses exactly those
@@ -144,6 +144,15 @@ class Sandbox:
         }
 
 
+def _throttleable(request: web.Request) -> bool:
+    """What the shaping may throttle: sandbox create and kill, file uploads (the control API's
+    and envd's plain requests; not the process streams)."""
+    path = request.path
+    return (request.method, path) in {("POST", "/v2/sandboxes"), ("POST", "/files")} or (
+        request.method == "DELETE" and path.startswith("/sandboxes/")
+    )
+
+
 class E2BStandIn(LoopThreadServer):
     """E2B's control API and envd on loopback, backed by local processes.
 
@@ -177,6 +186,8 @@ class E2BStandIn(LoopThreadServer):
         self.sandboxes: dict[str, Sandbox] = {}
         #: every request, as ``"POST /v2/sandboxes"`` or ``"envd POST /process.Process/Start"``
         self.calls: list[str] = []
+        #: ``METHOD /path`` of every request the shaping answered 429 (throttled)
+        self.throttled_calls: list[str] = []
         self._idempotency: dict[str, str] = {}
         self._ids = itertools.count(1)
         super().__init__()
@@ -202,7 +213,15 @@ class E2BStandIn(LoopThreadServer):
     async def _serve(self) -> tuple[int, int]:
         from e2b.envd.process.process_connect import ProcessASGIApplication
 
-        shape = [self.shaping.aiohttp_middleware()] if self.shaping.active else []
+        shape = (
+            [
+                self.shaping.aiohttp_middleware(
+                    _throttleable, {"code": 429, "message": "Rate limit exceeded"}, self._throttle
+                )
+            ]
+            if self.shaping.active
+            else []
+        )
         api = web.Application(middlewares=[*shape, self._api_auth])
         api.router.add_post("/v2/sandboxes", self._create)
         api.router.add_get("/sandboxes/{id}", self._get)
@@ -252,6 +271,9 @@ class E2BStandIn(LoopThreadServer):
             if proc.end is None
         ]
         return with_descendants(roots, zombies=True)
+
+    def _throttle(self, request: web.Request) -> None:
+        self.throttled_calls.append(f"{request.method} {request.path}")
 
     # ---- control API -----------------------------------------------------------------------
 

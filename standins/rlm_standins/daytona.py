@@ -62,9 +62,9 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from rlm.testing.standins._processes import alive, first_missing, with_descendants
-from rlm.testing.standins._server import LoopThreadServer
-from rlm.testing.standins._shaping import Shaping
+from rlm_standins._processes import alive, first_missing, with_descendants
+from rlm_standins._server import LoopThreadServer
+from rlm_standins._shaping import Shaping
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STDOUT_PREFIX = b"\x01\x01\x01"
@@ -204,6 +204,17 @@ class Sandbox:
         }
 
 
+def _throttleable(request: web.Request) -> bool:
+    """What the shaping may throttle: sandbox create and delete, uploads, session create and
+    command start (not log streams, polls or stdin writes)."""
+    method, path = request.method, request.path
+    if method == "POST":
+        return path == "/api/sandbox" or path.endswith(
+            ("/files/bulk-upload", "/process/session", "/exec")
+        )
+    return method == "DELETE" and path.startswith("/api/sandbox/")
+
+
 class DaytonaStandIn(LoopThreadServer):
     """The Daytona API, event socket and toolbox on loopback, backed by local processes.
 
@@ -230,6 +241,8 @@ class DaytonaStandIn(LoopThreadServer):
         self.sandboxes: dict[str, Sandbox] = {}
         #: ``METHOD /path`` of every request, in order (toolbox paths with the sandbox id)
         self.calls: list[str] = []
+        #: ``METHOD /path`` of every request the shaping answered 429 (throttled)
+        self.throttled_calls: list[str] = []
         #: the ``auth`` payload of every event-socket connection that was accepted
         self.socket_connections: list[dict[str, Any]] = []
         #: bytes received through ``.../input`` (what the host wrote to commands' stdin)
@@ -267,7 +280,12 @@ class DaytonaStandIn(LoopThreadServer):
     async def _serve(self) -> int:
         import socketio
 
-        shape = [self.shaping.aiohttp_middleware()] if self.shaping.active else []
+        body = {"statusCode": 429, "message": "ThrottlerException: Too Many Requests"}
+        shape = (
+            [self.shaping.aiohttp_middleware(_throttleable, body, self._throttle)]
+            if self.shaping.active
+            else []
+        )
         app = web.Application(client_max_size=1 << 40, middlewares=shape)
         sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins="*")
         sio.on("connect", self._socket_connect)
@@ -340,6 +358,9 @@ class DaytonaStandIn(LoopThreadServer):
                 if b"runner.pyz" in handle.read():
                     found.append(pid)
         return found
+
+    def _throttle(self, request: web.Request) -> None:
+        self.throttled_calls.append(f"{request.method} {request.path}")
 
     # ---- control API -----------------------------------------------------------------------
 

@@ -1,0 +1,223 @@
+"""Whole completions on a cloud adapter, checked against what its provider recorded.
+
+For :class:`~rlm.environments.relay.RelayedSandboxEnvironment` adapters tested against a local
+stand-in of their provider: the ``adapter`` fixture's :class:`Adapter` carries the stand-in's
+record as ``log`` (a :class:`ProviderLog`). By default (``child_sandbox="shared"``) an RLM tree
+gets one sandbox: a 12-child fan-out creates one, siblings see neither each other's variables
+nor files, a crashing child fails alone. With ``child_sandbox="own"``: a sandbox per level of
+recursion, and a stubborn runner killed through the provider's API. Either way: a 50 MB context
+through the file API, 30 MB back through the relay, clean-up when a completion raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from rlm.broker.loop import run_sync
+from rlm.broker.server import BrokerServer
+from rlm.errors import LMAuthenticationError
+from rlm.testing.contract.fixtures import (
+    Adapter,
+    ContractFixtures,
+    ProviderLog,
+    RecordingHandler,
+    completion_rlm,
+    start_environment,
+)
+from rlm.testing.lm_server import RecordedRequest, Reply, ScriptedLMServer
+from rlm.testing.scripts import depth_script, fanout_script, is_root_request
+
+CONTEXT_BYTES = 50 * 1024 * 1024
+
+
+def log_of(adapter: Adapter) -> ProviderLog:
+    if adapter.log is None:
+        raise NotImplementedError("CloudContract needs Adapter(..., log=<the provider's record>)")
+    return adapter.log
+
+
+def own_sandboxes(adapter: Adapter) -> Adapter:
+    """The adapter with a sandbox per session (``child_sandbox="own"``)."""
+    return dataclasses.replace(adapter, kwargs={**adapter.kwargs, "child_sandbox": "own"})
+
+
+def assert_all_gone(log: ProviderLog) -> None:
+    assert log.live_sandboxes() == [], "sandboxes left running"
+    assert log.live_pids() == [], "sandbox processes left running"
+
+
+class CloudContract(ContractFixtures):
+    """What a cloud adapter does with its provider, read from the provider's record."""
+
+    def test_a_tree_of_twelve_children_creates_one_sandbox(
+        self, adapter: Adapter, lm_server: ScriptedLMServer
+    ) -> None:
+        """A depth-2 ``rlm_query_batched`` over 12 children: one sandbox for the whole tree,
+        each session a process with a work directory of its own; nothing is left once the
+        tree closes."""
+        log = log_of(adapter)
+        report = (
+            "import os\nv = llm_query('q')\n"
+            'answer["content"] = f"{os.getpid()} {os.getcwd()} {os.getppid()}"\n'
+            'answer["ready"] = True'
+        )
+        lm_server.set_script(fanout_script({f"c{i}": report for i in range(12)}))
+        with completion_rlm(adapter, lm_server, max_depth=2, max_concurrent_subcalls=12) as rlm:
+            result = rlm.completion("ROOT")
+            assert log.sandbox_creates() == 1
+        replies = [reply.split() for reply in result.response.split("|")]
+        assert len(replies) == 12 and all(len(reply) == 3 for reply in replies), result.response
+        pids, workdirs, parents = (set(column) for column in zip(*replies, strict=True))
+        assert len(pids) == 12, "each child session is a process of its own"
+        assert len(workdirs) == 12, "each child session has a work directory of its own"
+        assert len(parents) == 1, "every runner was forked by the tree's one fork server"
+        assert log.sandbox_deletes() == 1
+        assert_all_gone(log)
+        assert len(log.file_uploads()) == 1, "one runner upload for the whole tree"
+
+    def test_siblings_see_neither_variables_nor_files(
+        self, adapter: Adapter, broker: BrokerServer, handler: RecordingHandler
+    ) -> None:
+        log = log_of(adapter)
+        first = start_environment(adapter.environment, broker, handler, **adapter.kwargs)
+        second = start_environment(adapter.environment, broker, handler, **adapter.kwargs)
+        try:
+            made = run_sync(first.execute("secret = 41\nopen('mine.txt', 'w').write('x')"))
+            assert made.ok, made
+            probe = run_sync(
+                second.execute(
+                    "import os\nprint('secret' in globals(), os.path.exists('mine.txt'), "
+                    "sorted(os.listdir('.')))"
+                )
+            )
+            assert probe.stdout == "False False []\n", probe
+            assert run_sync(first.execute("print(secret + 1)")).stdout == "42\n"
+            assert log.sandbox_creates() == 1, "both sessions share the tree's sandbox"
+        finally:
+            run_sync(first.aclose())
+            run_sync(second.aclose())
+            run_sync(broker.aclose_resources())
+        assert log.sandbox_deletes() == 1
+        assert_all_gone(log)
+
+    def test_a_crashing_child_fails_alone_and_its_siblings_finish(
+        self, adapter: Adapter, lm_server: ScriptedLMServer
+    ) -> None:
+        log = log_of(adapter)
+        answer = 'answer["content"] = "{}"\nanswer["ready"] = True'
+        plans = {
+            # Killed by SIGKILL (as by the OOM killer) in every cell: restarted, then given up.
+            "crash": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
+            "ok1": 'v = llm_query("q")\n' + answer.format("ok1"),
+            "ok2": answer.format("ok2"),
+        }
+        lm_server.set_script(fanout_script(plans))
+        settings = {"max_depth": 2, "max_iterations": 8, "max_concurrent_subcalls": 3}
+        with completion_rlm(adapter, lm_server, **settings) as rlm:
+            result = rlm.completion("ROOT")
+        crashed, ok1, ok2 = result.response.split("|")
+        assert crashed.startswith("Error: ") and "restarted more than" in crashed, crashed
+        assert (ok1, ok2) == ("ok1", "ok2")
+        assert log.sandbox_creates() == 1, "a crashed child's restarts fork, they create nothing"
+        assert log.sandbox_deletes() == 1
+        assert_all_gone(log)
+
+    def test_own_mode_runs_each_level_in_its_own_sandbox(
+        self, adapter: Adapter, lm_server: ScriptedLMServer
+    ) -> None:
+        log = log_of(adapter)
+        lm_server.set_script(depth_script())
+        with completion_rlm(own_sandboxes(adapter), lm_server, max_depth=3) as rlm:
+            result = rlm.completion("ROOT DATA", root_prompt="go")
+        assert result.response == "root got: child got: grand got: leaf answe"
+        assert result.usage_summary.total_calls == 7 == lm_server.usage_total()["calls"]
+        # Root, child and grandchild each had a sandbox of their own, all removed by now.
+        assert log.sandbox_creates() == 3
+        assert log.sandbox_deletes() == 3
+        assert_all_gone(log)
+        # Each runner went in through the file API; the relay rode the exec's stdin.
+        assert len(log.file_uploads()) == 3
+        assert log.relay_calls()
+
+    def test_50mb_context_goes_through_the_file_api(
+        self, adapter: Adapter, lm_server: ScriptedLMServer
+    ) -> None:
+        log = log_of(adapter)
+        context = "x" * (CONTEXT_BYTES - 6) + "NEEDLE"
+        code = 'answer["content"] = f"{len(context)} {context[-6:]}"\nanswer["ready"] = True'
+        lm_server.set_script([f"```repl\n{code}\n```"])
+        with completion_rlm(adapter, lm_server) as rlm:
+            result = rlm.completion(context)
+        assert result.response == f"{CONTEXT_BYTES} NEEDLE"
+        uploads = log.file_uploads()
+        # The runner zipapp, then the context in parts under the provider's per-file cap.
+        part_bytes = getattr(adapter.environment, "part_bytes", None)
+        assert part_bytes is not None, "a cloud adapter is a RelayedSandboxEnvironment"
+        parts = math.ceil(CONTEXT_BYTES / part_bytes())
+        assert parts > 1 and len(uploads) == 1 + parts, uploads
+        inband = log.inband_bytes()
+        if inband is not None:
+            assert inband < 1024 * 1024, "the context travelled in band"
+
+    def test_30mb_from_the_runner_reaches_the_host_through_the_relay(
+        self, adapter: Adapter, lm_server: ScriptedLMServer
+    ) -> None:
+        """A 30 MB sub-call prompt travels back over the exec stream: tens of MB of relay
+        frames through the provider's output path. (An answer is capped at 16 MiB: the prompt
+        of an llm_query carries more.)"""
+        log = log_of(adapter)
+        size = 30 * 1000 * 1000
+
+        def script(request: RecordedRequest) -> str:
+            if not is_root_request(request):
+                return f"{len(request.prompt)} {request.prompt[-4:]}"
+            return (
+                f'```repl\nanswer["content"] = llm_query("y" * {size - 3} + "END")\n'
+                'answer["ready"] = True\n```'
+            )
+
+        lm_server.set_script(script)
+        with completion_rlm(adapter, lm_server) as rlm:
+            result = rlm.completion("small context")
+        assert result.response == f"{size} yEND"
+        assert_all_gone(log)
+
+    def test_sandbox_removed_when_the_completion_raises(
+        self, adapter: Adapter, lm_server: ScriptedLMServer
+    ) -> None:
+        log = log_of(adapter)
+        lm_server.set_script(['```repl\nx = 1\nprint("running")\n```', Reply("nope", status=401)])
+        with completion_rlm(adapter, lm_server) as rlm, pytest.raises(LMAuthenticationError):
+            rlm.completion("data")
+        assert log.sandbox_creates() == 1
+        assert log.sandbox_deletes() == 1
+        assert_all_gone(log)
+
+    def test_runaway_cell_interrupted_then_a_stubborn_one_killed(
+        self, adapter: Adapter, broker: BrokerServer, handler: RecordingHandler
+    ) -> None:
+        """With a sandbox of its own, the stubborn runner is killed through the provider's API."""
+        log = log_of(adapter)
+        own = own_sandboxes(adapter)
+        env = start_environment(own.environment, broker, handler, **own.kwargs)
+        try:
+            (runner,) = log.runner_pids()
+            run_sync(env.execute("kept = 1"))
+            result = run_sync(env.execute("while True: pass", timeout=1.0))
+            assert result.interrupted and not result.restarted
+            assert log.runner_pids() == [runner], "an interrupt must not restart the runner"
+            assert run_sync(env.execute("print(kept)")).stdout == "1\n"
+
+            code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass"
+            result = run_sync(env.execute(code, timeout=1.0))
+            assert result.restarted
+            assert log.kill_calls(), "the stubborn runner is killed through the provider's API"
+            (new_runner,) = log.runner_pids()
+            assert new_runner != runner and runner not in log.live_pids()
+            assert run_sync(env.execute("print('back')")).stdout == "back\n"
+        finally:
+            run_sync(env.aclose())
+        assert_all_gone(log)

@@ -104,7 +104,8 @@ def test_a_slow_link_with_a_dropped_stream_and_a_long_backlog(broker):
     shaping = Shaping(rtt=0.08, bandwidth=500_000, drop_after=6_000_000)
     handler = _Short()
     with module.running_standin(shaping=shaping) as (server, kwargs):
-        env: Any = start_environment("daytona", broker, handler, **kwargs)
+        # A sandbox of its own: the runner's own relay stream is under test.
+        env: Any = start_environment("daytona", broker, handler, child_sandbox="own", **kwargs)
         try:
             started = time.monotonic()
             result = run_sync(env.execute(f'print(llm_query("y" * {size}))', timeout=600))

@@ -140,6 +140,7 @@ def test_a_throttling_provider_is_waited_out(name, broker, handler):
             assert result.stdout == f"{size} END\n", result
         finally:
             run_sync(env.aclose())
+            run_sync(broker.aclose_resources())  # the tree's sandbox goes with the tree
         assert _throttled_count(server) >= 2, "the stand-in throttled nothing"
         assert server.live_sandboxes() == []
 
@@ -163,6 +164,7 @@ def test_a_provider_that_keeps_throttling_fails_with_a_typed_error(name, broker,
                     run_sync(env.start())
             finally:
                 run_sync(env.aclose())
+                run_sync(broker.aclose_resources())
         error = caught.value
         assert error.provider == cls.provider and error.attempts == 3, error
         assert "kept throttling" in str(error) and "higher rate limit" in str(error)

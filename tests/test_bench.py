@@ -70,7 +70,7 @@ EXPECTED_ROWS = [
     "depth-2 fan-out: 4 rlm_query children × 2 llm_query (50 ms LM)",
     "4 rlm_query_batched children × one 200 ms llm_query: wall time of the batch",
     "4 rlm_query_batched children × one 200 ms llm_query: sessions started",
-    "4 rlm_query_batched children × one 200 ms llm_query: containers created",
+    "4 rlm_query_batched children × one 200 ms llm_query: sandboxes created",
     "4 rlm_query_batched children × one 200 ms llm_query: host threads at peak",
     "cold start: RLM() + first 1-iteration completion, 0 ms LM",
     "sandbox start (`startup_seconds` of the first sandbox)",
@@ -96,7 +96,7 @@ def test_quick_bench_writes_every_row(quick_run: pathlib.Path) -> None:
     children = "4 rlm_query_batched children × one 200 ms llm_query: "
     assert "only" not in rows[children + "wall time of the batch"]["note"]
     assert rows[children + "sessions started"]["ours"][0] >= 1
-    assert rows[children + "containers created"]["ours"][0] == 0  # local: no container
+    assert rows[children + "sandboxes created"]["ours"][0] == 0  # local: no sandbox to create
     assert rows[children + "host threads at peak"]["ours"][0] >= 2
 
 

@@ -62,14 +62,13 @@ def check(measurements: Iterable[Measurement]) -> tuple[list[str], bool]:
     lines, all_met = [], True
     for target in TARGETS:
         measurement = by_row.get((target.row, target.environment))
-        value = None if measurement is None else target.value(measurement)
         what = f"{target.source} [{target.environment}]"
-        if value is None:
+        if measurement is None or (value := target.value(measurement)) is None:
             lines.append(f"not measured  {what}")
             continue
         met = value <= target.limit
         all_met &= met
-        unit = "×" if target.measure == "ratio" else f" {measurement.unit}"  # type: ignore[union-attr]
+        unit = "×" if target.measure == "ratio" else f" {measurement.unit}"
         verdict = "met   " if met else "MISSED"
         lines.append(f"{verdict}        {what}: {value:.3g}{unit} (limit {target.limit:g})")
     return lines, all_met

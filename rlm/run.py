@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from rlm import prompts
 from rlm.broker.accounting import Ledger
@@ -234,7 +234,13 @@ class RLMRun:
     def emit(self, event_kind: str, data: EventData, /) -> None:
         """Emits ``data`` (the ``PAYLOADS[event_kind]`` typed dict) as an event of this run."""
         self.config.events.emit(
-            RLMEvent(event_kind, self.run_id, self.depth, self.parent_run_id, dict(data))
+            RLMEvent(
+                event_kind,
+                self.run_id,
+                self.depth,
+                self.parent_run_id,
+                cast("dict[str, Any]", data),
+            )
         )
 
     def _record_call(self, call: RLMChatCompletion) -> None:

@@ -34,7 +34,7 @@ class CappedEnvironment(StdioRelayEnvironment):
         await super()._write_file(path, data)
 
 
-def start(cls: type, broker: Any, handler: Any) -> Any:
+def start(cls: type, broker: Any, handler: Any, **kwargs: Any) -> Any:
     """A started session with a sandbox and a relay of its own (the runner's own exec stream is
     under test; a tree's shared relay is tested in test_cloud_contract.py)."""
     env = cls(
@@ -43,6 +43,7 @@ def start(cls: type, broker: Any, handler: Any) -> Any:
         label="test",
         max_output_chars=1_000_000,
         child_sandbox="own",
+        **kwargs,
     )
     run_sync(env.start())
     return env
@@ -164,16 +165,7 @@ class FaultyEnvironment(StdioRelayEnvironment):
 
 
 def start_faulty(broker: Any, handler: Any, **kwargs: Any) -> Any:
-    env = FaultyEnvironment(
-        broker=broker,
-        handler=handler,
-        label="test",
-        max_output_chars=1_000_000,
-        child_sandbox="own",
-        **kwargs,
-    )
-    run_sync(env.start())
-    return env
+    return start(FaultyEnvironment, broker, handler, **kwargs)
 
 
 def big_round_trip(env: Any) -> None:

@@ -47,8 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--standins",
         action="store_true",
-        help="run modal and daytona against their local stand-ins when neither credentials nor "
-        "a stand-in are configured",
+        help="run the cloud providers against their local stand-ins when neither credentials "
+        "nor a stand-in are configured (e2b and prime in their SDK venvs, .ci/sdk-venvs.sh)",
     )
     parser.add_argument(
         "--only", default=",".join(WORKLOADS), help=f"comma-separated: {', '.join(WORKLOADS)}"
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         standins.running(names if args.standins else []) as started,
         ScriptedLMServer() as server,
     ):
-        providers = probe_all(names)
+        providers = probe_all(names, started)
         for provider in providers:
             if not provider.runnable:
                 print(f"bench: skipping {provider.name}: {provider.reason}", file=sys.stderr)

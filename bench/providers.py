@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Collection
 from dataclasses import dataclass
 
 DOCKER_IMAGE = "rlm-sandbox:latest"
@@ -70,8 +71,12 @@ def _docker_reason() -> str:
     return ""
 
 
-def probe(name: str) -> Provider:
-    """Whether environment ``name`` can run on this machine now, with the reason if not."""
+def probe(name: str, standin: bool = False) -> Provider:
+    """Whether environment ``name`` can run on this machine now, with the reason if not
+    (``standin``: the bench started this provider's stand-in, in a venv of the SDK's own where
+    it needs one)."""
+    if standin:
+        return Provider(name, True, "stand-in")
     if name in CLOUD_PROVIDERS:
         credentials, stand_in_var = CLOUD_PROVIDERS[name]
         if os.environ.get(stand_in_var):
@@ -93,6 +98,7 @@ def probe(name: str) -> Provider:
     return Provider(name, not reason, "local", reason)
 
 
-def probe_all(names: list[str]) -> list[Provider]:
-    """``probe`` for each name, in order."""
-    return [probe(name) for name in names]
+def probe_all(names: list[str], standins: Collection[str] = ()) -> list[Provider]:
+    """``probe`` for each name, in order (``standins``: the providers whose stand-in the bench
+    started)."""
+    return [probe(name, name in standins) for name in names]

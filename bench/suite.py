@@ -101,6 +101,8 @@ class Suite:
                     **(params.get("environment_kwargs") or {}),
                 },
             }
+            if system == "ours" and standin is not None and standin.python is not None:
+                python = standin.python  # the provider's SDK lives in a venv of its own
             try:
                 results[system] = []
                 for _ in range(self.config.repeats):

@@ -18,8 +18,6 @@ import argparse
 import contextlib
 import os
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -131,63 +129,15 @@ class _EchoHandler:
 
 
 @contextlib.contextmanager
-def _only_environ(prefix: str, values: dict[str, str]) -> Iterator[None]:
-    """Hides the caller's ``prefix*`` variables (and HOME when set in ``values``) so that a
-    stand-in run cannot reach or bill the real provider; restores them afterwards."""
-    names = [k for k in os.environ if k.startswith(prefix) or k in values]
-    saved = {k: os.environ.pop(k) for k in names}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name in [k for k in os.environ if k.startswith(prefix) or k in values]:
-            del os.environ[name]
-        os.environ.update(saved)
-
-
-@contextlib.contextmanager
 def standin(name: str) -> Iterator[dict[str, Any]]:
-    """The provider's stand-in, running, and the environment_kwargs that reach it."""
-    python = {"python": sys.executable}
-    if name == "modal":
-        from rlm_standins.modal import ModalStandIn
-
-        with tempfile.TemporaryDirectory(prefix="modal-home-") as home, ModalStandIn() as server:
-            values = {
-                "HOME": home,
-                "MODAL_CONFIG_PATH": os.path.join(home, ".modal.toml"),
-                "MODAL_SERVER_URL": server.server_url,
-                "MODAL_TOKEN_ID": "ak-standin",
-                "MODAL_TOKEN_SECRET": "as-standin-secret",
-            }
-            with _only_environ("MODAL_", values):
-                yield {**python, "server_url": server.server_url}
-    elif name == "e2b":
-        from rlm_standins.e2b import E2BStandIn
-
-        with _only_environ("E2B_", {}), E2BStandIn() as server:
-            yield {
-                **python,
-                "api_key": server.api_key,
-                "api_url": server.api_url,
-                "sandbox_url": server.envd_url,
-            }
-    elif name == "daytona":
-        from rlm_standins.daytona import DaytonaStandIn
-
-        with _only_environ("DAYTONA_", {}), DaytonaStandIn() as server:
-            yield {**python, "api_url": server.api_url, "api_key": server.api_key}
-    elif name == "prime":
-        from rlm_standins.prime import PrimeStandIn
-
-        with (
-            tempfile.TemporaryDirectory(prefix="prime-home-") as home,
-            _only_environ("PRIME_", {"HOME": home}),
-            PrimeStandIn() as server,
-        ):
-            yield {**python, "api_url": server.api_url, "api_key": server.api_key}
-    else:
+    """The provider's stand-in, running (with the developer's settings of that provider hidden
+    from its SDK), and the environment_kwargs that reach it."""
+    if name not in PROVIDERS:
         raise RLMError(f"no stand-in for {name!r}; choose from {', '.join(PROVIDERS)}")
+    from rlm_standins.launch import launch
+
+    with launch(name) as launched:
+        yield launched.kwargs
 
 
 async def _smoke(name: str, row: Row, kwargs: dict[str, Any]) -> None:

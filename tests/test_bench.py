@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -127,6 +128,38 @@ def test_percentile_interpolates() -> None:
     assert percentile([5, 1, 3], 50) == 3
     assert percentile(list(range(101)), 99) == 99
     assert percentile([1.0, 2.0], 50) == 1.5
+
+
+def test_the_venv_providers_stand_ins_run_the_children_workload(tmp_path: pathlib.Path) -> None:
+    """--standins also covers e2b and prime, whose SDKs live in venvs of their own: the stand-in
+    (``python -m rlm_standins NAME``) and the drivers run in that venv, and the stand-in's create
+    count crosses back to the bench (one sandbox for the whole tree)."""
+    from bench.standins import unavailable
+
+    missing = [reason for name in ("e2b", "prime") if (reason := unavailable(name))]
+    if missing:
+        if os.environ.get("RLM_REQUIRE_SDK_VENVS") == "1":
+            pytest.fail("; ".join(missing))
+        pytest.skip("; ".join(missing))
+    command = [sys.executable, "-m", "bench", "--quick", "--no-reference", "--only", "children"]
+    completed = subprocess.run(
+        [*command, "--environments", "e2b,prime", "--standins", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = {
+        (m["name"], m["environment"]): m
+        for m in json.loads((tmp_path / "results.json").read_text())["measurements"]
+    }
+    children = "4 rlm_query_batched children × one 200 ms llm_query: "
+    for name in ("e2b", "prime"):
+        environment = f"{name} (stand-in)"
+        assert "only" not in rows[children + "wall time of the batch", environment]["note"]
+        assert rows[children + "sessions started", environment]["ours"] == [5]
+        assert rows[children + "sandboxes created", environment]["ours"] == [1]
 
 
 def test_cloud_provider_without_credentials_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:

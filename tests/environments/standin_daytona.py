@@ -15,11 +15,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import sys
 from collections.abc import Iterator
 from typing import Any
 
-from hermetic import hermetic_environ, standins_missing
+from hermetic import standins_missing
 
 
 def _skip_reason() -> str | None:
@@ -50,17 +49,18 @@ def live_kwargs() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """A started stand-in (``options`` go to :class:`DaytonaStandIn`) and the environment_kwargs
-    that reach it through the real SDK."""
-    from rlm_standins.daytona import DaytonaStandIn
+    """A started stand-in (``options`` go to its constructor) and the environment_kwargs that
+    reach it through the real SDK (``rlm_standins.launch``: the developer's settings of the
+    provider are hidden from the SDK meanwhile); on the way out it checks that no sandbox was
+    left running."""
+    from rlm_standins.launch import launch
 
-    # The SDK reads DAYTONA_* variables: the developer's must not reach (or bill) the real platform.
-    with hermetic_environ("DAYTONA_"), DaytonaStandIn(**options) as server:
-        kwargs = {"python": sys.executable, "api_url": server.api_url, "api_key": server.api_key}
-        yield server, kwargs
-        leftover = server.live_sandboxes()
+    with launch("daytona", **options) as launched:
+        yield launched.server, launched.kwargs
+        leftover = launched.live_sandboxes()
         assert not leftover, f"Daytona sandboxes left running: {leftover}"
-        assert not server.live_pids(), f"sandbox processes left running: {server.live_pids()}"
+        pids = launched.server.live_pids()
+        assert not pids, f"sandbox processes left running: {pids}"
 
 
 # ---- the call log, as the shared cloud suite (test_cloud_contract.py) reads it ---------------
@@ -71,7 +71,9 @@ def _matching(server: Any, pattern: str) -> list[str]:
 
 
 def sandbox_creates(server: Any) -> int:
-    return len(_matching(server, r"POST /api/sandbox"))
+    from rlm_standins.launch import sandbox_creates as creates
+
+    return creates("daytona", server)
 
 
 def sandbox_deletes(server: Any) -> int:

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Iterator
 from typing import Any
 
-from hermetic import hermetic_environ, standins_missing
+from hermetic import standins_missing
 
 
 def _skip_reason() -> str | None:
@@ -55,20 +54,15 @@ def live_kwargs() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """A started stand-in (``options`` go to :class:`E2BStandIn`) and the environment_kwargs
-    that reach it through the real SDK."""
-    from rlm_standins.e2b import E2BStandIn
+    """A started stand-in (``options`` go to its constructor) and the environment_kwargs that
+    reach it through the real SDK (``rlm_standins.launch``: the developer's settings of the
+    provider are hidden from the SDK meanwhile); on the way out it checks that no sandbox was
+    left running."""
+    from rlm_standins.launch import launch
 
-    # The SDK reads E2B_* variables (E2B_DEBUG would send it elsewhere): hide the developer's.
-    with hermetic_environ("E2B_"), E2BStandIn(**options) as server:
-        kwargs = {
-            "python": sys.executable,
-            "api_key": server.api_key,
-            "api_url": server.api_url,
-            "sandbox_url": server.envd_url,
-        }
-        yield server, kwargs
-        leftover = server.live_sandboxes()
+    with launch("e2b", **options) as launched:
+        yield launched.server, launched.kwargs
+        leftover = launched.live_sandboxes()
         assert not leftover, f"E2B sandboxes left running: {leftover}"
 
 
@@ -76,7 +70,9 @@ def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
 
 
 def sandbox_creates(server: Any) -> int:
-    return server.calls.count("POST /v2/sandboxes")
+    from rlm_standins.launch import sandbox_creates as creates
+
+    return creates("e2b", server)
 
 
 def sandbox_deletes(server: Any) -> int:

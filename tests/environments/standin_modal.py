@@ -18,16 +18,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from hermetic import hermetic_environ, standins_missing
-
-#: the token pair handed to the SDK for the stand-in (any non-empty pair is accepted there)
-STANDIN_TOKEN_ID = "ak-standin"
-STANDIN_TOKEN_SECRET = "as-standin-secret"
+from hermetic import standins_missing
 
 
 def _skip_reason() -> str | None:
@@ -68,30 +62,15 @@ def live_kwargs() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """A started stand-in (``options`` go to :class:`ModalStandIn`) and the environment_kwargs
-    that reach it through the real SDK; on the way out it checks that no sandbox was left
-    running."""
-    from rlm_standins.modal import ModalStandIn
+    """A started stand-in (``options`` go to its constructor) and the environment_kwargs that
+    reach it through the real SDK (``rlm_standins.launch``: the developer's settings of the
+    provider are hidden from the SDK meanwhile); on the way out it checks that no sandbox was
+    left running."""
+    from rlm_standins.launch import launch
 
-    with (
-        tempfile.TemporaryDirectory(prefix="modal-home-") as home,
-        ModalStandIn(**options) as server,
-        # Only the stand-in's settings reach the SDK while it runs.
-        hermetic_environ(
-            "MODAL_",
-            names=("HOME",),
-            values={
-                "HOME": home,
-                "MODAL_CONFIG_PATH": os.path.join(home, ".modal.toml"),
-                "MODAL_SERVER_URL": server.server_url,
-                "MODAL_TOKEN_ID": STANDIN_TOKEN_ID,
-                "MODAL_TOKEN_SECRET": STANDIN_TOKEN_SECRET,
-            },
-        ),
-    ):
-        kwargs = {"python": sys.executable, "server_url": server.server_url}
-        yield server, kwargs
-        leftover = server.live_sandboxes()
+    with launch("modal", **options) as launched:
+        yield launched.server, launched.kwargs
+        leftover = launched.live_sandboxes()
         assert not leftover, f"Modal sandboxes left running: {leftover}"
 
 
@@ -101,7 +80,9 @@ FS_TOOLS = "/__modal/.bin/modal-sandbox-fs-tools"
 
 
 def sandbox_creates(server: Any) -> int:
-    return server.calls.count("SandboxCreateV2")
+    from rlm_standins.launch import sandbox_creates as creates
+
+    return creates("modal", server)
 
 
 def sandbox_deletes(server: Any) -> int:

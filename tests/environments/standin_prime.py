@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from hermetic import hermetic_environ, standins_missing
+from hermetic import standins_missing
 
 
 def _skip_reason() -> str | None:
@@ -73,21 +71,15 @@ def short_sdk_throttle_waits() -> Iterator[None]:
 
 @contextlib.contextmanager
 def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """A started stand-in (``options`` go to :class:`PrimeStandIn`) and the environment_kwargs
-    that reach it through the real SDK."""
-    from rlm_standins.prime import PrimeStandIn
+    """A started stand-in (``options`` go to its constructor) and the environment_kwargs that
+    reach it through the real SDK (``rlm_standins.launch``: the developer's settings of the
+    provider are hidden from the SDK meanwhile); on the way out it checks that no sandbox was
+    left running."""
+    from rlm_standins.launch import launch
 
-    with (
-        tempfile.TemporaryDirectory(prefix="prime-home-") as home,
-        # The SDK reads ~/.prime and PRIME_* variables and caches gateway tokens in ~/.prime:
-        # an empty home keeps the developer's config out and the stand-in's tokens in.
-        hermetic_environ("PRIME_", names=("HOME",), values={"HOME": home}),
-        short_sdk_throttle_waits(),
-        PrimeStandIn(**options) as server,
-    ):
-        kwargs = {"python": sys.executable, "api_url": server.api_url, "api_key": server.api_key}
-        yield server, kwargs
-        leftover = server.live_sandboxes()
+    with short_sdk_throttle_waits(), launch("prime", **options) as launched:
+        yield launched.server, launched.kwargs
+        leftover = launched.live_sandboxes()
         assert not leftover, f"Prime sandboxes left running: {leftover}"
 
 
@@ -95,7 +87,9 @@ def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
 
 
 def sandbox_creates(server: Any) -> int:
-    return server.calls.count("POST /api/v1/sandbox")
+    from rlm_standins.launch import sandbox_creates as creates
+
+    return creates("prime", server)
 
 
 def sandbox_deletes(server: Any) -> int:

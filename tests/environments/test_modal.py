@@ -16,11 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import own_sandbox_standins, start_environment
-from standin_modal import (
-    SKIP_REASON,
-    STANDIN_TOKEN_ID,
-    STANDIN_TOKEN_SECRET,
-)
+from standin_modal import SKIP_REASON
 from standin_modal import (
     running_standin as shared_tree_standin,
 )
@@ -111,7 +107,9 @@ def test_sandbox_never_holds_the_modal_token_or_the_broker_token(
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             cmdline = handle.read()
         assert b"runner.pyz" in cmdline
-        secrets = (STANDIN_TOKEN_ID, STANDIN_TOKEN_SECRET, token, "sk-host-only", "in-container")
+        from rlm_standins.launch import MODAL_TOKEN_ID, MODAL_TOKEN_SECRET
+
+        secrets = (MODAL_TOKEN_ID, MODAL_TOKEN_SECRET, token, "sk-host-only", "in-container")
         for secret in secrets:
             assert secret.encode() not in environ and secret.encode() not in cmdline, secret
         names = [entry.split(b"=", 1)[0] for entry in environ.split(b"\0") if entry]

@@ -46,3 +46,20 @@ def test_runner_bundle_needs_only_grpc_and_protobuf(tmp_path):
         [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_adapter_docs_name_the_runner_requirements_the_code_installs():
+    """The cloud adapters' docstrings tell users what to put in their image; they must quote the
+    requirements the code checks and installs (docker_image.REQUIREMENTS), not older ones."""
+    import importlib
+    import re
+
+    from rlm.environments.docker_image import REQUIREMENTS
+
+    names = {re.split(r"[<>=]", requirement)[0] for requirement in REQUIREMENTS}
+    for adapter in ("modal", "e2b", "daytona", "prime"):
+        doc = importlib.import_module(f"rlm.environments.{adapter}").__doc__ or ""
+        quoted = set(re.findall(r"(?:grpcio|protobuf)[<>=!~][^'\"`\s,)]*", doc))
+        assert quoted, f"rlm.environments.{adapter} does not say what the runner needs"
+        assert {re.split(r"[<>=!~]", q)[0] for q in quoted} == names, adapter
+        assert quoted <= set(REQUIREMENTS), f"{adapter} quotes {quoted - set(REQUIREMENTS)}"

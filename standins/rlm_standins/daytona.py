@@ -63,7 +63,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from rlm_standins._processes import alive, first_missing, with_descendants
-from rlm_standins._server import LoopThreadServer
+from rlm_standins._server import AiohttpStandIn
 from rlm_standins._shaping import Shaping
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -215,7 +215,7 @@ def _throttleable(request: web.Request) -> bool:
     return method == "DELETE" and path.startswith("/api/sandbox/")
 
 
-class DaytonaStandIn(LoopThreadServer):
+class DaytonaStandIn(AiohttpStandIn):
     """The Daytona API, event socket and toolbox on loopback, backed by local processes.
 
     Use as a context manager; ``api_url`` goes into ``DAYTONA_API_URL`` (or the adapter's
@@ -234,31 +234,24 @@ class DaytonaStandIn(LoopThreadServer):
         drop_log_stream_after: int | None = None,
         shaping: Shaping | None = None,
     ) -> None:
+        super().__init__(shaping)
         self.api_key = api_key or f"dtn_standin_{secrets.token_hex(12)}"
         self.organization_id = f"org-{secrets.token_hex(4)}"
         self.step_delay = step_delay
         self.kill_grace = kill_grace
         self.sandboxes: dict[str, Sandbox] = {}
-        #: ``METHOD /path`` of every request, in order (toolbox paths with the sandbox id)
-        self.calls: list[str] = []
-        #: ``METHOD /path`` of every request the shaping answered 429 (throttled)
-        self.throttled_calls: list[str] = []
+        # self.calls: ``METHOD /path`` of every request (toolbox paths with the sandbox id)
         #: the ``auth`` payload of every event-socket connection that was accepted
         self.socket_connections: list[dict[str, Any]] = []
         #: bytes received through ``.../input`` (what the host wrote to commands' stdin)
         self.input_bytes = 0
-        #: latency, bandwidth and a stream drop (default: RLM_STANDIN_SHAPING, else none)
-        self.shaping = shaping or Shaping.from_env()
         self.drop_log_stream_after = (
             drop_log_stream_after if drop_log_stream_after is not None else self.shaping.drop_after
         )
         #: log streams closed by ``drop_log_stream_after``
         self.dropped_streams = 0
         self._ids = itertools.count(1)
-        super().__init__()
-        self._runner: web.AppRunner | None = None
         self._sio: Any = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._sockets: set[web.WebSocketResponse] = set()
         self.base_url = ""
 
@@ -281,11 +274,7 @@ class DaytonaStandIn(LoopThreadServer):
         import socketio
 
         body = {"statusCode": 429, "message": "ThrottlerException: Too Many Requests"}
-        shape = (
-            [self.shaping.aiohttp_middleware(_throttleable, body, self._throttle)]
-            if self.shaping.active
-            else []
-        )
+        shape = self._shaped(_throttleable, body)
         app = web.Application(client_max_size=1 << 40, middlewares=shape)
         sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins="*")
         sio.on("connect", self._socket_connect)
@@ -308,17 +297,8 @@ class DaytonaStandIn(LoopThreadServer):
         app.router.add_get(command, self._get_command)
         app.router.add_get(command + "/logs", self._logs)
         app.router.add_post(command + "/input", self._input)
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._runner = runner
-        return runner.addresses[0][1]
-
-    def _background(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        (port,) = await self._listen(app, handler_cancellation=True)
+        return port
 
     async def _shutdown(self) -> None:
         for sandbox in list(self.sandboxes.values()):
@@ -330,9 +310,7 @@ class DaytonaStandIn(LoopThreadServer):
         if self._sio is not None:
             with contextlib.suppress(Exception):
                 await self._sio.shutdown()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._stop_listening()
 
     # ---- what tests look at ----------------------------------------------------------------
 
@@ -358,9 +336,6 @@ class DaytonaStandIn(LoopThreadServer):
                 if b"runner.pyz" in handle.read():
                     found.append(pid)
         return found
-
-    def _throttle(self, request: web.Request) -> None:
-        self.throttled_calls.append(f"{request.method} {request.path}")
 
     # ---- control API -----------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from rlm_standins._processes import first_missing, signal_group, with_descendants
-from rlm_standins._server import LoopThreadServer
+from rlm_standins._server import AiohttpStandIn
 from rlm_standins._shaping import Shaping
 
 #: the envd version the stand-in reports: the lowest whose features it implements (octet-stream
@@ -153,7 +153,7 @@ def _throttleable(request: web.Request) -> bool:
     )
 
 
-class E2BStandIn(LoopThreadServer):
+class E2BStandIn(AiohttpStandIn):
     """E2B's control API and envd on loopback, backed by local processes.
 
     Use as a context manager. ``api_url`` goes into the SDK's ``api_url`` (``E2B_API_URL``),
@@ -169,12 +169,11 @@ class E2BStandIn(LoopThreadServer):
         drop_output_stream_after: int | None = None,
         shaping: Shaping | None = None,
     ) -> None:
+        super().__init__(shaping)
         self.api_key = api_key or f"e2b_standin_{secrets.token_hex(12)}"
         #: the first process event stream that has sent this many output bytes is cut (as a
         #: proxy or the load balancer would); the process keeps running, and its output is
         #: dropped until someone connects again (envd keeps none for absent subscribers)
-        #: latency, bandwidth and a stream drop (default: RLM_STANDIN_SHAPING, else none)
-        self.shaping = shaping or Shaping.from_env()
         self.drop_output_stream_after = (
             drop_output_stream_after
             if drop_output_stream_after is not None
@@ -184,15 +183,10 @@ class E2BStandIn(LoopThreadServer):
         self.dropped_streams = 0
         self.templates = set(templates)
         self.sandboxes: dict[str, Sandbox] = {}
-        #: every request, as ``"POST /v2/sandboxes"`` or ``"envd POST /process.Process/Start"``
-        self.calls: list[str] = []
-        #: ``METHOD /path`` of every request the shaping answered 429 (throttled)
-        self.throttled_calls: list[str] = []
+        # self.calls: every request, as ``"POST /v2/sandboxes"`` or
+        # ``"envd POST /process.Process/Start"``
         self._idempotency: dict[str, str] = {}
         self._ids = itertools.count(1)
-        super().__init__()
-        self._runners: list[web.AppRunner] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._process_app: Any = None
         self.api_url = ""
         self.envd_url = ""
@@ -213,15 +207,7 @@ class E2BStandIn(LoopThreadServer):
     async def _serve(self) -> tuple[int, int]:
         from e2b.envd.process.process_connect import ProcessASGIApplication
 
-        shape = (
-            [
-                self.shaping.aiohttp_middleware(
-                    _throttleable, {"code": 429, "message": "Rate limit exceeded"}, self._throttle
-                )
-            ]
-            if self.shaping.active
-            else []
-        )
+        shape = self._shaped(_throttleable, {"code": 429, "message": "Rate limit exceeded"})
         api = web.Application(middlewares=[*shape, self._api_auth])
         api.router.add_post("/v2/sandboxes", self._create)
         api.router.add_get("/sandboxes/{id}", self._get)
@@ -233,28 +219,13 @@ class E2BStandIn(LoopThreadServer):
         envd.router.add_post("/files", self._upload)
         envd.router.add_get("/files", self._download)
         envd.router.add_post(f"{self._process_app.path}/{{method}}", self._rpc)
-        ports = []
-        for app in (api, envd):
-            # Handler cancellation: a client that goes away ends its stream's handler.
-            runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self._runners.append(runner)
-            ports.append(runner.addresses[0][1])
-        return ports[0], ports[1]
-
-    def _background(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        api_port, envd_port = await self._listen(api, envd, handler_cancellation=True)
+        return api_port, envd_port
 
     async def _shutdown(self) -> None:
         for sandbox in list(self.sandboxes.values()):
             await self._kill_sandbox(sandbox)
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
+        await self._stop_listening()
 
     # ---- what tests look at ----------------------------------------------------------------
 
@@ -271,9 +242,6 @@ class E2BStandIn(LoopThreadServer):
             if proc.end is None
         ]
         return with_descendants(roots, zombies=True)
-
-    def _throttle(self, request: web.Request) -> None:
-        self.throttled_calls.append(f"{request.method} {request.path}")
 
     # ---- control API -----------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ from typing import Any
 from aiohttp import web
 
 from rlm_standins._processes import first_missing, signal_group, with_descendants
-from rlm_standins._server import LoopThreadServer
+from rlm_standins._server import AiohttpStandIn
 from rlm_standins._shaping import Shaping
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -167,7 +167,7 @@ def _throttleable(request: web.Request) -> bool:
     return request.method == "POST" and request.path.endswith("/upload")
 
 
-class PrimeStandIn(LoopThreadServer):
+class PrimeStandIn(AiohttpStandIn):
     """The Prime control API and gateway on loopback, backed by local processes.
 
     Use as a context manager; ``api_url`` goes into ``PRIME_API_BASE_URL`` (or the adapter's
@@ -186,27 +186,20 @@ class PrimeStandIn(LoopThreadServer):
         drop_stream_after: int | None = None,
         shaping: Shaping | None = None,
     ) -> None:
+        super().__init__(shaping)
         self.api_key = api_key or f"pit_standin_{secrets.token_hex(8)}"
         self.provisioning_polls = provisioning_polls
-        #: latency, bandwidth and a stream drop (default: RLM_STANDIN_SHAPING, else none)
-        self.shaping = shaping or Shaping.from_env()
         self.drop_stream_after = (
             drop_stream_after if drop_stream_after is not None else self.shaping.drop_after
         )
         #: output streams ended by ``drop_stream_after``
         self.dropped_streams = 0
         self.sandboxes: dict[str, Sandbox] = {}
-        self.calls: list[str] = []
-        #: ``METHOD /path`` of every request the shaping answered 429 (throttled)
-        self.throttled_calls: list[str] = []
         #: the size of every upload the gateway received, refused ones included
         self.upload_sizes: list[int] = []
         self._by_job: dict[str, Sandbox] = {}
         self._idempotency: dict[str, str] = {}
         self._ids = itertools.count(1)
-        super().__init__()
-        self._runners: list[web.AppRunner] = []
-        self._tasks: set[asyncio.Task[None]] = set()
         self.api_url = ""
         self.gateway_url = ""
 
@@ -224,15 +217,7 @@ class PrimeStandIn(LoopThreadServer):
         self.gateway_url = f"http://127.0.0.1:{ports[1]}"
 
     async def _serve(self) -> tuple[int, int]:
-        shape = (
-            [
-                self.shaping.aiohttp_middleware(
-                    _throttleable, {"detail": "Rate limit exceeded"}, self._throttle
-                )
-            ]
-            if self.shaping.active
-            else []
-        )
+        shape = self._shaped(_throttleable, {"detail": "Rate limit exceeded"})
         api = web.Application(middlewares=shape)
         api.router.add_post("/api/v1/sandbox", self._create)
         api.router.add_post("/api/v1/sandbox/status:batchGet", self._batch_status)
@@ -243,27 +228,13 @@ class PrimeStandIn(LoopThreadServer):
         gateway = web.Application(client_max_size=1 << 40, middlewares=shape)
         gateway.router.add_post("/{ns}/{job}/upload", self._upload)
         gateway.router.add_post(f"/{{ns}}/{{job}}/{_SERVICE}/{{method}}", self._rpc)
-        ports = []
-        for app in (api, gateway):
-            runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self._runners.append(runner)
-            ports.append(runner.addresses[0][1])
-        return ports[0], ports[1]
-
-    def _background(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        api_port, gateway_port = await self._listen(api, gateway, handler_cancellation=False)
+        return api_port, gateway_port
 
     async def _shutdown(self) -> None:
         for sandbox in list(self.sandboxes.values()):
             await self._terminate(sandbox, "TERMINATED")
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
+        await self._stop_listening()
 
     # ---- what tests look at ----------------------------------------------------------------
 
@@ -285,9 +256,6 @@ class PrimeStandIn(LoopThreadServer):
         """Gives every sandbox a new gateway token, as when one expires: clients must re-auth."""
         for sandbox in list(self.sandboxes.values()):
             sandbox.token = secrets.token_urlsafe(24)
-
-    def _throttle(self, request: web.Request) -> None:
-        self.throttled_calls.append(f"{request.method} {request.path}")
 
     # ---- control API -----------------------------------------------------------------------
 

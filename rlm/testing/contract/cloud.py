@@ -4,13 +4,15 @@ For :class:`~rlm.environments.relay.RelayedSandboxEnvironment` adapters tested a
 stand-in of their provider: the ``adapter`` fixture's :class:`Adapter` carries the stand-in's
 record as ``log`` (a :class:`ProviderLog`). By default (``child_sandbox="shared"``) an RLM tree
 gets one sandbox: a 12-child fan-out creates one, siblings see neither each other's variables
-nor files, a crashing child fails alone. With ``child_sandbox="own"``: a sandbox per level of
+nor files, a crashing, hanging or memory-hungry child fails alone, three levels of recursion
+share it. With ``child_sandbox="own"``: a sandbox per level of
 recursion, and a stubborn runner killed through the provider's API. Either way: a 50 MB context
 through the file API, 30 MB back through the relay, clean-up when a completion raises.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 
@@ -18,6 +20,7 @@ import pytest
 
 from rlm.broker.loop import run_sync
 from rlm.broker.server import BrokerServer
+from rlm.environments.base import CellResult
 from rlm.errors import LMAuthenticationError
 from rlm.testing.contract.fixtures import (
     Adapter,
@@ -123,6 +126,74 @@ class CloudContract(ContractFixtures):
         assert (ok1, ok2) == ("ok1", "ok2")
         assert log.sandbox_creates() == 1, "a crashed child's restarts fork, they create nothing"
         assert log.sandbox_deletes() == 1
+        assert_all_gone(log)
+
+    def test_depth_three_recursion_in_one_sandbox(
+        self, adapter: Adapter, lm_server: ScriptedLMServer
+    ) -> None:
+        """Root, child and grandchild are sessions of the tree's one sandbox."""
+        log = log_of(adapter)
+        lm_server.set_script(depth_script())
+        with completion_rlm(adapter, lm_server, max_depth=3) as rlm:
+            result = rlm.completion("ROOT DATA", root_prompt="go")
+            assert log.sandbox_creates() == 1, "three levels, one sandbox"
+        assert result.response == "root got: child got: grand got: leaf answe"
+        assert log.sandbox_deletes() == 1
+        assert_all_gone(log)
+
+    def test_a_hanging_child_is_killed_alone_while_its_sibling_runs(
+        self, adapter: Adapter, broker: BrokerServer, handler: RecordingHandler
+    ) -> None:
+        """A cell that ignores its interrupt has its runner killed and forked again in the same
+        sandbox, with the note its loop hands to the model; a sibling's cell running meanwhile
+        finishes, and the sibling keeps its state."""
+        log = log_of(adapter)
+        kwargs = adapter.kwargs
+        hung = start_environment(adapter.environment, broker, handler, **kwargs, cell_timeout=1)
+        sibling = start_environment(adapter.environment, broker, handler, **kwargs)
+        try:
+            assert run_sync(sibling.execute("kept = 'still here'")).ok
+
+            async def both() -> list[CellResult]:
+                return await asyncio.gather(
+                    hung.execute(
+                        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                        "time.sleep(600)"
+                    ),
+                    sibling.execute("import time\ntime.sleep(2)\nprint(kept)"),
+                )
+
+            stuck, fine = run_sync(both())
+            assert stuck.restarted and "ignored the interrupt" in stuck.error, stuck
+            assert fine.stdout == "still here\n" and not fine.error, fine
+            assert run_sync(hung.execute("print('back')")).stdout == "back\n"
+            assert log.sandbox_creates() == 1, "the restart forked a runner, it created nothing"
+        finally:
+            run_sync(hung.aclose())
+            run_sync(sibling.aclose())
+            run_sync(broker.aclose_resources())
+        assert_all_gone(log)
+
+    def test_a_child_past_its_memory_limit_fails_alone(
+        self, adapter: Adapter, broker: BrokerServer, handler: RecordingHandler
+    ) -> None:
+        """A session's memory limit is its own (the runner's rlimit): the session that grows
+        past it gets the error, the sibling keeps its state, and both go on."""
+        log = log_of(adapter)
+        kwargs = adapter.kwargs
+        hog = start_environment(adapter.environment, broker, handler, **kwargs, memory_mb=512)
+        sibling = start_environment(adapter.environment, broker, handler, **kwargs)
+        try:
+            assert run_sync(sibling.execute("kept = 'still here'")).ok
+            grown = run_sync(hog.execute("x = bytearray(2 * 1024**3)\nprint(len(x))"))
+            assert "MemoryError" in grown.error or grown.restarted, grown
+            assert run_sync(sibling.execute("print(kept)")).stdout == "still here\n"
+            assert run_sync(hog.execute("print('back')")).stdout == "back\n"
+            assert log.sandbox_creates() == 1
+        finally:
+            run_sync(hog.aclose())
+            run_sync(sibling.aclose())
+            run_sync(broker.aclose_resources())
         assert_all_gone(log)
 
     def test_own_mode_runs_each_level_in_its_own_sandbox(

@@ -149,7 +149,8 @@ class ContractFixtures:
         )
 
     @pytest.fixture(scope="class")
-    def broker(self) -> Iterator[BrokerServer]:
+    @classmethod
+    def broker(cls) -> Iterator[BrokerServer]:
         server = BrokerServer()
         run_sync(server.start())
         yield server

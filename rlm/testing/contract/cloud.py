@@ -154,7 +154,7 @@ class CloudContract(ContractFixtures):
         try:
             assert run_sync(sibling.execute("kept = 'still here'")).ok
 
-            async def both() -> list[CellResult]:
+            async def both() -> tuple[CellResult, CellResult]:
                 return await asyncio.gather(
                     hung.execute(
                         "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"

@@ -173,15 +173,6 @@ def make_env(
     broker: BrokerServer, handler: RecordingHandler, env_name: str, env_kwargs: dict[str, Any]
 ) -> Iterator[Any]:
     """Starts environments of the parametrised kind; closes them after the test."""
-    made: list[SandboxEnvironment] = []
-
-    def factory(**kwargs: Any) -> SandboxEnvironment:
-        env = start_environment(env_name, broker, handler, **{**env_kwargs, **kwargs})
-        made.append(env)
-        return env
-
-    yield factory
-    for env in made:
-        run_sync(env.aclose())
-    # The tree's shared resources (docker's one container per tree, warm pools) go with it.
-    run_sync(broker.aclose_resources())
+    environment = adapter_class(env_name)
+    with contract.started_environments(environment, broker, handler, env_kwargs) as make:
+        yield make

@@ -29,6 +29,7 @@ from rlm.testing.contract.fixtures import (
     ProviderLog,
     RecordingHandler,
     start_environment,
+    started_environments,
 )
 
 __all__ = [
@@ -41,4 +42,5 @@ __all__ = [
     "RecordingHandler",
     "WarmPoolContract",
     "start_environment",
+    "started_environments",
 ]

@@ -112,6 +112,31 @@ def start_environment(
 MakeEnv = Callable[..., SandboxEnvironment]
 
 
+@contextlib.contextmanager
+def started_environments(
+    environment: type[SandboxEnvironment],
+    broker: BrokerServer,
+    handler: Any,
+    defaults: dict[str, Any],
+) -> Iterator[MakeEnv]:
+    """A factory of started environments (``defaults`` overridden by its keyword arguments);
+    on the way out every one is closed, then the broker's shared resources (a tree's sandbox,
+    warm pools)."""
+    made: list[SandboxEnvironment] = []
+
+    def factory(**kwargs: Any) -> SandboxEnvironment:
+        env = start_environment(environment, broker, handler, **{**defaults, **kwargs})
+        made.append(env)
+        return env
+
+    try:
+        yield factory
+    finally:
+        for env in made:
+            run_sync(env.aclose())
+        run_sync(broker.aclose_resources())
+
+
 def run(env: SandboxEnvironment, code: str, timeout: float | None = None) -> CellResult:
     return run_sync(env.execute(code, timeout=timeout))
 
@@ -165,20 +190,8 @@ class ContractFixtures:
         self, adapter: Adapter, broker: BrokerServer, handler: RecordingHandler
     ) -> Iterator[MakeEnv]:
         """Starts environments of the adapter's kind; closes them after the test."""
-        made: list[SandboxEnvironment] = []
-
-        def factory(**kwargs: Any) -> SandboxEnvironment:
-            env = start_environment(
-                adapter.environment, broker, handler, **{**adapter.kwargs, **kwargs}
-            )
-            made.append(env)
-            return env
-
-        yield factory
-        for env in made:
-            run_sync(env.aclose())
-        # The tree's shared resources (a container per tree, warm pools) go with it.
-        run_sync(broker.aclose_resources())
+        with started_environments(adapter.environment, broker, handler, adapter.kwargs) as make:
+            yield make
 
     @pytest.fixture
     def lm_server(self) -> Iterator[ScriptedLMServer]:

@@ -65,6 +65,7 @@ from aiohttp import WSMsgType, web
 from rlm_standins._processes import alive, first_missing, with_descendants
 from rlm_standins._server import AiohttpStandIn
 from rlm_standins._shaping import Shaping
+from rlm_standins.launch import Hermetic
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STDOUT_PREFIX = b"\x01\x01\x01"
@@ -224,6 +225,14 @@ class DaytonaStandIn(AiohttpStandIn):
     ``drop_log_stream_after``: the first following log stream that has sent that many bytes is
     closed (code 1000, as a proxy or the daemon restarting would) while its command runs.
     """
+
+    #: the request in :attr:`calls` that creates a sandbox
+    create_call = "POST /api/sandbox"
+
+    def reach(self, home: str) -> tuple[Hermetic, dict[str, Any]]:
+        """The environment the provider's SDK must see to reach this stand-in (``home``: an
+        empty directory for SDKs that keep settings there), and the adapter's kwargs."""
+        return Hermetic("DAYTONA_"), {"api_url": self.api_url, "api_key": self.api_key}
 
     def __init__(
         self,
@@ -810,3 +819,7 @@ def _signal_tree(group: int, pids: list[int], sig: int) -> None:
 
 
 __all__ = ["STDERR_PREFIX", "STDOUT_PREFIX", "DaytonaStandIn"]
+
+
+#: the stand-in :func:`rlm_standins.launch.launch` starts for this provider
+STANDIN = DaytonaStandIn

@@ -58,6 +58,7 @@ from multidict import CIMultiDict
 from rlm_standins._processes import first_missing, signal_group, with_descendants
 from rlm_standins._server import AiohttpStandIn
 from rlm_standins._shaping import Shaping
+from rlm_standins.launch import Hermetic
 
 #: the envd version the stand-in reports: the lowest whose features it implements (octet-stream
 #: uploads, closing stdin, the default user), so the SDK uses exactly those
@@ -160,6 +161,16 @@ class E2BStandIn(AiohttpStandIn):
     ``envd_url`` into ``sandbox_url`` (``E2B_SANDBOX_URL``) and ``api_key`` into ``api_key``
     (``E2B_API_KEY``). ``templates`` are the template names that exist.
     """
+
+    #: the request in :attr:`calls` that creates a sandbox
+    create_call = "POST /v2/sandboxes"
+
+    def reach(self, home: str) -> tuple[Hermetic, dict[str, Any]]:
+        """The environment the provider's SDK must see to reach this stand-in (``home``: an
+        empty directory for SDKs that keep settings there), and the adapter's kwargs."""
+        # E2B_DEBUG and friends would send the SDK elsewhere.
+        kwargs = {"api_key": self.api_key, "api_url": self.api_url, "sandbox_url": self.envd_url}
+        return Hermetic("E2B_"), kwargs
 
     def __init__(
         self,
@@ -704,3 +715,7 @@ def _files_error(status: int, message: str) -> web.Response:
 
 
 __all__ = ["DEFAULT_TEMPLATES", "ENVD_VERSION", "E2BStandIn"]
+
+
+#: the stand-in :func:`rlm_standins.launch.launch` starts for this provider
+STANDIN = E2BStandIn

@@ -5,7 +5,10 @@ provider from its SDK (its ``PREFIX_*`` variables, and ``HOME`` for SDKs that ke
 tokens there), so that a stand-in run can never reach or bill the real service. It yields a
 :class:`Launched`: the server, the ``environment_kwargs`` that point rlm's adapter at it, and
 the number of sandboxes it has created. The test fixtures, ``rlm providers check`` and the
-bench all start stand-ins through it.
+bench all start stand-ins through it. Each provider's module says all of that itself: it names
+its class ``STANDIN``, whose ``reach(home)`` gives the SDK's environment and the adapter's
+kwargs and whose ``create_call`` is the request that creates a sandbox; a new provider's
+stand-in is one new module.
 
 An SDK that needs a virtualenv of its own (e2b and prime-sandboxes pin incompatible connectrpc
 versions) gets its stand-in in that venv's interpreter: ``python -m rlm_standins NAME`` (see
@@ -15,18 +18,15 @@ versions) gets its stand-in in that venv's interpreter: ``python -m rlm_standins
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import pathlib
+import pkgutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-PROVIDERS = ("modal", "e2b", "daytona", "prime")
-
-#: the token pair a Modal stand-in run gives the SDK (the stand-in records, and accepts, any)
-MODAL_TOKEN_ID = "ak-standin"
-MODAL_TOKEN_SECRET = "as-standin-secret"
 
 
 @contextlib.contextmanager
@@ -76,85 +76,50 @@ class Launched:
     kwargs: dict[str, Any]
     #: the environment the provider's SDK must see (already applied in this process)
     hermetic: Hermetic
-    _creates: Callable[[Any], int]
 
     def sandbox_creates(self) -> int:
         """Sandboxes created through the stand-in so far."""
-        return self._creates(self.server)
+        return sandbox_creates(self.server)
 
     def live_sandboxes(self) -> list[str]:
         """Ids of the stand-in's sandboxes not yet destroyed."""
         return list(self.server.live_sandboxes())
 
 
-#: the request in each stand-in's call log that creates a sandbox
-CREATE_CALLS: dict[str, str] = {
-    "modal": "SandboxCreateV2",
-    "e2b": "POST /v2/sandboxes",
-    "daytona": "POST /api/sandbox",
-    "prime": "POST /api/v1/sandbox",
-}
+def providers() -> list[str]:
+    """The providers with a stand-in here: each module of this package but this one names its
+    stand-in class ``STANDIN`` (listed without importing them: each imports its SDK)."""
+    package = pathlib.Path(__file__).parent
+    return sorted(
+        module.name
+        for module in pkgutil.iter_modules([str(package)])
+        if not module.name.startswith("_") and module.name != __name__.rpartition(".")[2]
+    )
 
 
-def sandbox_creates(name: str, server: Any) -> int:
-    """Sandboxes the stand-in ``server`` of provider ``name`` has created."""
-    return list(server.calls).count(CREATE_CALLS[name])
+def standin_class(name: str) -> Any:
+    """Provider ``name``'s stand-in class (its module imports the provider's SDK)."""
+    if name not in providers():
+        raise ValueError(f"no stand-in for {name!r}; choose from {', '.join(providers())}")
+    return importlib.import_module(f"rlm_standins.{name}").STANDIN
 
 
-def _server(name: str, options: dict[str, Any]) -> Any:
-    if name == "modal":
-        from .modal import ModalStandIn
-
-        return ModalStandIn(**options)
-    if name == "e2b":
-        from .e2b import E2BStandIn
-
-        return E2BStandIn(**options)
-    if name == "daytona":
-        from .daytona import DaytonaStandIn
-
-        return DaytonaStandIn(**options)
-    if name == "prime":
-        from .prime import PrimeStandIn
-
-        return PrimeStandIn(**options)
-    raise ValueError(f"no stand-in for {name!r}; choose from {', '.join(PROVIDERS)}")
-
-
-def _reach(name: str, server: Any, home: str) -> tuple[Hermetic, dict[str, Any]]:
-    """The environment and the adapter's kwargs that reach ``server``."""
-    python = {"python": sys.executable}
-    if name == "modal":
-        # The SDK reads MODAL_* and ~/.modal.toml: an empty home keeps the developer's out.
-        values = {
-            "HOME": home,
-            "MODAL_CONFIG_PATH": os.path.join(home, ".modal.toml"),
-            "MODAL_SERVER_URL": server.server_url,
-            "MODAL_TOKEN_ID": MODAL_TOKEN_ID,
-            "MODAL_TOKEN_SECRET": MODAL_TOKEN_SECRET,
-        }
-        return Hermetic("MODAL_", ("HOME",), values), {**python, "server_url": server.server_url}
-    if name == "e2b":
-        # E2B_DEBUG and friends would send the SDK elsewhere.
-        kwargs = {"api_key": server.api_key, "api_url": server.api_url}
-        return Hermetic("E2B_"), {**python, **kwargs, "sandbox_url": server.envd_url}
-    if name == "daytona":
-        kwargs = {"api_url": server.api_url, "api_key": server.api_key}
-        return Hermetic("DAYTONA_"), {**python, **kwargs}
-    # prime: the SDK reads ~/.prime and caches gateway tokens there.
-    kwargs = {"api_url": server.api_url, "api_key": server.api_key}
-    return Hermetic("PRIME_", ("HOME",), {"HOME": home}), {**python, **kwargs}
+def sandbox_creates(server: Any) -> int:
+    """Sandboxes the stand-in ``server`` has created (the creating request in its call log)."""
+    return list(server.calls).count(type(server).create_call)
 
 
 @contextlib.contextmanager
 def launch(name: str, **options: Any) -> Iterator[Launched]:
     """Starts provider ``name``'s stand-in (``options`` go to its constructor) with the SDK's
     environment made hermetic for as long as it runs; stops it (killing every sandbox) after."""
-    server = _server(name, options)
+    server = standin_class(name)(**options)
     with (
         tempfile.TemporaryDirectory(prefix=f"rlm-standin-{name}-home-") as home,
         server,
     ):
-        hermetic, kwargs = _reach(name, server, home)
+        hermetic, kwargs = server.reach(home)
+        # The sandboxes' processes run in this interpreter here (they need grpcio, protobuf).
+        kwargs = {"python": sys.executable, **kwargs}
         with hermetic.applied():
-            yield Launched(name, server, kwargs, hermetic, lambda s: sandbox_creates(name, s))
+            yield Launched(name, server, kwargs, hermetic)

@@ -69,6 +69,7 @@ from modal_proto.api_grpc import ModalClientBase
 from modal_proto.task_command_router_grpc import TaskCommandRouterBase
 
 from rlm_standins._shaping import Shaping
+from rlm_standins.launch import Hermetic
 
 FS_TOOLS_PATH = "/__modal/.bin/modal-sandbox-fs-tools"
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -466,6 +467,11 @@ class _Router(_RouterBase):
         await self._exit_status(stream, execution, sr_pb2.TaskExecWaitResponse)
 
 
+#: the token pair a stand-in run gives the SDK (the stand-in records, and accepts, any)
+TOKEN_ID = "ak-standin"
+TOKEN_SECRET = "as-standin-secret"
+
+
 class ModalStandIn:
     """The Modal control plane and task command router on loopback, backed by local processes.
 
@@ -473,6 +479,22 @@ class ModalStandIn:
     records every RPC by name; ``images``, ``exec_log`` and :meth:`live_sandboxes` /
     :meth:`live_pids` let tests see what the SDK asked for and what is still running.
     """
+
+    #: the request in :attr:`calls` that creates a sandbox
+    create_call = "SandboxCreateV2"
+
+    def reach(self, home: str) -> tuple[Hermetic, dict[str, Any]]:
+        """The environment the provider's SDK must see to reach this stand-in (``home``: an
+        empty directory for SDKs that keep settings there), and the adapter's kwargs."""
+        # The SDK reads MODAL_* and ~/.modal.toml: an empty home keeps the developer's out.
+        values = {
+            "HOME": home,
+            "MODAL_CONFIG_PATH": os.path.join(home, ".modal.toml"),
+            "MODAL_SERVER_URL": self.server_url,
+            "MODAL_TOKEN_ID": TOKEN_ID,
+            "MODAL_TOKEN_SECRET": TOKEN_SECRET,
+        }
+        return Hermetic("MODAL_", ("HOME",), values), {"server_url": self.server_url}
 
     def __init__(
         self,
@@ -823,3 +845,7 @@ class ModalStandIn:
 
 
 __all__ = ["FS_TOOLS_PATH", "ModalStandIn"]
+
+
+#: the stand-in :func:`rlm_standins.launch.launch` starts for this provider
+STANDIN = ModalStandIn

@@ -50,6 +50,7 @@ from aiohttp import web
 from rlm_standins._processes import first_missing, signal_group, with_descendants
 from rlm_standins._server import AiohttpStandIn
 from rlm_standins._shaping import Shaping
+from rlm_standins.launch import Hermetic
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEEPALIVE_SECONDS = 15.0
@@ -177,6 +178,16 @@ class PrimeStandIn(AiohttpStandIn):
     link fault): the SDK re-attaches with ``Connect`` and, as on the platform, what the
     process wrote while nobody was attached is not replayed (``open_process`` docstring).
     """
+
+    #: the request in :attr:`calls` that creates a sandbox
+    create_call = "POST /api/v1/sandbox"
+
+    def reach(self, home: str) -> tuple[Hermetic, dict[str, Any]]:
+        """The environment the provider's SDK must see to reach this stand-in (``home``: an
+        empty directory for SDKs that keep settings there), and the adapter's kwargs."""
+        # The SDK reads ~/.prime and caches gateway tokens there.
+        kwargs = {"api_url": self.api_url, "api_key": self.api_key}
+        return Hermetic("PRIME_", ("HOME",), {"HOME": home}), kwargs
 
     def __init__(
         self,
@@ -669,3 +680,7 @@ def _end_frame(error: RpcError | None) -> bytes:
 
 
 __all__ = ["PrimeStandIn", "RpcError"]
+
+
+#: the stand-in :func:`rlm_standins.launch.launch` starts for this provider
+STANDIN = PrimeStandIn

@@ -73,7 +73,7 @@ def _matching(server: Any, pattern: str) -> list[str]:
 def sandbox_creates(server: Any) -> int:
     from rlm_standins.launch import sandbox_creates as creates
 
-    return creates("daytona", server)
+    return creates(server)
 
 
 def sandbox_deletes(server: Any) -> int:

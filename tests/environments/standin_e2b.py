@@ -72,7 +72,7 @@ def running_standin(**options: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
 def sandbox_creates(server: Any) -> int:
     from rlm_standins.launch import sandbox_creates as creates
 
-    return creates("e2b", server)
+    return creates(server)
 
 
 def sandbox_deletes(server: Any) -> int:

@@ -82,7 +82,7 @@ FS_TOOLS = "/__modal/.bin/modal-sandbox-fs-tools"
 def sandbox_creates(server: Any) -> int:
     from rlm_standins.launch import sandbox_creates as creates
 
-    return creates("modal", server)
+    return creates(server)
 
 
 def sandbox_deletes(server: Any) -> int:

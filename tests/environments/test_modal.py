@@ -107,9 +107,9 @@ def test_sandbox_never_holds_the_modal_token_or_the_broker_token(
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             cmdline = handle.read()
         assert b"runner.pyz" in cmdline
-        from rlm_standins.launch import MODAL_TOKEN_ID, MODAL_TOKEN_SECRET
+        from rlm_standins.modal import TOKEN_ID, TOKEN_SECRET
 
-        secrets = (MODAL_TOKEN_ID, MODAL_TOKEN_SECRET, token, "sk-host-only", "in-container")
+        secrets = (TOKEN_ID, TOKEN_SECRET, token, "sk-host-only", "in-container")
         for secret in secrets:
             assert secret.encode() not in environ and secret.encode() not in cmdline, secret
         names = [entry.split(b"=", 1)[0] for entry in environ.split(b"\0") if entry]

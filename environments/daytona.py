@@ -65,6 +65,7 @@ from .relay import (
     OutputTail,
     RelayedSandboxEnvironment,
     RemoteProcess,
+    fingerprint,
     import_sdk,
     upload_timeout,
 )
@@ -277,6 +278,23 @@ class DaytonaEnvironment(RelayedSandboxEnvironment):
         self._errors: Any = ()
 
     # ---- provider hooks --------------------------------------------------------------------
+
+    def sandbox_settings(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "snapshot": self.snapshot,
+            "account": (self.api_url, fingerprint(self.api_key), self.target),
+            "cpu": self.cpu,
+            "memory_gb": self.memory_gb,
+            "disk_gb": self.disk_gb,
+            "network_block_all": self.network_block_all,
+            "network_allow_list": self.network_allow_list,
+            "auto_stop_minutes": self.auto_stop_minutes,
+            "ttl_minutes": self.ttl_minutes,
+            "labels": self.labels,
+            "create_timeout": self.create_timeout,
+            "upload_timeout": self.upload_timeout,
+        }
 
     def _create_params(self, sdk: Any) -> Any:
         common = {

@@ -63,6 +63,7 @@ from .relay import (
     OutputTail,
     RelayedSandboxEnvironment,
     RemoteProcess,
+    fingerprint,
     import_sdk,
     upload_timeout,
 )
@@ -276,6 +277,20 @@ class E2BEnvironment(RelayedSandboxEnvironment):
         return self._closed
 
     # ---- provider hooks --------------------------------------------------------------------
+
+    def sandbox_settings(self) -> dict[str, Any]:
+        connection = {**self._sdk_options, "api_key": fingerprint(self._sdk_options.get("api_key"))}
+        return {
+            "template": self.template,
+            "connection": connection,
+            "install_requirements": self.install_requirements,
+            "sandbox_timeout": self.sandbox_timeout,
+            "allow_internet_access": self.allow_internet_access,
+            "network": self.network,
+            "metadata": self.metadata,
+            "setup_timeout": self.setup_timeout,
+            "sandbox_kwargs": self.sandbox_kwargs,
+        }
 
     async def _create_sandbox(self) -> None:
         sdk = _sdk()

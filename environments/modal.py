@@ -52,6 +52,7 @@ from .relay import (
     OutputTail,
     RelayedSandboxEnvironment,
     RemoteProcess,
+    fingerprint,
     import_sdk,
     upload_timeout,
 )
@@ -269,6 +270,23 @@ class ModalEnvironment(RelayedSandboxEnvironment):
         return self._closed
 
     # ---- provider hooks --------------------------------------------------------------------
+
+    def sandbox_settings(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "account": (self.server_url, self.token_id, fingerprint(self.token_secret)),
+            "app": (self.app_name, self.environment_name),
+            "sandbox_timeout": self.sandbox_timeout,
+            "idle_timeout": self.idle_timeout,
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "region": self.region,
+            "cloud": self.cloud,
+            "block_network": self.block_network,
+            "outbound_cidr_allowlist": self.outbound_cidr_allowlist,
+            "outbound_domain_allowlist": self.outbound_domain_allowlist,
+            "sandbox_kwargs": self.sandbox_kwargs,
+        }
 
     async def _open_client(self, modal: Any) -> Any:
         """A client of this environment's own (closed with it), or the SDK's shared one when

@@ -54,6 +54,7 @@ from .relay import (
     OutputTail,
     RelayedSandboxEnvironment,
     RemoteProcess,
+    fingerprint,
     import_sdk,
     upload_timeout,
 )
@@ -193,6 +194,26 @@ class PrimeEnvironment(RelayedSandboxEnvironment):
         self._errors: tuple[type[BaseException], ...] = ()
 
     # ---- provider hooks --------------------------------------------------------------------
+
+    def sandbox_settings(self) -> dict[str, Any]:
+        return {
+            "docker_image": self.docker_image,
+            "install_requirements": self.install_requirements,
+            "workdir": self.workdir,
+            "account": (self.api_url, fingerprint(self.api_key), self.team_id),
+            "cpu_cores": self.cpu_cores,
+            "memory_gb": self.memory_gb,
+            "disk_size_gb": self.disk_size_gb,
+            "timeout_minutes": self.timeout_minutes,
+            "idle_timeout_minutes": self.idle_timeout_minutes,
+            "network_allowlist": self.network_allowlist,
+            "network_denylist": self.network_denylist,
+            "labels": self.labels,
+            "region": self.region,
+            "creation_attempts": self.creation_attempts,
+            "setup_timeout": self.setup_timeout,
+            "upload_timeout": self.upload_timeout,
+        }
 
     async def _create_sandbox(self) -> None:
         sdk = _sdk()

@@ -291,7 +291,8 @@ class DaytonaEnvironment(RelayedSandboxEnvironment):
             "network_allow_list": self.network_allow_list,
             "auto_stop_minutes": self.auto_stop_minutes,
             "ttl_minutes": self.ttl_minutes,
-            "labels": self.labels,
+            # The session's own label (the "rlm" one) differs within a tree: not a setting.
+            "labels": {k: v for k, v in self.labels.items() if k != "rlm"},
             "create_timeout": self.create_timeout,
             "upload_timeout": self.upload_timeout,
         }

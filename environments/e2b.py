@@ -287,7 +287,8 @@ class E2BEnvironment(RelayedSandboxEnvironment):
             "sandbox_timeout": self.sandbox_timeout,
             "allow_internet_access": self.allow_internet_access,
             "network": self.network,
-            "metadata": self.metadata,
+            # The session's own label (the "rlm" entry) differs within a tree: not a setting.
+            "metadata": {k: v for k, v in self.metadata.items() if k != "rlm"},
             "setup_timeout": self.setup_timeout,
             "sandbox_kwargs": self.sandbox_kwargs,
         }

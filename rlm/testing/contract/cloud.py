@@ -368,8 +368,11 @@ class CloudContract(ContractFixtures):
             session = trees.session(trees.tree())
             pool = trees.pool
             wait_until(lambda: log.sandbox_creates() == 2, "the pool to start a sandbox ahead")
-            wait_until(lambda: log.sandbox_deletes() == 1, "the idle sandbox to be destroyed")
-            assert pool.waiting == 0 and pool.live == 1
+            wait_until(
+                lambda: log.sandbox_deletes() == 1 and pool.live == 1,
+                "the idle sandbox to be destroyed",
+            )
+            assert pool.waiting == 0
             assert len(log.live_sandboxes()) == 1
             assert run(session, "print('still here')").stdout == "still here\n"
         assert log.sandbox_creates() == log.sandbox_deletes()

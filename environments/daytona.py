@@ -39,6 +39,13 @@ its own), ``disk_gb``; ``network_block_all`` (default True: the runner needs no 
 relay rides the exec stream), ``network_allow_list``; ``auto_stop_minutes`` (default 15: the
 platform stops a sandbox idle that long, and being ephemeral it is then deleted, even if this host
 died), ``ttl_minutes``; ``labels``; ``create_timeout`` (seconds, covers an image build).
+
+**Warm pool.** ``pool_size``, ``max_sandboxes`` and ``pool_idle_timeout`` (shared with every
+adapter, see :class:`~rlm.environments.relay.RelayedSandboxEnvironment`) keep tree sandboxes
+created and ready ahead of time, one per tree (its whole fan-out forks inside it). A waiting
+sandbox is billed as a running one: at 1 vCPU and the default 4 GiB about $0.000032 a second,
+$0.0096 for the pool's default 300 s idle limit. Keep ``pool_idle_timeout`` below
+``auto_stop_minutes``; docs/providers.md says when a pool pays.
 """
 
 from __future__ import annotations

@@ -24,6 +24,14 @@ dies, default 3600), ``idle_timeout`` (default 300), ``cpu``, ``memory`` (MiB re
 ``memory_mb``), ``region``, ``cloud``, ``block_network`` (default True),
 ``outbound_cidr_allowlist``/``outbound_domain_allowlist`` (instead of blocking), and
 ``sandbox_kwargs`` for anything else ``Sandbox.create`` accepts (``gpu``, ``volumes``...).
+
+**Warm pool.** ``pool_size``, ``max_sandboxes`` and ``pool_idle_timeout`` (shared with every
+adapter, see :class:`~rlm.environments.relay.RelayedSandboxEnvironment`) keep tree sandboxes
+created and ready ahead of time, one per tree (its whole fan-out forks inside it). A waiting
+sandbox is billed for what it reserves: at the defaults (0.125 core, 4 GiB) about $0.0000318 a
+second, $0.0095 for the pool's default 300 s idle limit; memory is most of it, so lower
+``memory`` for a cheaper pool. Keep ``pool_idle_timeout`` below ``idle_timeout`` (both 300 s by
+default), or Modal ends a waiting sandbox first. docs/providers.md says when a pool pays.
 """
 
 from __future__ import annotations

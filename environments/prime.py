@@ -26,6 +26,13 @@ image that has them and pass ``install_requirements=False``, e.g.::
 ``idle_timeout_minutes``, ``network_allowlist``/``network_denylist``, ``labels``, ``region``.
 The runner's files (zipapp, relay socket, context files) go in a fresh directory on the sandbox's
 disk (its ``diskMountPath``), or under ``workdir=`` when given.
+
+**Warm pool.** ``pool_size``, ``max_sandboxes`` and ``pool_idle_timeout`` (shared with every
+adapter, see :class:`~rlm.environments.relay.RelayedSandboxEnvironment`) keep tree sandboxes
+created and ready ahead of time, one per tree (its whole fan-out forks inside it). Prime's start
+is the slowest (a VM, then the pip install unless ``install_requirements=False``), so a pool
+saves the most here; Prime publishes no per-second rate for what a waiting sandbox costs. Keep
+``pool_idle_timeout`` below ``idle_timeout_minutes`` when that is set (docs/providers.md).
 """
 
 from __future__ import annotations

@@ -286,7 +286,8 @@ class E2BEnvironment(RelayedSandboxEnvironment):
     # ---- provider hooks --------------------------------------------------------------------
 
     def sandbox_settings(self) -> dict[str, Any]:
-        connection = {**self._sdk_options, "api_key": fingerprint(self._sdk_options.get("api_key"))}
+        key = self._sdk_options.get("api_key")
+        connection = {**self._sdk_options, "api_key": fingerprint(str(key) if key else None)}
         return {
             "template": self.template,
             "connection": connection,

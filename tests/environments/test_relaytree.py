@@ -159,3 +159,45 @@ def test_a_trees_pool_key_holds_its_sandbox_settings_but_no_session_label_or_sec
     modal = key(ModalEnvironment, token_id="ak-1", token_secret="as-secret-value")
     assert modal != key(ModalEnvironment, token_id="ak-1", token_secret="as-other-value")
     assert "as-secret-value" not in repr(modal)
+
+
+def test_a_tree_sandbox_that_fails_to_start_is_destroyed_and_frees_its_pool_place():
+    """The fork server cannot be started: the sandbox (and the relay already started in it) is
+    destroyed, the pool's count of live sandboxes goes back, and the error reaches the session."""
+    from stdio_adapter import StdioRelayEnvironment
+
+    from rlm.broker.server import BrokerServer
+    from rlm.environments.base import WarmPool
+    from rlm.environments.relay import RemoteProcess
+    from rlm.errors import SandboxError
+    from rlm.testing.contract import RecordingHandler
+
+    destroyed: list[str] = []
+
+    class NoForkServer(StdioRelayEnvironment):
+        async def _exec(self, argv: list[str]) -> RemoteProcess:
+            if "--fork-server-stdio" in argv:
+                raise SandboxError("the provider refused the exec")
+            return await super()._exec(argv)
+
+        async def _destroy_sandbox(self) -> None:
+            destroyed.append(self.sandbox_dir)
+            await super()._destroy_sandbox()
+
+    async def scenario() -> WarmPool:
+        server = BrokerServer()
+        await server.start()
+        try:
+            env = NoForkServer(
+                broker=server.scope(), handler=RecordingHandler(), label="t", max_sandboxes=2
+            )
+            with pytest.raises(SandboxError, match="refused the exec"):
+                await env.start()
+            (pool,) = [r for r in server.shared_resources() if isinstance(r, WarmPool)]
+            return pool
+        finally:
+            await server.aclose()
+
+    pool = run_sync(scenario())
+    assert len(destroyed) == 1 and not os.path.exists(destroyed[0])
+    assert (pool.live, pool.started, pool.peak_live) == (0, 0, 1)

@@ -326,6 +326,25 @@ def cold_start(params: dict) -> dict:
     }
 
 
+def tree_starts(params: dict) -> dict:
+    """Two RLM trees one after the other on one SandboxPool, as rollouts run them, each a
+    1-iteration completion against a 0 ms LM: the `startup_seconds` of each tree's root
+    session. With `pool_size` in `environment_kwargs` the second tree's sandbox was made ready
+    while the first ran (`settle_seconds` after the first tree lets that finish)."""
+    from rlm import RLM, SandboxPool
+
+    starts = _record_sandbox_starts()
+    kwargs = dict(params.get("environment_kwargs") or {})
+    with SandboxPool(params.get("environment", "local"), **kwargs) as pool:
+        for tree in range(2):
+            backend = {"model_name": "bench-model", "base_url": params["base_url"], "api_key": "b"}
+            with RLM(backend_kwargs=backend, sandbox_pool=pool, max_iterations=2) as rlm_:
+                rlm_.completion(f"tree {tree} context", root_prompt="tree")
+            if tree == 0:
+                time.sleep(params.get("settle_seconds", 0))
+    return {"tree_start_seconds": starts}
+
+
 def raw_floor(params: dict) -> dict:
     """The floor of LM fan-out: ``n`` concurrent raw aiohttp POSTs of one chat completion each,
     from this fresh process to the same server (keep-alive, TCP_NODELAY, no connection limit),
@@ -365,6 +384,7 @@ WORKLOADS = {
     "fanout": fanout,
     "children": children,
     "cold_start": cold_start,
+    "tree_starts": tree_starts,
 }
 
 

@@ -16,7 +16,7 @@ from .measure import DriverError, Measurement, percentile, run_driver
 from .providers import WARM_POOL_KWARGS, Provider
 from .standins import RunningStandIn
 
-WORKLOADS = ("iteration", "single", "batched", "load", "fanout", "children", "cold")
+WORKLOADS = ("iteration", "single", "batched", "load", "fanout", "children", "cold", "trees")
 
 
 @dataclass
@@ -349,6 +349,32 @@ class Suite:
                 },
                 dict(failures),
                 lambda r, key=key: r[key],
+            )
+
+    def _trees(self, provider: Provider) -> None:
+        """The second of two trees on one SandboxPool: its root session's start, with no pool
+        (its sandbox created then) and with ``pool_size=1`` (taken ready from the pool)."""
+        self.server.set_script(scripts.finish_script())
+        for name, kwargs, note in (
+            ("cold, no pool", {}, "the sandbox is created when the tree starts"),
+            (
+                "from the warm pool (pool_size=1)",
+                {"pool_size": 1},
+                "made ready while the first tree ran; 1 s settle after it",
+            ),
+        ):
+            params = {"environment_kwargs": kwargs, "settle_seconds": 1.0}
+            results, failures = self._collect("tree_starts", params, provider)
+            self._add(
+                Measurement(
+                    f"tree start, {name}: `startup_seconds` of the second tree's root session",
+                    "ms",
+                    provider.label,
+                    note=note,
+                ),
+                {k: v for k, v in results.items() if k == "ours"},
+                failures,
+                lambda r: r["tree_start_seconds"][1] * 1000,
             )
 
     def _cold(self, provider: Provider) -> None:

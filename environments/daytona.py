@@ -39,6 +39,13 @@ its own), ``disk_gb``; ``network_block_all`` (default True: the runner needs no 
 relay rides the exec stream), ``network_allow_list``; ``auto_stop_minutes`` (default 15: the
 platform stops a sandbox idle that long, and being ephemeral it is then deleted, even if this host
 died), ``ttl_minutes``; ``labels``; ``create_timeout`` (seconds, covers an image build).
+
+**Warm pool.** ``pool_size``, ``max_sandboxes`` and ``pool_idle_timeout`` (shared with every
+adapter, see :class:`~rlm.environments.relay.RelayedSandboxEnvironment`) keep tree sandboxes
+created and ready ahead of time, one per tree (its whole fan-out forks inside it). A waiting
+sandbox is billed as a running one: at 1 vCPU and the default 4 GiB about $0.000032 a second,
+$0.0096 for the pool's default 300 s idle limit. Keep ``pool_idle_timeout`` below
+``auto_stop_minutes``; docs/providers.md says when a pool pays.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ from .relay import (
     OutputTail,
     RelayedSandboxEnvironment,
     RemoteProcess,
+    fingerprint,
     import_sdk,
     upload_timeout,
 )
@@ -277,6 +285,24 @@ class DaytonaEnvironment(RelayedSandboxEnvironment):
         self._errors: Any = ()
 
     # ---- provider hooks --------------------------------------------------------------------
+
+    def sandbox_settings(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "snapshot": self.snapshot,
+            "account": (self.api_url, fingerprint(self.api_key), self.target),
+            "cpu": self.cpu,
+            "memory_gb": self.memory_gb,
+            "disk_gb": self.disk_gb,
+            "network_block_all": self.network_block_all,
+            "network_allow_list": self.network_allow_list,
+            "auto_stop_minutes": self.auto_stop_minutes,
+            "ttl_minutes": self.ttl_minutes,
+            # The session's own label (the "rlm" one) differs within a tree: not a setting.
+            "labels": {k: v for k, v in self.labels.items() if k != "rlm"},
+            "create_timeout": self.create_timeout,
+            "upload_timeout": self.upload_timeout,
+        }
 
     def _create_params(self, sdk: Any) -> Any:
         common = {

@@ -33,6 +33,13 @@ the sandbox after that long even if this host dies, default 3600), ``allow_inter
 (default False), ``network`` (E2B's ``allow_out``/``deny_out`` rules), ``metadata`` and
 ``sandbox_kwargs`` for anything else ``AsyncSandbox.create`` accepts. ``E2B_DEBUG=true`` is not
 supported: the SDK then skips the control API, so sandboxes could never be killed.
+
+**Warm pool.** ``pool_size``, ``max_sandboxes`` and ``pool_idle_timeout`` (shared with every
+adapter, see :class:`~rlm.environments.relay.RelayedSandboxEnvironment`) keep tree sandboxes
+created and ready ahead of time, one per tree (its whole fan-out forks inside it). A waiting
+sandbox is billed as a running one: at E2B's default 2 vCPU and 512 MiB about $0.0000303 a
+second, $0.0091 for the pool's default 300 s idle limit. Creates are quick on E2B: a pool pays
+most with ``install_requirements=True`` or latency-critical trees (docs/providers.md).
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ from .relay import (
     OutputTail,
     RelayedSandboxEnvironment,
     RemoteProcess,
+    fingerprint,
     import_sdk,
     upload_timeout,
 )
@@ -276,6 +284,22 @@ class E2BEnvironment(RelayedSandboxEnvironment):
         return self._closed
 
     # ---- provider hooks --------------------------------------------------------------------
+
+    def sandbox_settings(self) -> dict[str, Any]:
+        key = self._sdk_options.get("api_key")
+        connection = {**self._sdk_options, "api_key": fingerprint(str(key) if key else None)}
+        return {
+            "template": self.template,
+            "connection": connection,
+            "install_requirements": self.install_requirements,
+            "sandbox_timeout": self.sandbox_timeout,
+            "allow_internet_access": self.allow_internet_access,
+            "network": self.network,
+            # The session's own label (the "rlm" entry) differs within a tree: not a setting.
+            "metadata": {k: v for k, v in self.metadata.items() if k != "rlm"},
+            "setup_timeout": self.setup_timeout,
+            "sandbox_kwargs": self.sandbox_kwargs,
+        }
 
     async def _create_sandbox(self) -> None:
         sdk = _sdk()

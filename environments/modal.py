@@ -24,6 +24,14 @@ dies, default 3600), ``idle_timeout`` (default 300), ``cpu``, ``memory`` (MiB re
 ``memory_mb``), ``region``, ``cloud``, ``block_network`` (default True),
 ``outbound_cidr_allowlist``/``outbound_domain_allowlist`` (instead of blocking), and
 ``sandbox_kwargs`` for anything else ``Sandbox.create`` accepts (``gpu``, ``volumes``...).
+
+**Warm pool.** ``pool_size``, ``max_sandboxes`` and ``pool_idle_timeout`` (shared with every
+adapter, see :class:`~rlm.environments.relay.RelayedSandboxEnvironment`) keep tree sandboxes
+created and ready ahead of time, one per tree (its whole fan-out forks inside it). A waiting
+sandbox is billed for what it reserves: at the defaults (0.125 core, 4 GiB) about $0.0000318 a
+second, $0.0095 for the pool's default 300 s idle limit; memory is most of it, so lower
+``memory`` for a cheaper pool. Keep ``pool_idle_timeout`` below ``idle_timeout`` (both 300 s by
+default), or Modal ends a waiting sandbox first. docs/providers.md says when a pool pays.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from .relay import (
     OutputTail,
     RelayedSandboxEnvironment,
     RemoteProcess,
+    fingerprint,
     import_sdk,
     upload_timeout,
 )
@@ -269,6 +278,23 @@ class ModalEnvironment(RelayedSandboxEnvironment):
         return self._closed
 
     # ---- provider hooks --------------------------------------------------------------------
+
+    def sandbox_settings(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "account": (self.server_url, self.token_id, fingerprint(self.token_secret)),
+            "app": (self.app_name, self.environment_name),
+            "sandbox_timeout": self.sandbox_timeout,
+            "idle_timeout": self.idle_timeout,
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "region": self.region,
+            "cloud": self.cloud,
+            "block_network": self.block_network,
+            "outbound_cidr_allowlist": self.outbound_cidr_allowlist,
+            "outbound_domain_allowlist": self.outbound_domain_allowlist,
+            "sandbox_kwargs": self.sandbox_kwargs,
+        }
 
     async def _open_client(self, modal: Any) -> Any:
         """A client of this environment's own (closed with it), or the SDK's shared one when

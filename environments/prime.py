@@ -26,6 +26,13 @@ image that has them and pass ``install_requirements=False``, e.g.::
 ``idle_timeout_minutes``, ``network_allowlist``/``network_denylist``, ``labels``, ``region``.
 The runner's files (zipapp, relay socket, context files) go in a fresh directory on the sandbox's
 disk (its ``diskMountPath``), or under ``workdir=`` when given.
+
+**Warm pool.** ``pool_size``, ``max_sandboxes`` and ``pool_idle_timeout`` (shared with every
+adapter, see :class:`~rlm.environments.relay.RelayedSandboxEnvironment`) keep tree sandboxes
+created and ready ahead of time, one per tree (its whole fan-out forks inside it). Prime's start
+is the slowest (a VM, then the pip install unless ``install_requirements=False``), so a pool
+saves the most here; Prime publishes no per-second rate for what a waiting sandbox costs. Keep
+``pool_idle_timeout`` below ``idle_timeout_minutes`` when that is set (docs/providers.md).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from .relay import (
     OutputTail,
     RelayedSandboxEnvironment,
     RemoteProcess,
+    fingerprint,
     import_sdk,
     upload_timeout,
 )
@@ -193,6 +201,26 @@ class PrimeEnvironment(RelayedSandboxEnvironment):
         self._errors: tuple[type[BaseException], ...] = ()
 
     # ---- provider hooks --------------------------------------------------------------------
+
+    def sandbox_settings(self) -> dict[str, Any]:
+        return {
+            "docker_image": self.docker_image,
+            "install_requirements": self.install_requirements,
+            "workdir": self.workdir,
+            "account": (self.api_url, fingerprint(self.api_key), self.team_id),
+            "cpu_cores": self.cpu_cores,
+            "memory_gb": self.memory_gb,
+            "disk_size_gb": self.disk_size_gb,
+            "timeout_minutes": self.timeout_minutes,
+            "idle_timeout_minutes": self.idle_timeout_minutes,
+            "network_allowlist": self.network_allowlist,
+            "network_denylist": self.network_denylist,
+            "labels": self.labels,
+            "region": self.region,
+            "creation_attempts": self.creation_attempts,
+            "setup_timeout": self.setup_timeout,
+            "upload_timeout": self.upload_timeout,
+        }
 
     async def _create_sandbox(self) -> None:
         sdk = _sdk()

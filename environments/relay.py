@@ -17,13 +17,14 @@ import collections
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import importlib
 import itertools
 import json
 import logging
 import secrets
 from abc import abstractmethod
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError
@@ -110,6 +111,28 @@ KILL_WAIT_SECONDS = 5.0
 #: The variables of the sandbox's own environment a remote runner keeps (nothing else: the
 #: image's or the provider's variables could hold their secrets).
 RUNNER_ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+
+
+def fingerprint(secret: str | None) -> str | None:
+    """A stand-in for a credential in a key: two keys differ where the credentials do, and the
+    credential itself is kept out of it."""
+    return None if secret is None else hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Hashable:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(item) for item in value)
+    if isinstance(value, Mapping):
+        return tuple(sorted(((str(k), _plain(v)) for k, v in value.items()), key=lambda i: i[0]))
+    # An SDK object (a Modal or Daytona image...): the same object, the same sandbox.
+    return (type(value).__qualname__, id(value))
+
+
+def settings_key(settings: Mapping[str, Any]) -> tuple[Hashable, ...]:
+    """``settings`` (a provider's sandbox options) as a hashable key, in name order."""
+    return tuple((name, _plain(settings[name])) for name in sorted(settings))
 
 
 def import_sdk(module: str, missing: str) -> Any:
@@ -391,6 +414,15 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
     the tree), at most ``max_live_runners`` at once (default ``DEFAULT_TREE_RUNNERS``); its
     connection rides the tree's one relay. ``"own"``: a sandbox per session, the runner started
     in it directly with a relay of its own.
+
+    With ``pool_size`` (and/or ``max_sandboxes``) in shared mode, a tree's sandbox comes from
+    the broker's warm pool: created, the runner uploaded, its fork server and relay answering
+    before the tree asks for it. One tree takes one pooled sandbox (its whole fan-out runs
+    there), which is destroyed when the tree closes; the pool refills to ``pool_size`` in the
+    background, destroys those waiting longer than ``pool_idle_timeout`` seconds and keeps at
+    most ``max_sandboxes`` alive. A waiting sandbox is billed as an idle one
+    (docs/providers.md says when that pays). Only sandboxes whose :meth:`sandbox_settings` (and
+    interpreter, runner cap and start-up timeout) match are interchangeable.
     """
 
     #: the interpreter inside the provider's image
@@ -420,7 +452,7 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
         super().__init__(**kwargs)
         self.child_sandbox = child_sandbox
         self.max_live_runners = max_live_runners or DEFAULT_TREE_RUNNERS
-        self.sandbox_dir = self.sandbox_dir or f"/tmp/rlm-{secrets.token_hex(6)}"
+        self.sandbox_dir = self.sandbox_dir or self._new_sandbox_dir()
         self._relay: HostRelay | None = None
         self._files = 0
         #: the tree's shared sandbox this session runs in (``child_sandbox="shared"``)
@@ -428,6 +460,17 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
         self._workdir: str | None = None
 
     # ---- provider hooks --------------------------------------------------------------------
+
+    def sandbox_settings(self) -> dict[str, Any]:
+        """The options the sandbox is created with (image or template, resources, timeouts,
+        network, account): a tree's sandbox from the warm pool fits only a tree whose settings
+        are the same. Credentials go in as a :func:`fingerprint`."""
+        return {}
+
+    def _new_sandbox_dir(self) -> str:
+        """A fresh directory name for a sandbox's runner files (unique, so that sandboxes that
+        share a file system, as the stand-ins do, never collide)."""
+        return f"/tmp/rlm-{secrets.token_hex(6)}"
 
     @abstractmethod
     async def _write_file(self, path: str, data: bytes) -> None:
@@ -456,10 +499,24 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
 
     # ---- the tree's shared sandbox ---------------------------------------------------------
 
+    def tree_key(self) -> tuple[Hashable, ...]:
+        """What makes two trees' sandboxes interchangeable: the provider and its sandbox
+        settings, the interpreter, the cap on live runners, the start-up timeout."""
+        return (
+            "relayed-tree",
+            self.name,
+            self.python,
+            self.max_live_runners,
+            self.startup_timeout,
+            settings_key(self.sandbox_settings()),
+        )
+
     def sandbox_owner(self) -> RelayedSandboxEnvironment:
         """A session-less copy of this (not started) environment that creates, holds and
-        destroys a tree's shared sandbox: the provider hooks work on it as on a session's own."""
+        destroys one tree sandbox, in a directory of its own: the provider hooks work on it as
+        on a session's own."""
         owner = copy.copy(self)
+        owner.sandbox_dir = self._new_sandbox_dir()
         owner.child_sandbox = CHILD_SANDBOX_OWN
         owner.label = "tree"
         owner._session = None
@@ -475,10 +532,9 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
             return
         from .relaytree import RelayedTree
 
-        key = ("relayed-tree", self.name, self.max_live_runners, self.startup_timeout)
+        key = self.tree_key()
         tree: RelayedTree = self.broker.resource(
-            key,
-            lambda: RelayedTree(self.sandbox_owner(), self.max_live_runners, self.startup_timeout),
+            key, lambda: RelayedTree(self.sandbox_owner(), key, self.pool)
         )
         self.tree = tree
         await tree.open()

@@ -12,8 +12,12 @@ stdin and stdout streamed to the host (the one thing every provider offers):
   connection becomes a broker connection of its own on the host, authenticated by the token its
   runner sends in its own metadata. One relay therefore carries every session of the tree.
 
-A provider adapter adds nothing for this: the tree's sandbox is created, written to and
-destroyed by a session-less copy of the first session's environment (its ``owner``).
+A provider adapter adds nothing for this. A :class:`TreeSandbox` is one such sandbox, created,
+written to and destroyed by a session-less copy of the tree's environment (its ``owner``, with a
+directory of its own in the sandbox) and ready once both processes answer. The tree
+(:class:`RelayedTree`) starts one when its first session starts or, with a warm pool
+(``pool_size``/``max_sandboxes``), takes one the pool made ready ahead of time: one tree, one
+pooled sandbox, however wide its fan-out.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ import asyncio
 import collections
 import contextlib
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 
 from rlm.broker import cleanup
 from rlm.errors import SandboxError, SandboxStartError
 
+from .base import RunnerProcess, WarmPool
 from .forkserver import StreamForkServer, StreamRunnerProcess
 from .relay import HostRelay, RelayedSandboxEnvironment, RemoteProcess
 from .runner.bundle import runner_bundle
@@ -64,11 +69,11 @@ class BatchedWriter:
                         future.set_result(None)
 
 
-class RelayedTree:
-    """The one cloud sandbox of an RLM tree (``child_sandbox="shared"``): a resource of the
-    tree (of its broker scope), made by the tree's first session and destroyed when the tree
-    closes. A fork server or relay that ended is started again in the same sandbox by the next
-    session start."""
+class TreeSandbox(RunnerProcess):
+    """One cloud sandbox ready for a tree: created, the runner uploaded, its fork server and
+    relay started and answering. A :class:`RunnerProcess` so that the warm pool can hold it;
+    it serves one tree and is then destroyed. A fork server or relay that ended is started
+    again in the same sandbox by :meth:`fork_server`."""
 
     close_order = 10  # at exit: after the sessions that use it
 
@@ -78,66 +83,64 @@ class RelayedTree:
         self.owner = owner
         self.max_runners = max_runners
         self.startup_timeout = startup_timeout
-        #: cloud sandboxes this tree created (one, unless creating it failed and was retried)
-        self.sandboxes_created = 0
-        #: the relay every runner of the tree reaches the broker through
+        #: the relay every runner of the sandbox reaches the broker through
         self.relay: HostRelay | None = None
         self._server: StreamForkServer | None = None
         self._processes: list[RemoteProcess] = []
         self._pump: asyncio.Task[None] | None = None
         self._bundle: str | None = None
-        self._workdirs = itertools.count(1)
-        self._lock = asyncio.Lock()
-        self._created = False
-        self._closed = False
+        self._killed = False
+
+    @classmethod
+    async def start(
+        cls, owner: RelayedSandboxEnvironment, max_runners: int, startup_timeout: float
+    ) -> TreeSandbox:
+        """Creates ``owner``'s sandbox and starts its fork server and relay; whatever fails
+        (or is cancelled) on the way, nothing half-made stays behind."""
+        sandbox = cls(owner, max_runners, startup_timeout)
+        cleanup.track(sandbox)
+        try:
+            await owner._create_sandbox()
+            await sandbox._start_processes()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await sandbox.kill()
+            raise
+        return sandbox
 
     @property
     def sandbox_dir(self) -> str:
-        """The tree's directory in the sandbox: the runner, the relay's socket, the sessions'
-        work directories."""
+        """The sandbox's directory for the runner, the relay's socket and the sessions' work
+        directories (its own, even where stand-ins share one file system)."""
         return self.owner.sandbox_dir
 
     @property
     def what(self) -> str:
         return f"the RLM tree's {self.owner.name} sandbox"
 
-    def next_workdir(self) -> str:
-        """A work directory no other session of this sandbox has had."""
-        return f"{self.sandbox_dir}/s{next(self._workdirs)}"
+    @property
+    def running(self) -> bool:
+        """Whether its fork server and relay both run."""
+        server, relay = self._server, self.relay
+        return (
+            server is not None
+            and server.ended is None
+            and relay is not None
+            and not relay.task.done()
+        )
 
-    async def open(self) -> None:
-        """Creates the sandbox and starts its fork server and relay, unless they run."""
-        async with self._lock:
-            await self._ensure()
+    def exit_code(self) -> int | None:
+        return None if self.running else -1
 
-    async def runner(self) -> StreamRunnerProcess:
-        """A runner of this tree's sandbox (forked when its bootstrap is sent)."""
-        async with self._lock:
-            server = await self._ensure()
-        return StreamRunnerProcess(server, self.startup_timeout, self)
-
-    async def _ensure(self) -> StreamForkServer:
-        if self._closed:
+    async def fork_server(self) -> StreamForkServer:
+        """The running fork server (with the relay, started again when either ended)."""
+        if self._killed:
             raise SandboxStartError(f"{self.what} is closed")
-        if not self._created:
-            cleanup.track(self)
-            try:
-                await self.owner._create_sandbox()
-            except BaseException:
-                # Nothing half-made stays behind; the tree's next session tries again.
-                with contextlib.suppress(Exception):
-                    await self.owner._destroy_sandbox()
-                raise
-            self._created = True
-            self.sandboxes_created += 1
-        if self._server is None or self._server.ended is not None or self._relay_ended():
+        if not self.running:
             await self._stop_processes()
             await self._start_processes()
         assert self._server is not None
         return self._server
-
-    def _relay_ended(self) -> bool:
-        return self.relay is None or self.relay.task.done()
 
     async def _start_processes(self) -> None:
         owner = self.owner
@@ -224,14 +227,110 @@ class RelayedTree:
             await relay.aclose()
         await asyncio.gather(*(process.kill() for process in processes), return_exceptions=True)
 
+    async def kill(self) -> None:
+        """Ends every runner, the fork server and the relay, and destroys the sandbox (at the
+        provider: it is billed no longer)."""
+        if self._killed:
+            return
+        self._killed = True
+        cleanup.untrack(self)
+        try:
+            await self._stop_processes()
+        finally:
+            await self.owner.aclose()
+
+    async def aclose(self) -> None:
+        await self.kill()
+
+
+class RelayedTree:
+    """The one cloud sandbox of an RLM tree (``child_sandbox="shared"``): a resource of the
+    tree (of its broker scope), made by the tree's first session and destroyed when the tree
+    closes. The sandbox is started then, or taken from the warm ``pool`` (which started it
+    ahead, for this tree only); each comes with an owner of its own, a copy of ``template``."""
+
+    close_order = 10  # at exit: after the sessions that use it
+
+    def __init__(
+        self, template: RelayedSandboxEnvironment, key: Hashable, pool: WarmPool | None = None
+    ) -> None:
+        self.template = template
+        #: what makes two trees' sandboxes interchangeable (the warm pool's key)
+        self.key = key
+        self.pool = pool
+        self.max_runners = template.max_live_runners
+        self.startup_timeout = template.startup_timeout
+        #: the tree's sandbox once its first session started
+        self.sandbox: TreeSandbox | None = None
+        self._pooled = False
+        self._workdirs = itertools.count(1)
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    def _current(self) -> TreeSandbox:
+        if self.sandbox is None:
+            raise SandboxError("the RLM tree's sandbox is not started")
+        return self.sandbox
+
+    @property
+    def owner(self) -> RelayedSandboxEnvironment:
+        """What holds the provider's handle of the tree's sandbox (its files go through it)."""
+        return self._current().owner
+
+    @property
+    def relay(self) -> HostRelay | None:
+        return None if self.sandbox is None else self.sandbox.relay
+
+    @property
+    def sandbox_dir(self) -> str:
+        """The tree's directory in its sandbox."""
+        return self._current().sandbox_dir
+
+    def next_workdir(self) -> str:
+        """A work directory no other session of this sandbox has had."""
+        return f"{self.sandbox_dir}/s{next(self._workdirs)}"
+
+    async def open(self) -> None:
+        """Gets the tree its sandbox and starts its fork server and relay, unless they run."""
+        async with self._lock:
+            await self._ensure()
+
+    async def runner(self) -> StreamRunnerProcess:
+        """A runner of this tree's sandbox (forked when its bootstrap is sent)."""
+        async with self._lock:
+            server = await self._ensure()
+        return StreamRunnerProcess(server, self.startup_timeout, self)
+
+    def _start(self) -> Awaitable[TreeSandbox]:
+        return TreeSandbox.start(
+            self.template.sandbox_owner(), self.max_runners, self.startup_timeout
+        )
+
+    async def _ensure(self) -> StreamForkServer:
+        if self._closed:
+            raise SandboxStartError("the RLM tree's sandbox is closed")
+        if self.sandbox is None:
+            cleanup.track(self)
+            if self.pool is None:
+                self.sandbox = await self._start()
+            else:
+                taken = await self.pool.acquire(self.key, self._start, self.startup_timeout)
+                assert isinstance(taken, TreeSandbox)
+                self.sandbox, self._pooled = taken, True
+        return await self.sandbox.fork_server()
+
     async def aclose(self) -> None:
         """Ends every session's runner, the fork server and the relay, and destroys the
-        sandbox."""
+        sandbox (its place in the warm pool is free again)."""
         self._closed = True
         cleanup.untrack(self)
         async with self._lock:
+            sandbox, self.sandbox = self.sandbox, None
+            if sandbox is None:
+                return
             try:
-                await self._stop_processes()
+                await sandbox.kill()
             finally:
-                if self._created:
-                    await self.owner.aclose()
+                if self._pooled and self.pool is not None:
+                    self._pooled = False
+                    self.pool.release()

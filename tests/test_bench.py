@@ -75,6 +75,9 @@ EXPECTED_ROWS = [
     "4 rlm_query_batched children × one 200 ms llm_query: host threads at peak",
     "cold start: RLM() + first 1-iteration completion, 0 ms LM",
     "sandbox start (`startup_seconds` of the first sandbox)",
+    "tree start, cold, no pool: `startup_seconds` of the second tree's root session",
+    "tree start, from the warm pool (pool_size=1): `startup_seconds` of the second tree's root "
+    "session",
 ]
 
 

@@ -10,9 +10,7 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import AsyncGenerator
-from typing import Any
 
 from rlm.environments.relay import RelayedSandboxEnvironment, RemoteProcess
 
@@ -50,12 +48,8 @@ class StdioRelayEnvironment(RelayedSandboxEnvironment):
     name = "stdio-relay"
     python = sys.executable
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.sandbox_dir = tempfile.mkdtemp(prefix="rlm-relay-")
-
     async def _create_sandbox(self) -> None:
-        pass
+        os.makedirs(self.sandbox_dir, mode=0o700)
 
     async def _write_file(self, path: str, data: bytes) -> None:
         assert path.startswith(self.sandbox_dir)

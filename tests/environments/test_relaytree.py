@@ -131,3 +131,73 @@ def test_a_connection_found_broken_by_a_write_is_reported_closed_to_the_host():
             relay.close()
             for fd in (in_read, in_write, out_read, out_write):
                 os.close(fd)
+
+
+def test_a_trees_pool_key_holds_its_sandbox_settings_but_no_session_label_or_secret():
+    """Sessions of one tree share a key whatever their labels; trees whose sandboxes would be
+    created differently (resources, account, interpreter, runner cap) never share a pooled
+    sandbox; a credential is in the key only as a fingerprint."""
+    from rlm.broker.server import BrokerServer
+    from rlm.environments.daytona import DaytonaEnvironment
+    from rlm.environments.modal import ModalEnvironment
+
+    broker = BrokerServer()
+
+    def key(cls: type, **kwargs: object) -> tuple:
+        env = cls(broker=broker, handler=None, **kwargs)
+        return env.tree_key()
+
+    for cls in (DaytonaEnvironment, ModalEnvironment):
+        base = key(cls, label="root", cpu=1)
+        assert key(cls, label="child-3", cpu=1) == base
+        assert key(cls, label="root", cpu=2) != base
+        assert key(cls, label="root", cpu=1, python="/opt/py/bin/python3") != base
+        assert key(cls, label="root", cpu=1, max_live_runners=4) != base
+    daytona = key(DaytonaEnvironment, api_key="dtn-secret-value")
+    assert daytona != key(DaytonaEnvironment, api_key="dtn-other-value")
+    assert "dtn-secret-value" not in repr(daytona)
+    modal = key(ModalEnvironment, token_id="ak-1", token_secret="as-secret-value")
+    assert modal != key(ModalEnvironment, token_id="ak-1", token_secret="as-other-value")
+    assert "as-secret-value" not in repr(modal)
+
+
+def test_a_tree_sandbox_that_fails_to_start_is_destroyed_and_frees_its_pool_place():
+    """The fork server cannot be started: the sandbox (and the relay already started in it) is
+    destroyed, the pool's count of live sandboxes goes back, and the error reaches the session."""
+    from stdio_adapter import StdioRelayEnvironment
+
+    from rlm.broker.server import BrokerServer
+    from rlm.environments.base import WarmPool
+    from rlm.environments.relay import RemoteProcess
+    from rlm.errors import SandboxError
+    from rlm.testing.contract import RecordingHandler
+
+    destroyed: list[str] = []
+
+    class NoForkServer(StdioRelayEnvironment):
+        async def _exec(self, argv: list[str]) -> RemoteProcess:
+            if "--fork-server-stdio" in argv:
+                raise SandboxError("the provider refused the exec")
+            return await super()._exec(argv)
+
+        async def _destroy_sandbox(self) -> None:
+            destroyed.append(self.sandbox_dir)
+            await super()._destroy_sandbox()
+
+    async def scenario() -> WarmPool:
+        server = BrokerServer()
+        await server.start()
+        try:
+            env = NoForkServer(
+                broker=server.scope(), handler=RecordingHandler(), label="t", max_sandboxes=2
+            )
+            with pytest.raises(SandboxError, match="refused the exec"):
+                await env.start()
+            (pool,) = [r for r in server.shared_resources() if isinstance(r, WarmPool)]
+            return pool
+        finally:
+            await server.aclose()
+
+    pool = run_sync(scenario())
+    assert len(destroyed) == 1 and not os.path.exists(destroyed[0])
+    assert (pool.live, pool.started, pool.peak_live) == (0, 0, 1)

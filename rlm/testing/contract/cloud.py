@@ -5,9 +5,12 @@ stand-in of their provider: the ``adapter`` fixture's :class:`Adapter` carries t
 record as ``log`` (a :class:`ProviderLog`). By default (``child_sandbox="shared"``) an RLM tree
 gets one sandbox: a 12-child fan-out creates one, siblings see neither each other's variables
 nor files, a crashing, hanging or memory-hungry child fails alone, three levels of recursion
-share it. With ``child_sandbox="own"``: a sandbox per level of
-recursion, and a stubborn runner killed through the provider's API. Either way: a 50 MB context
-through the file API, 30 MB back through the relay, clean-up when a completion raises.
+share it. With ``child_sandbox="own"``: a sandbox per level of recursion, and a stubborn
+runner killed through the provider's API. Either way: a 50 MB context through the file API,
+30 MB back through the relay, clean-up when a completion raises. With a
+warm pool (``pool_size``, ``max_sandboxes``) on a broker shared by several trees: each tree's
+sandbox was created ahead, is its own, and the provider never holds more than ``max_sandboxes``;
+idle ones and, when the broker closes, waiting ones are destroyed at the provider.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from rlm.broker.loop import run_sync
-from rlm.broker.server import BrokerServer
-from rlm.environments.base import CellResult
+from rlm.broker.loop import run_sync, submit
+from rlm.broker.server import BrokerScope, BrokerServer
+from rlm.environments.base import CellResult, SandboxEnvironment, WarmPool
 from rlm.errors import LMAuthenticationError
 from rlm.testing.contract.fixtures import (
     Adapter,
@@ -28,6 +34,7 @@ from rlm.testing.contract.fixtures import (
     ProviderLog,
     RecordingHandler,
     completion_rlm,
+    run,
     start_environment,
 )
 from rlm.testing.lm_server import RecordedRequest, Reply, ScriptedLMServer
@@ -50,6 +57,77 @@ def own_sandboxes(adapter: Adapter) -> Adapter:
 def assert_all_gone(log: ProviderLog) -> None:
     assert log.live_sandboxes() == [], "sandboxes left running"
     assert log.live_pids() == [], "sandbox processes left running"
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Polls ``condition`` (something the pool does in the background) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting after {timeout:g}s for {what}")
+        time.sleep(0.05)
+
+
+class Trees:
+    """Trees on one broker, as ``RLM(sandbox_pool=...)`` runs them: each a broker scope whose
+    sessions share its sandbox. Whatever is still open is closed on the way out, the broker
+    (with its warm pool) last."""
+
+    def __init__(self, adapter: Adapter, handler: RecordingHandler, **kwargs: Any) -> None:
+        self.adapter = adapter
+        self.handler = handler
+        self.kwargs = {**adapter.kwargs, **kwargs}
+        self.server = BrokerServer()
+        self._open: dict[BrokerScope, list[SandboxEnvironment]] = {}
+
+    def tree(self) -> BrokerScope:
+        scope = self.server.scope()
+        self._open[scope] = []
+        return scope
+
+    def unstarted(self, tree: BrokerScope) -> SandboxEnvironment:
+        """A session of ``tree`` (closed with it), not started yet."""
+        env = self.adapter.environment(
+            broker=tree, handler=self.handler, label="test", **self.kwargs
+        )
+        self._open[tree].append(env)
+        return env
+
+    def session(self, tree: BrokerScope) -> SandboxEnvironment:
+        env = self.unstarted(tree)
+        run_sync(env.start())
+        return env
+
+    def close(self, tree: BrokerScope) -> None:
+        """Closes the tree's sessions, then the tree (its sandbox is destroyed)."""
+        for env in self._open.pop(tree):
+            run_sync(env.aclose())
+        run_sync(tree.aclose())
+
+    @property
+    def pool(self) -> WarmPool:
+        (pool,) = [r for r in self.server.shared_resources() if isinstance(r, WarmPool)]
+        return pool
+
+    def __enter__(self) -> Trees:
+        run_sync(self.server.start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            for tree in list(self._open):
+                self.close(tree)
+        finally:
+            run_sync(self.server.aclose())
+
+
+def where(env: SandboxEnvironment) -> tuple[str, str]:
+    """The sandbox directory a session runs in and its fork server's pid: a tree's sessions
+    share both, two trees share neither."""
+    found = run(env, "import os\nprint(os.path.dirname(os.getcwd()), os.getppid())")
+    assert found.ok, found
+    directory, server_pid = found.stdout.split()
+    return directory, server_pid
 
 
 class CloudContract(ContractFixtures):
@@ -291,4 +369,81 @@ class CloudContract(ContractFixtures):
             assert run_sync(env.execute("print('back')")).stdout == "back\n"
         finally:
             run_sync(env.aclose())
+        assert_all_gone(log)
+
+    # ---- a warm pool of tree sandboxes, shared by the trees of one broker --------------------
+
+    def test_a_warm_pool_gives_each_tree_a_sandbox_created_ahead(
+        self, adapter: Adapter, handler: RecordingHandler
+    ) -> None:
+        """``pool_size=1, max_sandboxes=2``: while the first tree runs, the pool creates the
+        next tree's sandbox (and starts its runner, fork server and relay); the second tree
+        takes it without a create of its own. One tree, one sandbox: its child sessions fork
+        there, another tree's never do. Closing a tree destroys its sandbox at the provider
+        and the pool refills; closing the broker destroys the one waiting."""
+        log = log_of(adapter)
+        with Trees(adapter, handler, pool_size=1, max_sandboxes=2) as trees:
+            first_tree = trees.tree()
+            first = trees.session(first_tree)
+            pool = trees.pool
+            wait_until(lambda: pool.waiting == 1, "the pool to start a sandbox ahead")
+            assert log.sandbox_creates() == 2 and len(log.live_sandboxes()) == 2
+            second_tree = trees.tree()
+            second = trees.session(second_tree)
+            assert log.sandbox_creates() == 2, "the second tree created a sandbox of its own"
+            child = trees.session(second_tree)
+            assert (pool.started, pool.live, pool.peak_live, pool.waiting) == (2, 2, 2, 0)
+            assert where(second) == where(child), "a tree's sessions share its sandbox"
+            assert where(first)[0] != where(second)[0], "two trees shared a sandbox directory"
+            assert where(first)[1] != where(second)[1], "two trees shared a fork server"
+            assert log.sandbox_creates() == 2, "a child session forks, it creates nothing"
+
+            trees.close(first_tree)
+            wait_until(lambda: pool.waiting == 1, "the pool to refill once a tree closed")
+            assert log.sandbox_deletes() == 1, "the closed tree's sandbox was not destroyed"
+            assert log.sandbox_creates() == 3 and len(log.live_sandboxes()) == 2
+            trees.close(second_tree)
+            assert log.sandbox_deletes() == 2
+        assert log.sandbox_creates() == log.sandbox_deletes() == 3
+        assert_all_gone(log)
+
+    def test_a_warm_pool_never_holds_more_than_max_sandboxes_at_the_provider(
+        self, adapter: Adapter, handler: RecordingHandler
+    ) -> None:
+        """``max_sandboxes=1``: a second tree waits for the first to close before its sandbox
+        is created; the provider never runs two."""
+        log = log_of(adapter)
+        with Trees(adapter, handler, max_sandboxes=1) as trees:
+            first_tree = trees.tree()
+            trees.session(first_tree)
+            second = trees.unstarted(trees.tree())
+            starting = submit(second.start())
+            time.sleep(1.0)
+            assert not starting.done(), "the second tree started past max_sandboxes"
+            assert log.sandbox_creates() == 1 and len(log.live_sandboxes()) == 1
+            trees.close(first_tree)
+            starting.result(timeout=60)
+            assert run(second, "print(6 * 7)").stdout == "42\n"
+            assert log.sandbox_creates() == 2 and len(log.live_sandboxes()) == 1
+            assert trees.pool.peak_live == 1
+        assert_all_gone(log)
+
+    def test_idle_sandboxes_of_a_warm_pool_are_destroyed_at_the_provider(
+        self, adapter: Adapter, handler: RecordingHandler
+    ) -> None:
+        """A sandbox waiting longer than ``pool_idle_timeout`` is destroyed (the provider bills
+        it while it waits); the tree in use keeps its own."""
+        log = log_of(adapter)
+        with Trees(adapter, handler, pool_size=1, pool_idle_timeout=1.0) as trees:
+            session = trees.session(trees.tree())
+            pool = trees.pool
+            wait_until(lambda: log.sandbox_creates() == 2, "the pool to start a sandbox ahead")
+            wait_until(
+                lambda: log.sandbox_deletes() == 1 and pool.live == 1,
+                "the idle sandbox to be destroyed",
+            )
+            assert pool.waiting == 0
+            assert len(log.live_sandboxes()) == 1
+            assert run(session, "print('still here')").stdout == "still here\n"
+        assert log.sandbox_creates() == log.sandbox_deletes()
         assert_all_gone(log)

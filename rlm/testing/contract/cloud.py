@@ -258,8 +258,10 @@ class CloudContract(ContractFixtures):
         """A session's memory limit is its own (the runner's rlimit): the session that grows
         past it gets the error, the sibling keeps its state, and both go on."""
         log = log_of(adapter)
-        kwargs = adapter.kwargs
-        hog = start_environment(adapter.environment, broker, handler, **kwargs, memory_mb=512)
+        # One tree's sessions share their settings (a different memory_mb may size a different
+        # sandbox); each session's limit is its runner's own.
+        kwargs = {**adapter.kwargs, "memory_mb": 512}
+        hog = start_environment(adapter.environment, broker, handler, **kwargs)
         sibling = start_environment(adapter.environment, broker, handler, **kwargs)
         try:
             assert run_sync(sibling.execute("kept = 'still here'")).ok

@@ -26,6 +26,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import logging
 from collections.abc import Awaitable, Callable, Hashable
 
 from rlm.broker import cleanup
@@ -35,6 +36,12 @@ from .base import RunnerProcess, WarmPool
 from .forkserver import StreamForkServer, StreamRunnerProcess
 from .relay import HostRelay, RelayedSandboxEnvironment, RemoteProcess
 from .runner.bundle import runner_bundle
+
+logger = logging.getLogger(__name__)
+
+#: how many sandboxes of the warm pool a tree tries before it reports the last one's error
+#: (the provider may have ended one while it waited)
+POOL_TAKES = 3
 
 
 class BatchedWriter:
@@ -311,13 +318,27 @@ class RelayedTree:
             raise SandboxStartError("the RLM tree's sandbox is closed")
         if self.sandbox is None:
             cleanup.track(self)
-            if self.pool is None:
-                self.sandbox = await self._start()
-            else:
-                taken = await self.pool.acquire(self.key, self._start, self.startup_timeout)
-                assert isinstance(taken, TreeSandbox)
-                self.sandbox, self._pooled = taken, True
+            if self.pool is not None:
+                return await self._from_pool(self.pool)
+            self.sandbox = await self._start()
         return await self.sandbox.fork_server()
+
+    async def _from_pool(self, pool: WarmPool) -> StreamForkServer:
+        """The fork server of a sandbox from the warm pool. One the provider ended while it
+        waited (its own idle timeout, before the pool noticed) is destroyed, its place given
+        back, and the next one taken: at most ``POOL_TAKES`` of them."""
+        for take in range(1, POOL_TAKES + 1):
+            taken = await pool.acquire(self.key, self._start, self.startup_timeout)
+            assert isinstance(taken, TreeSandbox)
+            self.sandbox, self._pooled = taken, True
+            try:
+                return await taken.fork_server()
+            except SandboxError:
+                if take == POOL_TAKES:
+                    raise
+                logger.warning("%s from the warm pool did not answer; taking another", taken.what)
+                await self._drop_sandbox()
+        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
         """Ends every session's runner, the fork server and the relay, and destroys the
@@ -325,12 +346,15 @@ class RelayedTree:
         self._closed = True
         cleanup.untrack(self)
         async with self._lock:
-            sandbox, self.sandbox = self.sandbox, None
-            if sandbox is None:
-                return
-            try:
-                await sandbox.kill()
-            finally:
-                if self._pooled and self.pool is not None:
-                    self._pooled = False
-                    self.pool.release()
+            await self._drop_sandbox()
+
+    async def _drop_sandbox(self) -> None:
+        sandbox, self.sandbox = self.sandbox, None
+        if sandbox is None:
+            return
+        try:
+            await sandbox.kill()
+        finally:
+            if self._pooled and self.pool is not None:
+                self._pooled = False
+                self.pool.release()

@@ -327,6 +327,17 @@ class DaytonaStandIn(AiohttpStandIn):
         """Ids of sandboxes not yet destroyed."""
         return [s.id for s in list(self.sandboxes.values()) if s.state != "destroyed"]
 
+    def end_sandboxes(self) -> None:
+        """Ends every live sandbox from the provider's side, as its own timeout would (no
+        client asked): what an adapter holding one, or a warm pool, must survive."""
+
+        async def end() -> None:
+            for sandbox in list(self.sandboxes.values()):
+                if sandbox.state != "destroyed":
+                    await self._destroy(sandbox)
+
+        self._call(end())
+
     def live_pids(self) -> list[int]:
         """Every live process started in any sandbox: its session shells and their descendants
         (from ``/proc``)."""

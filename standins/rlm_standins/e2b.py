@@ -244,6 +244,17 @@ class E2BStandIn(AiohttpStandIn):
         """Ids of sandboxes not yet killed."""
         return [s.id for s in list(self.sandboxes.values()) if s.alive]
 
+    def end_sandboxes(self) -> None:
+        """Ends every live sandbox from the provider's side, as its own timeout would (no
+        client asked): what an adapter holding one, or a warm pool, must survive."""
+
+        async def end() -> None:
+            for sandbox in list(self.sandboxes.values()):
+                if sandbox.alive:
+                    await self._kill_sandbox(sandbox)
+
+        self._call(end())
+
     def live_pids(self) -> list[int]:
         """Every live process started in any sandbox, with its descendants (from ``/proc``)."""
         roots = [

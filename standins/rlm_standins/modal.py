@@ -606,6 +606,18 @@ class ModalStandIn:
         """Ids of the sandboxes not yet terminated."""
         return [s.sandbox_id for s in list(self.sandboxes.values()) if s.result is None]
 
+    def end_sandboxes(self) -> None:
+        """Ends every live sandbox from the provider's side, as its own timeout would (no
+        client asked): what an adapter holding one, or a warm pool, must survive."""
+        assert self._loop is not None, "the stand-in is not started"
+
+        async def end() -> None:
+            for sandbox in list(self.sandboxes.values()):
+                if sandbox.result is None:
+                    await self.finish_sandbox(sandbox, api_pb2.GenericResult(status=_TIMEOUT))
+
+        asyncio.run_coroutine_threadsafe(end(), self._loop).result(30)
+
     def live_pids(self) -> list[int]:
         """Pids of the processes still running in any sandbox."""
         return [

@@ -82,6 +82,10 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+#: the statuses of a sandbox that has ended
+_ENDED = ("TERMINATED", "TIMEOUT")
+
+
 class RpcError(Exception):
     """A Connect error: ``code`` is the protocol's snake_case code name."""
 
@@ -251,7 +255,18 @@ class PrimeStandIn(AiohttpStandIn):
 
     def live_sandboxes(self) -> list[str]:
         """Ids of sandboxes not yet terminated."""
-        return [s.id for s in list(self.sandboxes.values()) if s.status != "TERMINATED"]
+        return [s.id for s in list(self.sandboxes.values()) if s.status not in _ENDED]
+
+    def end_sandboxes(self) -> None:
+        """Ends every live sandbox from the provider's side, as its own timeout would (no
+        client asked): what an adapter holding one, or a warm pool, must survive."""
+
+        async def end() -> None:
+            for sandbox in list(self.sandboxes.values()):
+                if sandbox.status not in _ENDED:
+                    await self._terminate(sandbox, "TIMEOUT")
+
+        self._call(end())
 
     def live_pids(self) -> list[int]:
         """Every live process started in any sandbox, with its descendants (from ``/proc``)."""
@@ -390,7 +405,7 @@ class PrimeStandIn(AiohttpStandIn):
 
     async def _terminate(self, sandbox: Sandbox, status: str) -> None:
         """Kills every process group of the sandbox, waits for them, removes its files."""
-        if sandbox.status in ("TERMINATED", "TIMEOUT"):
+        if sandbox.status in _ENDED:
             return
         sandbox.status = status
         sandbox.error_type = "TIMEOUT" if status == "TIMEOUT" else None

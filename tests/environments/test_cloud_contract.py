@@ -53,6 +53,9 @@ class StandinLog:
         inband = getattr(self.module, "inband_bytes", None)
         return None if inband is None else inband(self.server)
 
+    def end_sandboxes(self) -> None:
+        self.server.end_sandboxes()
+
 
 class TestCloudContract(CloudContract):
     @pytest.fixture(params=CLOUD_PROVIDERS)

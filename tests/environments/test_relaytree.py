@@ -201,3 +201,51 @@ def test_a_tree_sandbox_that_fails_to_start_is_destroyed_and_frees_its_pool_plac
     pool = run_sync(scenario())
     assert len(destroyed) == 1 and not os.path.exists(destroyed[0])
     assert (pool.live, pool.started, pool.peak_live) == (0, 0, 1)
+
+
+def test_a_tree_takes_another_pooled_sandbox_when_the_one_it_got_does_not_answer(monkeypatch):
+    """The provider ended a waiting sandbox before the pool noticed (its own idle timeout ran
+    out first): restarting its fork server fails, so the tree destroys it, gives its place
+    back and takes another; the session never sees the dead one."""
+    from stdio_adapter import StdioRelayEnvironment
+
+    from rlm.broker.server import BrokerServer
+    from rlm.environments.base import WarmPool
+    from rlm.environments.relaytree import TreeSandbox
+    from rlm.errors import SandboxDiedError
+    from rlm.testing.contract import RecordingHandler
+
+    answered = TreeSandbox.fork_server
+    ended: list[str] = []
+
+    async def fork_server(self: TreeSandbox):  # type: ignore[no-untyped-def]
+        if not ended:
+            ended.append(self.sandbox_dir)
+            raise SandboxDiedError("the provider ended this sandbox")
+        return await answered(self)
+
+    monkeypatch.setattr(TreeSandbox, "fork_server", fork_server)
+
+    async def scenario() -> tuple[str, WarmPool]:
+        server = BrokerServer()
+        await server.start()
+        try:
+            tree = server.scope()
+            env = StdioRelayEnvironment(
+                broker=tree, handler=RecordingHandler(), label="t", pool_size=1
+            )
+            try:
+                await env.start()
+                result = await env.execute("print(6 * 7)")
+            finally:
+                await env.aclose()
+                await tree.aclose()
+            (pool,) = [r for r in server.shared_resources() if isinstance(r, WarmPool)]
+            return result.stdout, pool
+        finally:
+            await server.aclose()
+
+    stdout, pool = run_sync(scenario())
+    assert stdout == "42\n"
+    assert len(ended) == 1 and not os.path.exists(ended[0]), "the dead sandbox was not destroyed"
+    assert pool.started >= 2 and pool.live == 0, (pool.started, pool.live)

@@ -430,6 +430,31 @@ class CloudContract(ContractFixtures):
             assert trees.pool.peak_live == 1
         assert_all_gone(log)
 
+    def test_a_pooled_sandbox_the_provider_ended_is_replaced(
+        self, adapter: Adapter, handler: RecordingHandler
+    ) -> None:
+        """A sandbox waiting in the pool that the provider ends on its own (its idle timeout
+        running out before the pool's) is not handed to a tree: the tree gets a working
+        sandbox created for it. Needs a log with ``end_sandboxes()`` (what the provider does
+        when its timeout runs out); skipped for one without."""
+        log = log_of(adapter)
+        end_sandboxes = getattr(log, "end_sandboxes", None)
+        if end_sandboxes is None:
+            pytest.skip("this provider log cannot end sandboxes from the provider's side")
+        with Trees(adapter, handler, pool_size=1) as trees:
+            first_tree = trees.tree()
+            trees.session(first_tree)
+            pool = trees.pool
+            wait_until(lambda: pool.waiting == 1, "the pool to start a sandbox ahead")
+            trees.close(first_tree)
+            assert len(log.live_sandboxes()) == 1, "only the waiting sandbox is left"
+            end_sandboxes()
+            assert log.live_sandboxes() == []
+            second = trees.session(trees.tree())
+            assert run(second, "print(6 * 7)").stdout == "42\n"
+            assert log.sandbox_creates() >= 3, "the ended sandbox was handed to the tree"
+        assert_all_gone(log)
+
     def test_idle_sandboxes_of_a_warm_pool_are_destroyed_at_the_provider(
         self, adapter: Adapter, handler: RecordingHandler
     ) -> None:

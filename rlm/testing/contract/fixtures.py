@@ -62,6 +62,9 @@ class ProviderLog(Protocol):
         """The most bytes one exec's command line or stdin write carried (None: cannot tell)."""
         ...
 
+    # Optional: ``end_sandboxes()`` ends every live sandbox from the provider's side, as its
+    # timeout would; the contract test of that case is skipped for a log without it.
+
 
 @dataclass
 class Adapter:

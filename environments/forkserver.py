@@ -459,9 +459,11 @@ class StreamForkServer:
         self.what = what
         self._slots = asyncio.Semaphore(max_runners)
         self._seq = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[int]] = {}
+        #: starts waiting for their pid: the future to answer and the runner to register
+        self._pending: dict[int, tuple[asyncio.Future[int], StreamRunnerProcess]] = {}
         self._children: dict[int, StreamRunnerProcess] = {}
         self._early_exits: dict[int, int] = {}
+        self._kills: set[asyncio.Task[None]] = set()
         self._buffer = b""
         self.ready = asyncio.Event()
         self.ended: str | None = None
@@ -487,20 +489,27 @@ class StreamForkServer:
             if kind == b"R":
                 self.ready.set()
             elif kind == b"P" and len(fields) == 2:
-                future = self._pending.pop(int(fields[0]), None)
-                if future is not None and not future.done():
-                    future.set_result(int(fields[1]))
+                started = self._pending.pop(int(fields[0]), None)
+                if started is not None and not started[0].done():
+                    future, starting = started
+                    pid = int(fields[1])
+                    if pid > 0:
+                        # Registered now, not when the start resumes: the lines that follow
+                        # in this same read (a runner that fails at once writes its stderr and
+                        # exits) must find it.
+                        self._children[pid] = starting
+                    future.set_result(pid)
             elif kind == b"X" and len(fields) == 2:
                 pid, code = int(fields[0]), int(fields[1])
-                child = self._children.pop(pid, None)
-                if child is None:
+                ended = self._children.pop(pid, None)
+                if ended is None:
                     self._early_exits[pid] = code
                 else:
-                    child._exited(code)
+                    ended._exited(code)
             elif kind == b"E" and len(fields) == 2:
-                child = self._children.get(int(fields[0]))
-                if child is not None:
-                    child._stderr.feed(base64.b64decode(fields[1], validate=False))
+                writer = self._children.get(int(fields[0]))
+                if writer is not None:
+                    writer._stderr.feed(base64.b64decode(fields[1], validate=False))
         except ValueError:
             pass  # a garbled line: the sandbox's own stdout is never a runner's, so not ours
 
@@ -510,7 +519,7 @@ class StreamForkServer:
             return
         self.ended = reason or f"the {self.what} sandbox ended"
         self.ready.set()
-        for future in self._pending.values():
+        for future, _ in self._pending.values():
             if not future.done():
                 future.set_exception(SandboxStartError(self.ended))
         self._pending.clear()
@@ -535,25 +544,32 @@ class StreamForkServer:
         child._holds_slot = True
         seq = next(self._seq)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending[seq] = future
+        self._pending[seq] = (future, child)
         try:
             await self._write(b"S %d " % seq + bootstrap.rstrip(b"\n") + b"\n")
             pid = await asyncio.wait_for(future, timeout)
         except BaseException:
             self._pending.pop(seq, None)
+            if future.done() and not future.cancelled() and future.result() > 0:
+                # Forked, but the start was given up: nobody will use that runner.
+                self._spawn_kill(future.result())
             child._exited(-signal.SIGKILL)
             raise
         if pid < 0:
             child._exited(-1)
             raise SandboxStartError(f"the fork server in the {self.what} sandbox could not fork")
         if pid in self._early_exits:
+            self._children.pop(pid, None)
             child._exited(self._early_exits.pop(pid))
-        else:
-            self._children[pid] = child
         return pid
 
     def _release(self) -> None:
         self._slots.release()
+
+    def _spawn_kill(self, pid: int) -> None:
+        task = asyncio.ensure_future(self._kill(pid))
+        self._kills.add(task)
+        task.add_done_callback(self._kills.discard)
 
     async def _kill(self, pid: int) -> None:
         if self.ended is None and pid in self._children:

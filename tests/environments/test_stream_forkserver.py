@@ -86,3 +86,37 @@ def test_the_end_of_stdin_ends_the_server(server):
     assert server.stdin is not None
     server.stdin.close()
     assert server.wait(10) == 0
+
+
+def test_a_runner_that_fails_at_once_keeps_its_stderr_and_exit_code():
+    """The host's side of the stream: a runner that writes its error and exits before its start
+    resumes (its pid, stderr and exit arrive in one read) still reports both; before, its
+    stderr was dropped as a stranger's and the error said only "exited with code 2"."""
+    import asyncio
+
+    from rlm.broker.loop import run_sync
+    from rlm.environments.forkserver import StreamForkServer, StreamRunnerProcess
+
+    async def scenario() -> tuple[int | None, str]:
+        sent: list[bytes] = []
+        server: StreamForkServer
+
+        async def write(data: bytes) -> None:
+            sent.append(data)
+            seq = data.split(b" ")[1].decode()
+            error = base64.b64encode(b"the sandbox image has no ipython").decode()
+            # The fork server's answer, its runner's stderr and its exit, read at once.
+            asyncio.get_running_loop().call_soon(
+                server.feed, f"P {seq} 4242\nE 4242 {error}\nX 4242 2\n".encode()
+            )
+
+        server = StreamForkServer(write, max_runners=4, what="test")
+        server.feed(b"R\n")
+        runner = StreamRunnerProcess(server, start_timeout=5)
+        await runner.send_bootstrap(b'{"token": "t"}\n')
+        await runner.wait_exit(1)
+        return runner.exit_code(), runner.diagnostics()
+
+    code, stderr = run_sync(scenario())
+    assert code == 2
+    assert "no ipython" in stderr

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import suite_runs
 from docker_check import (
     DOCKER_RUNTIMES,
     docker_available,
@@ -18,22 +19,38 @@ from docker_check import (
 
 from rlm import RLM
 from rlm.testing import ScriptedLMServer
-from rlm.testing.leaks import runner_pids
 
 
 @pytest.fixture(autouse=True)
 def no_leaked_runners() -> Iterator[None]:
     """Every test must leave no runner process behind (acceptance: no leaks, ever). Only this
-    process's descendants count, so other test runs on the machine do not interfere."""
-    me = os.getpid()
-    before = set(runner_pids(parent=me))
+    process's descendants count, so other test runs on the machine do not interfere (and the
+    suites running in processes of their own check theirs themselves: tests/suite_runs.py)."""
+    before = set(suite_runs.our_runner_pids())
     yield
     deadline = time.monotonic() + 5
-    leaked = set(runner_pids(parent=me)) - before
+    leaked = set(suite_runs.our_runner_pids()) - before
     while leaked and time.monotonic() < deadline:
         time.sleep(0.05)
-        leaked = set(runner_pids(parent=me)) - before
+        leaked = set(suite_runs.our_runner_pids()) - before
     assert not leaked, f"runner processes left behind: {sorted(leaked)}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that check a suite run in a process of its own (``suite_run``) go last, so the
+    runs (started when collection ends) go on beside the rest of the session."""
+    waiting = [item for item in items if item.get_closest_marker("suite_run")]
+    if waiting:
+        items[:] = [item for item in items if not item.get_closest_marker("suite_run")] + waiting
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not session.config.option.collectonly:
+        suite_runs.start_selected(session.items)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    suite_runs.stop_all()
 
 
 @pytest.fixture

@@ -113,13 +113,12 @@ def test_ctrl_c_mid_completion_leaves_no_runner(lm_server, tmp_path):
             """
         )
     )
-    before = set(runner_pids())
     host = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
-        while not (set(runner_pids()) - before) and time.monotonic() < deadline:
+        while not runner_pids(parent=host.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        new = set(runner_pids()) - before
+        new = set(runner_pids(parent=host.pid))
         assert new, "the runner never started"
         time.sleep(0.5)  # let the cell start sleeping
         host.send_signal(signal.SIGINT)
@@ -141,13 +140,12 @@ def test_killed_host_takes_its_runner_with_it(lm_server, tmp_path):
     script.write_text(
         f"from rlm import RLM\nRLM(backend='openai', backend_kwargs={{'model_name': 'm', 'base_url': {lm_server.base_url!r}, 'api_key': 'k'}}).completion('d')\n"
     )
-    before = set(runner_pids())
     host = subprocess.Popen([sys.executable, str(script)])
     try:
         deadline = time.monotonic() + 30
-        while not (set(runner_pids()) - before) and time.monotonic() < deadline:
+        while not runner_pids(parent=host.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        new = set(runner_pids()) - before
+        new = set(runner_pids(parent=host.pid))
         assert new
         host.kill()
         host.wait(10)

@@ -309,7 +309,7 @@ def test_context_is_the_last_user_message_and_the_question_the_system_message():
 
 
 def test_a_client_that_hangs_up_cancels_its_run(server, lm_server):
-    from rlm.testing.leaks import runner_pids
+    from suite_runs import our_runner_pids as runner_pids
 
     before = set(runner_pids())
     lm_server.set_script(["```repl\nimport time\ntime.sleep(60)\n```", ANSWER])

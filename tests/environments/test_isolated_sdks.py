@@ -6,24 +6,27 @@ installed editable plus that one SDK), and this test runs that provider's suites
 shared contract suite, the shared cloud suite, the throttling suite and its own
 ``test_<provider>.py``. There the
 provider runs, so every selected test must run: a skip is a failure (the live tests, which need
-credentials, are deselected).
+credentials, are deselected). Both runs start when collection ends and go on beside the rest of
+the session; their tests, at the end, check what they reported (``tests/suite_runs.py``).
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-import subprocess
 import sys
+from typing import Any
 
 import pytest
+import suite_runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ISOLATED = ["e2b", "prime"]
+TIMEOUT = 1800
 
 
-@pytest.mark.parametrize("provider", ISOLATED)
-def test_provider_suite_in_its_own_venv(provider: str) -> None:
+def _command(provider: str) -> tuple[list[str], dict[str, Any]]:
+    """The run of ``provider``'s suites in its venv (skips or fails where that cannot be)."""
     if not (ROOT / "environments" / f"{provider}.py").exists():
         pytest.skip(f"no {provider} adapter in this tree")
     python = ROOT / f".venv-{provider}" / "bin" / "python"
@@ -42,13 +45,16 @@ def test_provider_suite_in_its_own_venv(provider: str) -> None:
     ]
     files = [str(p) for p in [*suites, *folder.glob(f"test_*{provider}*.py")]]
     options = ["-q", "-rs", "-p", "no:cacheprovider", "-m", "not live", "-k", provider]
-    completed = subprocess.run(
-        [str(python), "-m", "pytest", *options, *files],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    return [str(python), "-m", "pytest", *options, *files], {"cwd": ROOT}
+
+
+SUITE_RUNS = suite_runs.Plan("provider", _command, timeout=TIMEOUT)
+
+
+@pytest.mark.suite_run
+@pytest.mark.parametrize("provider", ISOLATED)
+def test_provider_suite_in_its_own_venv(provider: str, request: pytest.FixtureRequest) -> None:
+    completed = suite_runs.result(request, provider)
     summary = completed.stdout.strip().splitlines()[-1:] or ["(no output)"]
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-2000:]
     assert " passed" in summary[0], summary

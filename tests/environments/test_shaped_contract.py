@@ -7,7 +7,9 @@ Retry-After, or RESOURCE_EXHAUSTED with a retry policy). The suite includes the 
 (host to sandbox, through the file API) and the 30 MB sub-call prompt (runner to host, through the
 relay). e2b and prime run in their own venvs (``.ci/sdk-venvs.sh``), like
 ``test_isolated_sdks.py``. The same suite unshaped runs directly (and stays as fast as before:
-the stand-ins install no shaping unless asked).
+the stand-ins install no shaping unless asked). Each provider's run starts when collection ends
+and goes on beside the rest of the session; its test, at the end, checks what it reported
+(``tests/suite_runs.py``).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import subprocess
 import sys
+from typing import Any
 
 import pytest
+import suite_runs
 from conftest import CLOUD_PROVIDERS, cloud_fixture
 from rlm_standins._shaping import ENV_VAR
 
@@ -26,6 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHAPED = "rtt=0.08,bandwidth=4e6,drop=200000,throttle=7"
 #: the cloud contract tests that run against a stand-in, at least (the live one is deselected)
 CONTRACT_TESTS = 5
+TIMEOUT = 1200
 
 
 def _python(provider: str) -> pathlib.Path | str:
@@ -42,27 +46,33 @@ def _python(provider: str) -> pathlib.Path | str:
     pytest.skip(message)
 
 
-@pytest.mark.parametrize("provider", CLOUD_PROVIDERS)
-def test_the_cloud_contract_holds_over_a_shaped_link(provider: str) -> None:
+def _command(provider: str) -> tuple[list[str], dict[str, Any]]:
+    """The shaped run of ``provider``'s cloud contract tests (skips or fails where its SDK is
+    missing)."""
     python = _python(provider)
-    completed = subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            str(ROOT / "tests" / "environments" / "test_cloud_contract.py"),
-            "-k",
-            f"{provider} and not live",
-        ],
-        cwd=ROOT,
-        env={**os.environ, ENV_VAR: SHAPED},
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    args = [
+        str(python),
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        str(ROOT / "tests" / "environments" / "test_cloud_contract.py"),
+        "-k",
+        f"{provider} and not live",
+    ]
+    return args, {"cwd": ROOT, "env": {**os.environ, ENV_VAR: SHAPED}}
+
+
+SUITE_RUNS = suite_runs.Plan("provider", _command, timeout=TIMEOUT)
+
+
+@pytest.mark.suite_run
+@pytest.mark.parametrize("provider", CLOUD_PROVIDERS)
+def test_the_cloud_contract_holds_over_a_shaped_link(
+    provider: str, request: pytest.FixtureRequest
+) -> None:
+    completed = suite_runs.result(request, provider)
     summary = (completed.stdout.strip().splitlines() or ["(no output)"])[-1]
     assert completed.returncode == 0, completed.stdout[-6000:] + completed.stderr[-2000:]
     passed = re.search(r"(\d+) passed", summary)

@@ -4,7 +4,8 @@
 ``.ci/sdk-venvs.sh`` makes ``.venv-dspy`` and ``.venv-verifiers`` (rlm installed editable plus that
 one framework), and this test runs ``tests/integrations/test_<name>.py`` inside each. A skip
 there is a failure when CI requires the venvs and docker (``RLM_REQUIRE_SDK_VENVS=1``,
-``RLM_REQUIRE_DOCKER=1``).
+``RLM_REQUIRE_DOCKER=1``). Both runs start when collection ends and go on beside the rest of
+the session; their tests, at the end, check what they reported (``tests/suite_runs.py``).
 """
 
 from __future__ import annotations
@@ -13,18 +14,21 @@ import os
 import pathlib
 import subprocess
 import sys
+from typing import Any
 
 import pytest
+import suite_runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 INTEGRATIONS = ["dspy", "verifiers"]
+TIMEOUT = 1200
 #: more of the suite to run in that venv: verifiers pins openai<3, so rlm's clients are checked
 #: on openai 2.x there (the gemini SDK is not installed in it)
 ALSO = {"verifiers": ["tests/test_clients.py", "-k", "not gemini"]}
 
 
-@pytest.mark.parametrize("integration", INTEGRATIONS)
-def test_integration_suite_in_its_own_venv(integration: str) -> None:
+def _command(integration: str) -> tuple[list[str], dict[str, Any]]:
+    """The run of ``integration``'s suite in its venv (skips or fails where that cannot be)."""
     suite = ROOT / "tests" / "integrations" / f"test_{integration}.py"
     if not suite.exists():
         pytest.skip(f"no {integration} suite in this tree")
@@ -37,19 +41,24 @@ def test_integration_suite_in_its_own_venv(integration: str) -> None:
         if os.environ.get("RLM_REQUIRE_SDK_VENVS") == "1":
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    completed = subprocess.run(
-        [
-            str(python),
-            *("-m", "pytest", "-q", "-p", "no:cacheprovider"),
-            str(suite),
-            *ALSO.get(integration, []),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
-    )
+    args = [
+        str(python),
+        *("-m", "pytest", "-q", "-p", "no:cacheprovider"),
+        str(suite),
+        *ALSO.get(integration, []),
+    ]
+    return args, {"cwd": ROOT, "env": {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}}
+
+
+SUITE_RUNS = suite_runs.Plan("integration", _command, timeout=TIMEOUT)
+
+
+@pytest.mark.suite_run
+@pytest.mark.parametrize("integration", INTEGRATIONS)
+def test_integration_suite_in_its_own_venv(
+    integration: str, request: pytest.FixtureRequest
+) -> None:
+    completed = suite_runs.result(request, integration)
     summary = (completed.stdout.strip().splitlines() or ["(no output)"])[-1]
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-2000:]
     assert " passed" in summary, summary

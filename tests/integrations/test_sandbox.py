@@ -102,10 +102,10 @@ def test_closed_sandbox_says_so_and_bad_kwargs_are_configuration_errors() -> Non
 def test_pool_shares_one_broker_and_hands_out_prestarted_runners() -> None:
     import time
 
-    from rlm import SandboxPool
-    from rlm.testing.leaks import runner_pids
+    from suite_runs import our_runner_pids
 
-    me = os.getpid()
+    from rlm import SandboxPool
+
     with SandboxPool("local", pool_size=1) as pool:
         first = pool.sandbox()
         first.execute("x = 1")
@@ -114,7 +114,7 @@ def test_pool_shares_one_broker_and_hands_out_prestarted_runners() -> None:
         deadline = time.monotonic() + 60
         spare: set[int] = set()
         while not spare and time.monotonic() < deadline:
-            spare = set(runner_pids(parent=me)) - serving
+            spare = set(our_runner_pids()) - serving
             time.sleep(0.05)
         assert len(spare) == 1
         second = pool.sandbox(tools={"f": lambda: "tool"})
@@ -135,9 +135,10 @@ def test_rlms_on_one_pool_share_its_broker_keep_their_own_keys_and_stay_bounded(
     """Six RLMs at once on one SandboxPool, each with its own API key: one broker, at most
     ``max_sandboxes`` sandboxes alive, every model call carries its own RLM's key only, every
     RLM's usage counts its own calls, and the sandboxes of a closed RLM are gone."""
+    from suite_runs import our_runner_pids
+
     from rlm import RLM, SandboxPool
     from rlm.broker.server import BrokerServer
-    from rlm.testing.leaks import runner_pids
     from rlm.testing.lm_server import RecordedRequest, content_text
 
     def script(request: RecordedRequest) -> str:
@@ -190,7 +191,7 @@ def test_rlms_on_one_pool_share_its_broker_keep_their_own_keys_and_stay_bounded(
         key = request.headers["authorization"].removeprefix("Bearer ")
         by_key[key] = by_key.get(key, 0) + 1
     assert by_key == {key: 2 for key in keys}
-    assert not runner_pids(parent=os.getpid())
+    assert not our_runner_pids()
 
 
 def test_rlm_with_a_pool_takes_its_environment_from_the_pool() -> None:

@@ -467,6 +467,8 @@ class StreamForkServer:
         self._buffer = b""
         self.ready = asyncio.Event()
         self.ended: str | None = None
+        #: runners this server has forked (reported with a pid)
+        self.forked = 0
 
     @property
     def live_runners(self) -> int:
@@ -498,6 +500,7 @@ class StreamForkServer:
                         # in this same read (a runner that fails at once writes its stderr and
                         # exits) must find it.
                         self._children[pid] = starting
+                        self.forked += 1
                     future.set_result(pid)
             elif kind == b"X" and len(fields) == 2:
                 pid, code = int(fields[0]), int(fields[1])
@@ -550,7 +553,12 @@ class StreamForkServer:
             pid = await asyncio.wait_for(future, timeout)
         except BaseException:
             self._pending.pop(seq, None)
-            if future.done() and not future.cancelled() and future.result() > 0:
+            if (
+                future.done()
+                and not future.cancelled()
+                and future.exception() is None
+                and future.result() > 0
+            ):
                 # Forked, but the start was given up: nobody will use that runner.
                 self._spawn_kill(future.result())
             child._exited(-signal.SIGKILL)

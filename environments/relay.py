@@ -27,7 +27,7 @@ from abc import abstractmethod
 from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError
+from rlm.errors import ConfigurationError, SandboxDiedError, SandboxError, SandboxStartError
 
 from .base import (
     CHILD_SANDBOX_OWN,
@@ -609,6 +609,24 @@ class RelayedSandboxEnvironment(SandboxEnvironment):
         if self.tree is None:
             raise SandboxError("only a session of a tree's shared sandbox is forked")
         return await self.tree.runner()
+
+    async def _start_runner(self) -> None:
+        """The base start; a tree's first session that fails to start in a sandbox fresh from
+        the warm pool (ended by the provider while it waited) starts again in another one."""
+        from .relaytree import POOL_TAKES
+
+        for take in range(1, POOL_TAKES + 1):
+            try:
+                await super()._start_runner()
+                return
+            except SandboxStartError:
+                tree = self.tree
+                if tree is None or take == POOL_TAKES:
+                    raise
+                if not await tree.drop_unused_pooled_sandbox():
+                    raise
+                await tree.open()
+                self.sandbox_dir = tree.sandbox_dir
 
     async def _launch_runner(self, bootstrap: bytes) -> RunnerProcess:
         if self.tree is not None:

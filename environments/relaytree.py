@@ -97,6 +97,7 @@ class TreeSandbox(RunnerProcess):
         self._pump: asyncio.Task[None] | None = None
         self._bundle: str | None = None
         self._killed = False
+        self._earlier_forks = 0
 
     @classmethod
     async def start(
@@ -220,9 +221,15 @@ class TreeSandbox(RunnerProcess):
                 + (f"; its stderr: {details}" if details else "")
             )
 
+    @property
+    def forks(self) -> int:
+        """Runners forked in this sandbox so far, by any of its fork servers."""
+        return self._earlier_forks + (self._server.forked if self._server is not None else 0)
+
     async def _stop_processes(self) -> None:
         server, self._server = self._server, None
         if server is not None:
+            self._earlier_forks += server.forked
             server.end(f"{self.what} was closed")
         relay, self.relay = self.relay, None
         pump, self._pump = self._pump, None
@@ -339,6 +346,21 @@ class RelayedTree:
                 logger.warning("%s from the warm pool did not answer; taking another", taken.what)
                 await self._drop_sandbox()
         raise AssertionError("unreachable")
+
+    async def drop_unused_pooled_sandbox(self) -> bool:
+        """Drops the tree's sandbox if it came from the warm pool and no runner was ever forked
+        in it: the first session failed to start there, so the provider may have ended it
+        while it waited, after the pool last looked. True when dropped (the next session start
+        takes another)."""
+        async with self._lock:
+            sandbox = self.sandbox
+            if sandbox is None or not self._pooled or sandbox.forks:
+                return False
+            logger.warning(
+                "%s from the warm pool failed its first session; taking another", sandbox.what
+            )
+            await self._drop_sandbox()
+            return True
 
     async def aclose(self) -> None:
         """Ends every session's runner, the fork server and the relay, and destroys the

@@ -249,3 +249,61 @@ def test_a_tree_takes_another_pooled_sandbox_when_the_one_it_got_does_not_answer
     assert stdout == "42\n"
     assert len(ended) == 1 and not os.path.exists(ended[0]), "the dead sandbox was not destroyed"
     assert pool.started >= 2 and pool.live == 0, (pool.started, pool.live)
+
+
+def test_a_first_session_that_cannot_start_in_a_pooled_sandbox_starts_in_another(monkeypatch):
+    """The pooled sandbox looked alive when handed out, but its fork server had ended (the
+    provider ended it after the pool last looked): the tree's first session fails to fork
+    there, so that sandbox, never used, is destroyed and the session starts in another."""
+    from stdio_adapter import StdioRelayEnvironment
+
+    from rlm.broker.server import BrokerServer
+    from rlm.environments.base import WarmPool
+    from rlm.environments.forkserver import StreamForkServer
+    from rlm.environments.relaytree import TreeSandbox
+    from rlm.errors import SandboxStartError
+    from rlm.testing.contract import RecordingHandler
+
+    forks = StreamForkServer._start
+    refused: list[str] = []
+    dirs: list[str] = []
+    started = TreeSandbox.start
+
+    async def start(cls, owner, max_runners, startup_timeout):  # type: ignore[no-untyped-def]
+        sandbox = await started(owner, max_runners, startup_timeout)
+        dirs.append(sandbox.sandbox_dir)
+        return sandbox
+
+    async def fork(self, child, bootstrap, timeout):  # type: ignore[no-untyped-def]
+        if not refused:
+            refused.append("once")
+            raise SandboxStartError("the fork server of the tree's sandbox ended")
+        return await forks(self, child, bootstrap, timeout)
+
+    monkeypatch.setattr(TreeSandbox, "start", classmethod(start))
+    monkeypatch.setattr(StreamForkServer, "_start", fork)
+
+    async def scenario() -> tuple[str, WarmPool]:
+        server = BrokerServer()
+        await server.start()
+        try:
+            tree = server.scope()
+            env = StdioRelayEnvironment(
+                broker=tree, handler=RecordingHandler(), label="t", pool_size=1
+            )
+            try:
+                await env.start()
+                result = await env.execute("import os\nprint(os.path.dirname(os.getcwd()))")
+            finally:
+                await env.aclose()
+                await tree.aclose()
+            (pool,) = [r for r in server.shared_resources() if isinstance(r, WarmPool)]
+            return result.stdout.strip(), pool
+        finally:
+            await server.aclose()
+
+    where, pool = run_sync(scenario())
+    assert refused == ["once"]
+    assert where != dirs[0], "the session ran in the sandbox it could not start in"
+    assert not os.path.exists(dirs[0]), "the unused sandbox was not destroyed"
+    assert pool.live == 0

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from rlm.broker.loop import run_sync
+from rlm.environments.base import WarmPool
 from rlm.environments.relaytree import BatchedWriter
 from rlm.environments.runner.bootstrap import Bootstrap
 from rlm.environments.runner.bundle import runner_bundle_path
@@ -167,7 +168,6 @@ def test_a_tree_sandbox_that_fails_to_start_is_destroyed_and_frees_its_pool_plac
     from stdio_adapter import StdioRelayEnvironment
 
     from rlm.broker.server import BrokerServer
-    from rlm.environments.base import WarmPool
     from rlm.environments.relay import RemoteProcess
     from rlm.errors import SandboxError
     from rlm.testing.contract import RecordingHandler
@@ -203,17 +203,38 @@ def test_a_tree_sandbox_that_fails_to_start_is_destroyed_and_frees_its_pool_plac
     assert (pool.live, pool.started, pool.peak_live) == (0, 0, 1)
 
 
+async def _one_pooled_session(code: str) -> tuple[str, WarmPool]:
+    """Runs ``code`` in the one session of a tree of the stdio test adapter with a warm pool
+    (``pool_size=1``), closes the session, the tree and the broker; the cell's stdout and the
+    pool."""
+    from stdio_adapter import StdioRelayEnvironment
+
+    from rlm.broker.server import BrokerServer
+    from rlm.testing.contract import RecordingHandler
+
+    server = BrokerServer()
+    await server.start()
+    try:
+        tree = server.scope()
+        env = StdioRelayEnvironment(broker=tree, handler=RecordingHandler(), label="t", pool_size=1)
+        try:
+            await env.start()
+            result = await env.execute(code)
+        finally:
+            await env.aclose()
+            await tree.aclose()
+        (pool,) = [r for r in server.shared_resources() if isinstance(r, WarmPool)]
+        return result.stdout, pool
+    finally:
+        await server.aclose()
+
+
 def test_a_tree_takes_another_pooled_sandbox_when_the_one_it_got_does_not_answer(monkeypatch):
     """The provider ended a waiting sandbox before the pool noticed (its own idle timeout ran
     out first): restarting its fork server fails, so the tree destroys it, gives its place
     back and takes another; the session never sees the dead one."""
-    from stdio_adapter import StdioRelayEnvironment
-
-    from rlm.broker.server import BrokerServer
-    from rlm.environments.base import WarmPool
     from rlm.environments.relaytree import TreeSandbox
     from rlm.errors import SandboxDiedError
-    from rlm.testing.contract import RecordingHandler
 
     answered = TreeSandbox.fork_server
     ended: list[str] = []
@@ -226,26 +247,7 @@ def test_a_tree_takes_another_pooled_sandbox_when_the_one_it_got_does_not_answer
 
     monkeypatch.setattr(TreeSandbox, "fork_server", fork_server)
 
-    async def scenario() -> tuple[str, WarmPool]:
-        server = BrokerServer()
-        await server.start()
-        try:
-            tree = server.scope()
-            env = StdioRelayEnvironment(
-                broker=tree, handler=RecordingHandler(), label="t", pool_size=1
-            )
-            try:
-                await env.start()
-                result = await env.execute("print(6 * 7)")
-            finally:
-                await env.aclose()
-                await tree.aclose()
-            (pool,) = [r for r in server.shared_resources() if isinstance(r, WarmPool)]
-            return result.stdout, pool
-        finally:
-            await server.aclose()
-
-    stdout, pool = run_sync(scenario())
+    stdout, pool = run_sync(_one_pooled_session("print(6 * 7)"))
     assert stdout == "42\n"
     assert len(ended) == 1 and not os.path.exists(ended[0]), "the dead sandbox was not destroyed"
     assert pool.started >= 2 and pool.live == 0, (pool.started, pool.live)
@@ -255,14 +257,9 @@ def test_a_first_session_that_cannot_start_in_a_pooled_sandbox_starts_in_another
     """The pooled sandbox looked alive when handed out, but its fork server had ended (the
     provider ended it after the pool last looked): the tree's first session fails to fork
     there, so that sandbox, never used, is destroyed and the session starts in another."""
-    from stdio_adapter import StdioRelayEnvironment
-
-    from rlm.broker.server import BrokerServer
-    from rlm.environments.base import WarmPool
     from rlm.environments.forkserver import StreamForkServer
     from rlm.environments.relaytree import TreeSandbox
     from rlm.errors import SandboxStartError
-    from rlm.testing.contract import RecordingHandler
 
     forks = StreamForkServer._start
     refused: list[str] = []
@@ -283,26 +280,8 @@ def test_a_first_session_that_cannot_start_in_a_pooled_sandbox_starts_in_another
     monkeypatch.setattr(TreeSandbox, "start", classmethod(start))
     monkeypatch.setattr(StreamForkServer, "_start", fork)
 
-    async def scenario() -> tuple[str, WarmPool]:
-        server = BrokerServer()
-        await server.start()
-        try:
-            tree = server.scope()
-            env = StdioRelayEnvironment(
-                broker=tree, handler=RecordingHandler(), label="t", pool_size=1
-            )
-            try:
-                await env.start()
-                result = await env.execute("import os\nprint(os.path.dirname(os.getcwd()))")
-            finally:
-                await env.aclose()
-                await tree.aclose()
-            (pool,) = [r for r in server.shared_resources() if isinstance(r, WarmPool)]
-            return result.stdout.strip(), pool
-        finally:
-            await server.aclose()
-
-    where, pool = run_sync(scenario())
+    stdout, pool = run_sync(_one_pooled_session("import os\nprint(os.path.dirname(os.getcwd()))"))
+    where = stdout.strip()
     assert refused == ["once"]
     assert where != dirs[0], "the session ran in the sandbox it could not start in"
     assert not os.path.exists(dirs[0]), "the unused sandbox was not destroyed"

@@ -36,6 +36,7 @@ from rlm.testing.contract.fixtures import (
     completion_rlm,
     run,
     start_environment,
+    started_environments,
 )
 from rlm.testing.lm_server import RecordedRequest, Reply, ScriptedLMServer
 from rlm.testing.scripts import depth_script, fanout_script, is_root_request
@@ -226,10 +227,8 @@ class CloudContract(ContractFixtures):
         sandbox, with the note its loop hands to the model; a sibling's cell running meanwhile
         finishes, and the sibling keeps its state."""
         log = log_of(adapter)
-        kwargs = adapter.kwargs
-        hung = start_environment(adapter.environment, broker, handler, **kwargs, cell_timeout=1)
-        sibling = start_environment(adapter.environment, broker, handler, **kwargs)
-        try:
+        with started_environments(adapter.environment, broker, handler, adapter.kwargs) as make:
+            hung, sibling = make(cell_timeout=1), make()
             assert run_sync(sibling.execute("kept = 'still here'")).ok
 
             async def both() -> tuple[CellResult, CellResult]:
@@ -246,10 +245,6 @@ class CloudContract(ContractFixtures):
             assert fine.stdout == "still here\n" and not fine.error, fine
             assert run_sync(hung.execute("print('back')")).stdout == "back\n"
             assert log.sandbox_creates() == 1, "the restart forked a runner, it created nothing"
-        finally:
-            run_sync(hung.aclose())
-            run_sync(sibling.aclose())
-            run_sync(broker.aclose_resources())
         assert_all_gone(log)
 
     def test_a_child_past_its_memory_limit_fails_alone(
@@ -261,19 +256,14 @@ class CloudContract(ContractFixtures):
         # One tree's sessions share their settings (a different memory_mb may size a different
         # sandbox); each session's limit is its runner's own.
         kwargs = {**adapter.kwargs, "memory_mb": 512}
-        hog = start_environment(adapter.environment, broker, handler, **kwargs)
-        sibling = start_environment(adapter.environment, broker, handler, **kwargs)
-        try:
+        with started_environments(adapter.environment, broker, handler, kwargs) as make:
+            hog, sibling = make(), make()
             assert run_sync(sibling.execute("kept = 'still here'")).ok
             grown = run_sync(hog.execute("x = bytearray(2 * 1024**3)\nprint(len(x))"))
             assert "MemoryError" in grown.error or grown.restarted, grown
             assert run_sync(sibling.execute("print(kept)")).stdout == "still here\n"
             assert run_sync(hog.execute("print('back')")).stdout == "back\n"
             assert log.sandbox_creates() == 1
-        finally:
-            run_sync(hog.aclose())
-            run_sync(sibling.aclose())
-            run_sync(broker.aclose_resources())
         assert_all_gone(log)
 
     def test_own_mode_runs_each_level_in_its_own_sandbox(

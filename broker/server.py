@@ -78,6 +78,12 @@ class SessionHandler(Protocol):
     async def call_tool(self, request: pb.ToolRequest) -> pb.ToolReply: ...
 
 
+try:  # what gRPC's core raises for a write on a stream whose connection has just gone
+    from grpc._cython.cygrpc import BaseError as _GRPC_CALL_ERRORS
+except ImportError:  # pragma: no cover - another gRPC build
+    _GRPC_CALL_ERRORS = RuntimeError
+
+
 class RunnerConnection:
     """The host's end of one runner's ``Attach`` stream."""
 
@@ -96,7 +102,12 @@ class RunnerConnection:
         async with self._write_lock:
             try:
                 await self._context.write(message)
-            except (grpc.aio.AioRpcError, RuntimeError, asyncio.InvalidStateError) as error:
+            except (
+                grpc.aio.AioRpcError,
+                RuntimeError,
+                asyncio.InvalidStateError,
+                _GRPC_CALL_ERRORS,  # the connection went away mid-write (gRPC's core says so)
+            ) as error:
                 self._close()
                 raise SandboxDiedError(f"could not reach the runner: {error}") from error
 

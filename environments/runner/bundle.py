@@ -21,6 +21,7 @@ from . import bootstrap as bootstrap_module
 from . import forkserver as forkserver_module
 from . import relay as relay_module
 from . import runner as runner_module
+from . import sessionproxy as sessionproxy_module
 
 _MAIN = """\
 import sys
@@ -57,6 +58,9 @@ def runner_bundle() -> bytes:
         "rlm/environments/runner/runner.py": pathlib.Path(runner_module.__file__).read_text(),
         "rlm/environments/runner/bootstrap.py": pathlib.Path(bootstrap_module.__file__).read_text(),
         "rlm/environments/runner/relay.py": pathlib.Path(relay_module.__file__).read_text(),
+        "rlm/environments/runner/sessionproxy.py": pathlib.Path(
+            sessionproxy_module.__file__
+        ).read_text(),
         "rlm/environments/runner/forkserver.py": pathlib.Path(
             forkserver_module.__file__
         ).read_text(),

@@ -42,6 +42,7 @@ PR_SET_NAME = 15
 #: The fork server's process name (``/proc/<pid>/comm``); its runners rename themselves.
 SERVER_NAME = b"rlm-forkserver"
 RUNNER_NAME = b"rlm-runner"
+PROXY_NAME = b"rlm-proxy"
 #: How long :func:`kill_tree` waits for the processes it stopped to be seen stopped.
 STOP_SETTLE_SECONDS = 1.0
 #: Rounds of stopping newly found descendants before the tree is killed as it stands.
@@ -227,6 +228,7 @@ def _reap(children: set[int]) -> list[str]:
             break
         if pid == 0:
             break
+        _session_proxy.reaped(pid)
         if pid in children:
             children.discard(pid)
             exits.append(f"X {pid} {os.waitstatus_to_exitcode(status)}")
@@ -248,9 +250,118 @@ def _sweep(children: set[int]) -> None:
     """Kills what was re-parented to this server (a subreaper): processes that a runner's cells
     started and whose runner has ended. Runners are this server's only own children. Runs
     before a runner's exit is reported, so that the host, once told, knows they were killed."""
-    strangers = [pid for pid in _own_children() if pid not in children]
+    strangers = [
+        pid for pid in _own_children() if pid not in children and pid != _session_proxy.pid
+    ]
     if strangers:
         kill_tree(strangers)
+
+
+def _freeze_for_forks() -> None:
+    """Moves every object this server has made so far out of the collector's reach: a forked
+    runner's collections then never walk (and so copy, page by page) the server's heap."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
+class _SessionProxyProcess:
+    """The session proxy (``sessionproxy.py``) this server forks at its start: runners it forks
+    afterwards speak to the broker through it (``runner.SESSION_PROXY`` holds its socket), and
+    dial the broker themselves once it is gone. Killed with everything else below the server."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.directory: str | None = None
+
+    def start(self) -> None:
+        if os.environ.get(SESSION_PROXY_ENV, "1") == "0":
+            return
+        import tempfile
+
+        # Imported here, once: a module a forked runner imports is compiled anew in each one
+        # (the zipapp holds no bytecode).
+        from rlm.environments.runner import sessionproxy  # noqa: F401
+        from rlm.environments.runner.relay import LISTEN_BACKLOG
+
+        try:
+            self.directory = tempfile.mkdtemp(prefix="rlm-proxy-", dir=_short_temp_dir())
+            path = os.path.join(self.directory, "proxy.sock")
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(path)
+            listener.listen(LISTEN_BACKLOG)
+        except OSError as error:
+            print(f"rlm-forkserver: no session proxy ({error})", file=sys.stderr, flush=True)
+            self.stop()
+            return
+        self.pid = os.fork()
+        if self.pid == 0:
+            _become_session_proxy(listener)
+        listener.close()
+        runner_module.SESSION_PROXY = path
+
+    def reaped(self, pid: int) -> None:
+        if pid == self.pid:
+            self.pid = None
+            runner_module.SESSION_PROXY = None
+
+    def stop(self) -> None:
+        runner_module.SESSION_PROXY = None
+        if self.directory:
+            import shutil
+
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+
+_session_proxy = _SessionProxyProcess()
+#: ``0`` in a fork server's environment: its runners dial the broker themselves (no proxy).
+SESSION_PROXY_ENV = "RLM_SESSION_PROXY"
+
+
+def _short_temp_dir() -> str | None:
+    """/tmp where it exists (a unix socket's path must stay under 108 bytes), else the default."""
+    return "/tmp" if os.path.isdir("/tmp") and os.access("/tmp", os.W_OK) else None
+
+
+def _become_session_proxy(listener: socket.socket) -> None:
+    """In the forked child: the session proxy, until the server ends (it kills the proxy)."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGCHLD, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+        _set_name(PROXY_NAME)
+        runner_module.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        runner_module.prctl(runner_module.PR_SET_DUMPABLE, 0)  # it holds the sessions' tokens
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)  # never the server's report stream
+        keep = sorted(
+            {2, listener.fileno(), *([_sealed_bundle_fd()] if _sealed_bundle_fd() else [])}
+        )
+        start = 3
+        for fd in keep:
+            if fd >= start:
+                os.closerange(start, fd)
+                start = fd + 1
+        os.closerange(start, MAX_FD)
+        from rlm.environments.runner import sessionproxy
+
+        keepalive = {
+            False: runner_module.DIRECT_KEEPALIVE_MS,
+            True: runner_module.RELAYED_KEEPALIVE_MS,
+        }
+        code = sessionproxy.serve(listener, keepalive=keepalive)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
 
 
 _terminated = False
@@ -274,6 +385,8 @@ def serve(host_pid: int) -> int:
     subreaper = runner_module.prctl(runner_module.PR_SET_CHILD_SUBREAPER, 1)
     # What the runners will import anyway (IPython for the ipython shell), imported once here.
     runner_module.preload(os.environ.get(runner_module.PRELOAD_ENV, ""))
+    _session_proxy.start()
+    _freeze_for_forks()
     control = socket.socket(fileno=0)
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
@@ -318,6 +431,7 @@ def serve(host_pid: int) -> int:
             kill_tree([os.getpid()], spare=[os.getpid()])
         else:
             kill_tree(children)
+        _session_proxy.stop()
 
 
 # ---- the fork server of a shared sandbox (a tree's container) -------------------------------
@@ -419,6 +533,7 @@ def _reap_stdio(runners: dict[int, _StdioRunner], selector: selectors.BaseSelect
             break
         if pid == 0:
             break
+        _session_proxy.reaped(pid)
         runner = runners.pop(pid, None)
         if runner is not None:
             _close_stderr(runner, selector)
@@ -476,6 +591,8 @@ def serve_stdio(work_root: str | None = None) -> int:
     _set_name(SERVER_NAME)
     subreaper = runner_module.prctl(runner_module.PR_SET_CHILD_SUBREAPER, 1)
     runner_module.preload(os.environ.get(runner_module.PRELOAD_ENV, ""))
+    _session_proxy.start()
+    _freeze_for_forks()
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
@@ -522,3 +639,4 @@ def serve_stdio(work_root: str | None = None) -> int:
             kill_tree([os.getpid()], spare=[os.getpid()])
         else:
             kill_tree(list(runners))
+        _session_proxy.stop()

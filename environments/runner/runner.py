@@ -22,6 +22,7 @@ import os
 import pickle
 import queue
 import re
+import resource
 import signal
 import sys
 import threading
@@ -368,11 +369,51 @@ DIRECT_KEEPALIVE_MS = (20_000, 10_000)
 RELAYED_KEEPALIVE_MS = (60_000, 180_000)
 
 
+#: Set by the fork server that forked this runner: the unix socket of its session proxy
+#: (``sessionproxy.py``), through which the runner's calls share the server's connections.
+SESSION_PROXY: str | None = None
+
+
+def _broker_stub(address: str, token: str, relayed: bool) -> Any:
+    """A stub on a gRPC channel of the runner's own, every call carrying the session's token."""
+    ping_every, ping_timeout = RELAYED_KEEPALIVE_MS if relayed else DIRECT_KEEPALIVE_MS
+    channel = grpc.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", ping_every),
+            ("grpc.keepalive_timeout_ms", ping_timeout),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ],
+    )
+    return pb_grpc.BrokerStub(grpc.intercept_channel(channel, _SessionAuth(token)))
+
+
+def _proxied_stub(proxy: str | None, address: str, token: str, relayed: bool) -> Any:
+    """The same calls through the fork server's session proxy; None when there is none (or it
+    cannot be reached: the runner then dials the broker itself)."""
+    if not proxy:
+        return None
+    from rlm.environments.runner.sessionproxy import ProxyConnection
+
+    try:
+        return ProxyConnection(proxy, address, token, relayed=relayed)
+    except OSError as error:
+        print(f"rlm-runner: session proxy unreachable ({error})", file=sys.__stderr__)
+        return None
+
+
 class Runner:
     """One persistent interpreter attached to one broker session."""
 
     def __init__(
-        self, address: str, token: str, shell: str = "python", relayed: bool = False
+        self,
+        address: str,
+        token: str,
+        shell: str = "python",
+        relayed: bool = False,
+        proxy: str | None = None,
     ) -> None:
         if shell not in SHELLS:
             raise ValueError(f"unknown shell {shell!r}; choose one of: {', '.join(SHELLS)}")
@@ -380,19 +421,9 @@ class Runner:
         self._reset_namespace()
         # Made first: a sandbox without IPython fails here, before anything is attached.
         self._ipython = IPythonCells(self.namespace) if shell == "ipython" else None
-        ping_every, ping_timeout = RELAYED_KEEPALIVE_MS if relayed else DIRECT_KEEPALIVE_MS
-        channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.keepalive_time_ms", ping_every),
-                ("grpc.keepalive_timeout_ms", ping_timeout),
-                ("grpc.keepalive_permit_without_calls", 1),
-            ],
+        self._stub = _proxied_stub(proxy, address, token, relayed) or _broker_stub(
+            address, token, relayed
         )
-        self._channel = grpc.intercept_channel(channel, _SessionAuth(token))
-        self._stub = pb_grpc.BrokerStub(self._channel)
         self._outbox: queue.SimpleQueue[pb.RunnerMessage | None] = queue.SimpleQueue()
         self._work: queue.SimpleQueue[pb.HostMessage | None] = queue.SimpleQueue()
         self._stdout = _CellOutput()
@@ -861,7 +892,6 @@ def _exit_when_orphaned(broker_gone: threading.Event) -> None:
 
 def _apply_limits(limits: dict[str, int]) -> None:
     """Self-imposed rlimits (soft = hard, so the cell's code cannot raise them again)."""
-    import resource
 
     if limits.get("memory_bytes"):
         # Under an address-space cap, glibc's per-thread malloc arenas (64 MiB of reservation
@@ -1004,6 +1034,8 @@ def main() -> int:
             boot.token,
             shell=boot.shell or "python",
             relayed=boot.relay == "stdio",
+            # A runner with a relay of its own (not forked) keeps its own connection.
+            proxy=SESSION_PROXY if boot.relay is None else None,
         )
     except (ShellUnavailableError, ValueError) as error:
         print(f"rlm-runner: {error}", file=sys.stderr, flush=True)

@@ -34,6 +34,15 @@ def _is_bundle(cmdline: bytes) -> bool:
     )
 
 
+def _is_session_proxy(pid: int | str, cmdline: bytes) -> bool:
+    """The session proxy a fork server forks at its start (``rlm-proxy``), while its server
+    lives."""
+    if b"--fork-server" not in cmdline or _comm(pid) != b"rlm-proxy":
+        return False
+    parent = _parent_of(str(pid))
+    return parent is not None and _is_fork_server(parent, _cmdline(parent))
+
+
 def _is_fork_server(pid: int | str, cmdline: bytes) -> bool:
     """The fork server's runners keep its command line; the server is the one whose parent
     is not a fork server, and that is not a runner (or a copy of one a cell forked and that
@@ -54,6 +63,8 @@ def runner_pids(parent: int | None = None) -> list[int]:
         cmdline = _cmdline(entry)
         if not _is_bundle(cmdline) or _is_fork_server(entry, cmdline):
             continue
+        if _is_session_proxy(entry, cmdline):
+            continue  # part of its fork server, and ends with it
         if parent is not None and not _descends_from(entry, parent):
             continue
         pids.append(int(entry))

@@ -1,0 +1,426 @@
+"""The session proxy: the runners of one fork server share its gRPC connections to the broker.
+
+Creating a gRPC channel in a freshly forked process costs about 10 ms of CPU (gRPC's core starts
+anew in every child) and a relayed sandbox pays a relayed connection per runner on top. So the
+fork server starts this proxy once, as a child of its own (it never forks again, so it may start
+gRPC), and each runner it forks speaks to the proxy over a unix socket instead: the same protobuf
+messages, unparsed by the proxy, framed as::
+
+    <length u32> <stream u32> <kind u8> <payload>
+
+Runner -> proxy: ``H`` (stream 0, once, first) the broker's address, whether it is relayed, and
+the session's token, as JSON; ``O`` opens a call (``<method>\\n<timeout seconds or empty>``);
+``M`` one request message; ``E`` the end of the requests; ``C`` cancels the call.
+Proxy -> runner: ``M`` one response message; ``S`` the call's end (``<status code> <details>``).
+
+Each runner's calls still carry its own session's token, so the broker's authentication,
+admission and limits apply per session exactly as for a runner that dials the broker itself.
+A channel carries the calls of at most :data:`RUNNERS_PER_CHANNEL` runners (the broker allows
+64 concurrent streams per connection and every runner keeps one open). The proxy reads the
+runner's socket only as fast as the broker takes the messages, so a runner cannot make it hold
+more than a few messages per call. When the proxy is gone, every call of its runners fails as
+UNAVAILABLE, as with a broker that is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import socket
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import grpc
+
+HEADER = struct.Struct("!IIB")
+#: The largest frame the proxy reads from a runner: a message of the broker's 2 MiB limit.
+MAX_REQUEST_FRAME_BYTES = 2 * 1024 * 1024
+#: The largest frame a runner reads: a message of the host's 64 MiB limit.
+MAX_REPLY_FRAME_BYTES = 64 * 1024 * 1024
+#: Runners whose calls share one channel (one HTTP/2 connection) to the broker.
+RUNNERS_PER_CHANNEL = 16
+#: Request messages of one call the proxy holds while the broker has not taken them.
+QUEUED_PER_CALL = 4
+#: The calls a runner makes, and whether each streams.
+METHODS = {
+    "Attach": True,
+    "CompleteBatch": True,
+    "Complete": False,
+    "Subcall": False,
+    "CallTool": False,
+}
+SERVICE = "/rlm.v1.Broker/"
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def frame(stream: int, kind: bytes, payload: bytes = b"") -> bytes:
+    return HEADER.pack(len(payload), stream, kind[0]) + payload
+
+
+class ProxyCallError(grpc.RpcError):
+    """A call through the proxy that ended with a status other than OK (as ``grpc.RpcError``)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def _status(payload: bytes) -> ProxyCallError | None:
+    code, _, details = payload.decode("utf-8", "replace").partition(" ")
+    status = _STATUS_CODES.get(int(code) if code.isdigit() else -1, grpc.StatusCode.UNKNOWN)
+    return None if status == grpc.StatusCode.OK else ProxyCallError(status, details)
+
+
+# ---- the runner's side -------------------------------------------------------------------------
+
+
+class _Call:
+    """The runner's end of one call: the responses the reader thread hands it, in order."""
+
+    def __init__(self, connection: ProxyConnection, stream: int, reply_type: Any) -> None:
+        self._connection = connection
+        self.stream = stream
+        self._reply_type = reply_type
+        self.inbox: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()
+        self.ended = False
+
+    def next_reply(self) -> Any:
+        """The next response; ``StopIteration`` at an OK end; ``ProxyCallError`` otherwise."""
+        if self.ended:
+            raise StopIteration
+        kind, payload = self.inbox.get()
+        if kind == b"M":
+            return self._reply_type.FromString(payload)
+        self.ended = True
+        self._connection.forget(self.stream)
+        error = _status(payload)
+        if error is not None:
+            raise error
+        raise StopIteration
+
+    def cancel(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self._connection.forget(self.stream)
+            self._connection.send(frame(self.stream, b"C"))
+
+
+class _StreamCall(_Call):
+    """A streaming call: iterate it for the responses; its requests are sent by a thread."""
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        return self.next_reply()
+
+    def pump(self, requests: Iterable[Any]) -> None:
+        try:
+            for request in requests:
+                if self.ended:
+                    return
+                self._connection.send(frame(self.stream, b"M", request.SerializeToString()))
+            if not self.ended:
+                self._connection.send(frame(self.stream, b"E"))
+        except OSError:
+            pass  # the proxy is gone: the reader ends every call
+
+
+class ProxyConnection:
+    """One runner's connection to the session proxy, shaped like the broker's gRPC stub: each
+    method takes a request (or an iterator of them) and returns the reply (or an iterator)."""
+
+    def __init__(self, path: str, address: str, token: str, *, relayed: bool = False) -> None:
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._socket.connect(path)
+        except OSError:
+            self._socket.close()
+            raise
+        self._send_lock = threading.Lock()  # whole frames, one writer at a time
+        self._lock = threading.Lock()  # the calls table (never held while sending)
+        self._calls: dict[int, _Call] = {}
+        self._next_stream = 1
+        self._closed = False
+        hello = json.dumps({"address": address, "relayed": relayed, "token": token})
+        self.send(frame(0, b"H", hello.encode()))
+        threading.Thread(target=self._read, daemon=True, name="rlm-proxy-reader").start()
+
+    def send(self, data: bytes) -> None:
+        with self._send_lock:
+            self._socket.sendall(data)
+
+    def forget(self, stream: int) -> None:
+        with self._lock:
+            self._calls.pop(stream, None)
+
+    def _open(self, method: str, call_type: type[_Call]) -> _Call:
+        from rlm.protos import rlm_sandbox_pb2 as pb
+
+        reply_type = {
+            "Attach": pb.HostMessage,
+            "CompleteBatch": pb.BatchResult,
+            "CallTool": pb.ToolReply,
+        }.get(method, pb.CompleteReply)
+        with self._lock:
+            stream = self._next_stream
+            self._next_stream += 1
+            call = call_type(self, stream, reply_type)
+            if self._closed:
+                call.inbox.put((b"S", b"14 the session proxy is gone"))
+            else:
+                self._calls[stream] = call
+        return call
+
+    def _opening(self, call: _Call, method: str, timeout: float | None) -> bytes:
+        return frame(call.stream, b"O", f"{method}\n{timeout if timeout else ''}".encode())
+
+    def _unary(self, method: str, request: Any, timeout: float | None) -> Any:
+        call = self._open(method, _Call)
+        with contextlib.suppress(OSError):  # the proxy is gone: the reader ends the call
+            self.send(
+                self._opening(call, method, timeout)
+                + frame(call.stream, b"M", request.SerializeToString())
+                + frame(call.stream, b"E")
+            )
+        try:
+            reply = call.next_reply()
+            with contextlib.suppress(StopIteration):
+                call.next_reply()  # the status that follows the reply
+        except StopIteration:
+            raise ProxyCallError(
+                grpc.StatusCode.INTERNAL, "the call ended without a reply"
+            ) from None
+        finally:
+            call.cancel()  # a no-op once ended; tells the proxy when the cell was interrupted
+        return reply
+
+    def _stream(self, method: str, requests: Iterable[Any], timeout: float | None) -> Any:
+        call = self._open(method, _StreamCall)
+        with contextlib.suppress(OSError):
+            self.send(self._opening(call, method, timeout))
+        assert isinstance(call, _StreamCall)
+        threading.Thread(target=call.pump, args=(requests,), daemon=True).start()
+        return call
+
+    def Attach(self, requests: Iterable[Any]) -> Any:
+        return self._stream("Attach", requests, None)
+
+    def CompleteBatch(self, requests: Iterable[Any], timeout: float | None = None) -> Any:
+        return self._stream("CompleteBatch", requests, timeout)
+
+    def Complete(self, request: Any, timeout: float | None = None) -> Any:
+        return self._unary("Complete", request, timeout)
+
+    def Subcall(self, request: Any, timeout: float | None = None) -> Any:
+        return self._unary("Subcall", request, timeout)
+
+    def CallTool(self, request: Any, timeout: float | None = None) -> Any:
+        return self._unary("CallTool", request, timeout)
+
+    def _read(self) -> None:
+        reader = self._socket.makefile("rb")
+        try:
+            while True:
+                header = reader.read(HEADER.size)
+                if len(header) < HEADER.size:
+                    return
+                length, stream, kind = HEADER.unpack(header)
+                if length > MAX_REPLY_FRAME_BYTES:
+                    return
+                payload = reader.read(length)
+                if len(payload) < length:
+                    return
+                with self._lock:
+                    call = self._calls.get(stream)
+                if call is not None:
+                    call.inbox.put((bytes([kind]), payload))
+        except OSError:
+            return
+        finally:
+            with self._lock:
+                self._closed = True
+                calls, self._calls = list(self._calls.values()), {}
+            for call in calls:
+                call.inbox.put((b"S", b"14 the session proxy is gone"))
+
+
+# ---- the proxy -----------------------------------------------------------------------------
+
+
+def serve(listener: socket.socket, *, keepalive: dict[bool, tuple[int, int]]) -> int:
+    """Serves the runners that connect to ``listener`` until the process is killed (its fork
+    server's end kills it). ``keepalive`` maps "relayed" to (ping every, ping timeout) in ms."""
+    import asyncio
+
+    return asyncio.run(_Proxy(keepalive).serve(listener))
+
+
+class _Proxy:
+    def __init__(self, keepalive: dict[bool, tuple[int, int]]) -> None:
+        self._keepalive = keepalive
+        #: (address, relayed) -> [channel, runners using it]
+        self._channels: dict[tuple[str, bool], list[list[Any]]] = {}
+
+    async def serve(self, listener: socket.socket) -> int:
+        import asyncio
+
+        listener.setblocking(False)
+        server = await asyncio.start_unix_server(self._runner, sock=listener, limit=1 << 16)
+        async with server:
+            await server.serve_forever()
+        return 0
+
+    def _channel(self, address: str, relayed: bool) -> list[Any]:
+        from grpc import aio
+
+        from rlm.environments.runner.runner import MAX_MESSAGE_BYTES
+
+        slots = self._channels.setdefault((address, relayed), [])
+        for slot in slots:
+            if slot[1] < RUNNERS_PER_CHANNEL:
+                slot[1] += 1
+                return slot
+        ping_every, ping_timeout = self._keepalive[relayed]
+        channel = aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_time_ms", ping_every),
+                ("grpc.keepalive_timeout_ms", ping_timeout),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.use_local_subchannel_pool", 1),  # a connection of its own
+            ],
+        )
+        slot = [channel, 1]
+        slots.append(slot)
+        return slot
+
+    async def _runner(self, reader: Any, writer: Any) -> None:
+        import asyncio
+
+        calls: dict[int, _ProxiedCall] = {}
+        slot: list[Any] | None = None
+        try:
+            kind, stream, payload = await _read_frame(reader)
+            if kind != b"H":
+                return
+            hello = json.loads(payload)
+            slot = self._channel(str(hello["address"]), bool(hello.get("relayed")))
+            metadata = (("authorization", f"Bearer {hello['token']}"),)
+            del hello
+            while True:
+                kind, stream, payload = await _read_frame(reader)
+                call = calls.get(stream)
+                if kind == b"O" and call is None:
+                    method, _, timeout = payload.decode().partition("\n")
+                    call = _ProxiedCall(slot[0], method, metadata, timeout, stream, writer)
+                    calls[stream] = call
+                    call.task.add_done_callback(lambda _t, s=stream: calls.pop(s, None))
+                elif call is None:
+                    continue  # a call that has ended already
+                elif kind == b"M":
+                    await call.requests.put(payload)
+                elif kind == b"E":
+                    await call.requests.put(None)
+                elif kind == b"C":
+                    call.task.cancel()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, KeyError):
+            pass
+        finally:
+            for call in list(calls.values()):
+                call.task.cancel()
+            if slot is not None:
+                slot[1] -= 1
+            writer.close()
+
+
+async def _read_frame(reader: Any) -> tuple[bytes, int, bytes]:
+    length, stream, kind = HEADER.unpack(await reader.readexactly(HEADER.size))
+    if length > MAX_REQUEST_FRAME_BYTES:
+        raise ValueError("frame too long")
+    return bytes([kind]), stream, await reader.readexactly(length)
+
+
+class _ProxiedCall:
+    """One runner call, made on the shared channel with the runner's own token."""
+
+    def __init__(
+        self, channel: Any, method: str, metadata: Any, timeout: str, stream: int, writer: Any
+    ) -> None:
+        import asyncio
+
+        self.requests: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUED_PER_CALL)
+        self._stream = stream
+        self._writer = writer
+        self.task = asyncio.ensure_future(self._run(channel, method, metadata, timeout))
+
+    async def _send(self, kind: bytes, payload: bytes = b"") -> None:
+        self._writer.write(frame(self._stream, kind, payload))
+        await self._writer.drain()
+
+    async def _run(self, channel: Any, method: str, metadata: Any, timeout: str) -> None:
+        from grpc import aio
+
+        code, details = grpc.StatusCode.OK, ""
+        call: Any = None
+        try:
+            seconds = float(timeout) if timeout else None
+            if method not in METHODS:
+                code, details = grpc.StatusCode.UNIMPLEMENTED, f"no method {method!r}"
+            elif METHODS[method]:
+                call = channel.stream_stream(SERVICE + method)(metadata=metadata, timeout=seconds)
+                writing = _forward_requests(self.requests, call)
+                try:
+                    async for reply in call:
+                        await self._send(b"M", reply)
+                finally:
+                    writing.cancel()
+            else:
+                request = await self.requests.get()
+                if request is None:
+                    raise ValueError("a call without its request")
+                call = channel.unary_unary(SERVICE + method)(
+                    request, metadata=metadata, timeout=seconds
+                )
+                await self._send(b"M", await call)
+            await self._send(b"S", f"{code.value[0]} {details}".encode())
+        except aio.AioRpcError as error:
+            code, details = error.code(), error.details() or ""
+            await self._end(f"{code.value[0]} {details}")
+        except ValueError as error:
+            await self._end(f"{grpc.StatusCode.INVALID_ARGUMENT.value[0]} {error}")
+        except ConnectionError:
+            pass  # the runner is gone
+        finally:
+            if call is not None:
+                call.cancel()  # a no-op once the call is done
+
+    async def _end(self, status: str) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self._send(b"S", status.encode())
+
+
+def _forward_requests(requests: Any, call: Any) -> Any:
+    import asyncio
+
+    async def forward() -> None:
+        try:
+            while (request := await requests.get()) is not None:
+                await call.write(request)
+            await call.done_writing()
+        except Exception:
+            return
+
+    return asyncio.ensure_future(forward())

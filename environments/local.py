@@ -31,7 +31,7 @@ from .runner.bundle import runner_executable
 from .runner.runner import PRELOAD_ENV, SHARED_HOST_ENV
 
 #: Host variables the runner may see. Everything else (API keys, tokens, cloud credentials) stays out.
-ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "RLM_SESSION_PROXY")
+ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM")
 
 
 class LocalRunnerProcess(RunnerProcess):

@@ -267,17 +267,25 @@ def _freeze_for_forks() -> None:
 
 
 class _SessionProxyProcess:
-    """The session proxy (``sessionproxy.py``) this server forks at its start: runners it forks
-    afterwards speak to the broker through it (``runner.SESSION_PROXY`` holds its socket), and
-    dial the broker themselves once it is gone. Killed with everything else below the server."""
+    """The session proxy (``sessionproxy.py``) this server forks: runners it forks afterwards
+    speak to the broker through it (``runner.SESSION_PROXY`` holds its socket). Killed with
+    everything else below the server.
+
+    A cell runs as the same user as the proxy, so it can stop or kill it, as it can a sibling
+    runner: the runners on it then lose their broker (and are restarted by the host). Before
+    each fork the server checks it (one ``/proc`` read) and replaces one that is gone or
+    stopped, up to :data:`PROXY_STARTS` times; after that its runners dial the broker
+    themselves."""
 
     def __init__(self) -> None:
         self.pid: int | None = None
         self.directory: str | None = None
+        self.starts = 0
 
     def start(self) -> None:
-        if os.environ.get(SESSION_PROXY_ENV, "1") == "0":
+        if os.environ.get(SESSION_PROXY_ENV, "1") == "0" or self.starts >= PROXY_STARTS:
             return
+        self.starts += 1
         import tempfile
 
         # Imported here, once: a module a forked runner imports is compiled anew in each one
@@ -301,10 +309,19 @@ class _SessionProxyProcess:
         listener.close()
         runner_module.SESSION_PROXY = path
 
+    def ensure(self) -> None:
+        """Replaces a proxy that is gone or stopped (before a runner is forked to use it)."""
+        if self.pid is not None and _HAS_PROC and process_state(self.pid) in _NOT_SERVING:
+            _signal(self.pid, signal.SIGKILL)  # reaped (and swept) as a stranger
+            self.pid = None
+            self.stop()
+        if self.pid is None and self.starts:
+            self.start()
+
     def reaped(self, pid: int) -> None:
         if pid == self.pid:
             self.pid = None
-            runner_module.SESSION_PROXY = None
+            self.stop()
 
     def stop(self) -> None:
         runner_module.SESSION_PROXY = None
@@ -318,6 +335,11 @@ class _SessionProxyProcess:
 _session_proxy = _SessionProxyProcess()
 #: ``0`` in a fork server's environment: its runners dial the broker themselves (no proxy).
 SESSION_PROXY_ENV = "RLM_SESSION_PROXY"
+_HAS_PROC = os.path.isdir("/proc/self")
+#: Process states of a proxy that serves no one: gone, stopped (also by a tracer), dead.
+_NOT_SERVING = (None, "T", "t", "Z", "X")
+#: How many session proxies one fork server starts at most (the first and its replacements).
+PROXY_STARTS = 4
 
 
 def _short_temp_dir() -> str | None:
@@ -418,6 +440,7 @@ def serve(host_pid: int) -> int:
                         os.close(fd)
                     _report("P -1")
                     continue
+                _session_proxy.ensure()
                 pid = os.fork()
                 if pid == 0:
                     _become_runner(*fds)
@@ -554,6 +577,7 @@ def _control_line(
         if not seq.isdigit() or not bootstrap.strip():
             _report(f"P {int(seq) if seq.isdigit() else 0} -1")
             return None
+        _session_proxy.ensure()
         runner = _fork_stdio_runner(bootstrap, roots)
         runners[runner.pid] = runner
         _report(f"P {int(seq)} {runner.pid}")

@@ -292,3 +292,46 @@ def test_kill_tree_takes_the_children_of_a_process_that_is_exiting():
             os.kill(child, signal.SIGKILL)
         with contextlib.suppress(OSError):
             os.killpg(parent.pid, signal.SIGKILL)
+
+
+THREADS = "import threading; print(sorted(t.name for t in threading.enumerate()))"
+
+
+def test_forked_runners_reach_the_broker_through_the_servers_session_proxy(tree):
+    """The runners share the fork server's gRPC connections (its ``rlm-proxy`` child); with
+    ``RLM_SESSION_PROXY=0`` in the server's environment each dials the broker itself."""
+    _broker, start = tree
+    proxied = start()
+    threads = ast.literal_eval(run_sync(proxied.execute(THREADS)).stdout)
+    assert "rlm-proxy-reader" in threads
+    server = probe(proxied)[2]
+    names = [_comm(pid) for pid in process_tree([server]) if pid != server]
+    assert "rlm-proxy" in names
+    direct = start(env={"RLM_SESSION_PROXY": "0"})
+    threads = ast.literal_eval(run_sync(direct.execute(THREADS)).stdout)
+    assert "rlm-proxy-reader" not in threads
+    assert probe(direct)[2] != server  # a server of its own (another environment)
+    assert run_sync(direct.execute("print(llm_query('hi'))")).ok
+
+
+def _comm(pid: int) -> str:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as handle:
+        return handle.read().strip()
+    return ""
+
+
+def test_a_stopped_session_proxy_is_replaced_before_the_next_fork(tree):
+    """A cell can stop the proxy its siblings share (same user; here the test does it, so that
+    the stopping session does not wait out its own cell timeout): the next fork replaces it, so
+    later sessions do not hang on it."""
+    _broker, start = tree
+    env = start()
+    server = probe(env)[2]
+    (proxy,) = [pid for pid in process_tree([server]) if _comm(pid) == "rlm-proxy"]
+    os.kill(proxy, signal.SIGSTOP)
+    later = start()
+    result = run_sync(later.execute("print(llm_query('still there?'))"))
+    assert result.ok and result.stdout.strip(), result
+    assert wait_until(lambda: not alive(proxy)), "the stopped proxy is killed"
+    (replacement,) = [pid for pid in process_tree([server]) if _comm(pid) == "rlm-proxy"]
+    assert replacement != proxy

@@ -418,6 +418,29 @@ def test_a_session_cannot_read_another_runners_memory_or_environ(sessions):
     assert own == "True True 0\n"
 
 
+def test_a_session_cannot_read_the_memory_of_the_session_proxy(sessions):
+    """The fork server's session proxy holds the token of every session it carries: it is
+    non-dumpable, so no session's cell can open its memory."""
+    env = sessions.start()
+    server = fork_server_of(env)
+    proxies = [
+        pid
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and _comm(pid) == "rlm-proxy" and parent_of(int(pid)) == server
+    ]
+    assert len(proxies) == 1, "the fork server runs one session proxy"
+    seen = ast.literal_eval(ok(env, READ_OTHER.format(pid=proxies[0])))
+    assert seen["mem"] == "PermissionError"
+
+
+def _comm(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="what root's runner gives up: root only")
 def test_a_root_runner_cannot_read_the_memory_of_the_host_or_the_fork_server(sessions):
     """Without CAP_SYS_PTRACE (dropped, from the bounding set too) a root runner may not open
@@ -446,9 +469,10 @@ def test_the_runner_object_keeps_no_token(sessions, fork_server):
         "runner = llm_query.__self__\n"
         "print(repr(vars(runner)))\n"
         "print([v for v in vars(runner).values() if isinstance(v, (str, bytes, tuple))])\n"
+        "print(repr(getattr(runner._stub, '__dict__', None)))\n"
         "print(llm_query('ping'))",
     )
-    assert "_channel" in out, "the cell did not reach the runner object"
+    assert "_stub" in out, "the cell did not reach the runner object"
     assert token not in out and "Bearer" not in out
     assert out.endswith("echo:ping\n"), "the calls must still carry the token"
 

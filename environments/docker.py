@@ -78,20 +78,23 @@ INSTALL_RUNSC = (
 #: (about 40-70 on a 2-CPU host with the runner started, against 12 under runc): at 64 the runner
 #: never starts (gVisor panics creating its first stub thread, exit code 2).
 RUNSC_MIN_PIDS_LIMIT = 128
-#: Tasks (threads) one runner holds in the container's pids cgroup: 13 measured under runc while
-#: a cell runs (the interpreter, gRPC's threads, the runner's reader and orphan watcher, the two
-#: fd-capture pumps), plus room for the threads gRPC adds during calls. At 12, a 100-child
-#: fan-out lost a few children to "can't start new thread".
-TASKS_PER_RUNNER = 16
-#: pids_limit kept out of the sessions' share: the init and the fork server, plus what cells
-#: start; under gVisor also its own threads (see RUNSC_MIN_PIDS_LIMIT).
+#: Tasks (threads) one runner holds in the container's pids cgroup: 7 measured while a cell
+#: runs (the interpreter, its session-proxy reader and Attach writer, the orphan watcher, the
+#: reader of the host's messages, the two fd-capture pumps), one more per batch call in flight,
+#: and room for a thread a cell starts. (Before the session proxy each runner also held gRPC's
+#: own threads: 13 and more, and at 12 a 100-child fan-out lost children to "can't start new
+#: thread".)
+TASKS_PER_RUNNER = 10
+#: pids_limit kept out of the sessions' share: the init, the fork server and its session proxy
+#: (8 threads), plus what cells start; under gVisor also its own threads (see
+#: RUNSC_MIN_PIDS_LIMIT).
 RESERVED_TASKS = {"runsc": 80}
-RESERVED_TASKS_DEFAULT = 16
+RESERVED_TASKS_DEFAULT = 24
 
 
 def default_max_live_runners(pids_limit: int, runtime: str | None) -> int:
     """How many sessions the tree's container holds at once when ``max_live_runners`` is not
-    given: as many as its ``pids_limit`` leaves threads for (15 at the default 256, runc)."""
+    given: as many as its ``pids_limit`` leaves threads for (23 at the default 256, runc)."""
     reserved = RESERVED_TASKS.get(runtime or "", RESERVED_TASKS_DEFAULT)
     return max(1, (pids_limit - reserved) // TASKS_PER_RUNNER)
 
@@ -388,7 +391,7 @@ class DockerEnvironment(SandboxEnvironment):
     forked in the tree's one container; ``"own"``: a container per session, for siblings that
     must not reach each other), ``max_live_runners`` (sessions alive at once in the shared
     container, a further one waits up to ``startup_timeout``; default: what ``pids_limit``
-    leaves room for, 20 at the default 256 under runc, see :func:`default_max_live_runners`),
+    leaves room for, 23 at the default 256 under runc, see :func:`default_max_live_runners`),
     plus the shared ``pool_size`` / ``pool_idle_timeout`` / ``max_sandboxes`` (keep that many
     containers started and at most ``max_sandboxes`` alive, for every tree on the broker: runner
     containers with ``"own"``, each tree's fork-server container with ``"shared"``) and

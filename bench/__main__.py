@@ -10,6 +10,7 @@ per sandbox provider (the provider comparison); the reference runs in its local 
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
 
@@ -53,6 +54,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", default=",".join(WORKLOADS), help=f"comma-separated: {', '.join(WORKLOADS)}"
     )
+    parser.add_argument(
+        "--environment-kwargs",
+        help="JSON object added to every environment's environment_kwargs (ours only), e.g. "
+        '\'{"pids_limit": 1024}\' or \'{"env": {"RLM_SESSION_PROXY": "0"}}\' (local)',
+    )
     return parser.parse_args(argv)
 
 
@@ -69,6 +75,11 @@ def config_from(args: argparse.Namespace) -> SuiteConfig:
     if unknown:
         raise SystemExit(f"unknown workload(s) {sorted(unknown)}; choose from {WORKLOADS}")
     config.only = only
+    if args.environment_kwargs:
+        extra = json.loads(args.environment_kwargs)
+        if not isinstance(extra, dict):
+            raise SystemExit("--environment-kwargs must be a JSON object")
+        config.environment_kwargs = extra
     return config
 
 

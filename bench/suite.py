@@ -37,6 +37,8 @@ class SuiteConfig:
     children: int = 100
     children_latency: float = 0.2
     only: tuple[str, ...] = WORKLOADS
+    #: added to every environment's environment_kwargs (ours only: ``--environment-kwargs``)
+    environment_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def quick(cls) -> SuiteConfig:
@@ -98,6 +100,7 @@ class Suite:
                 "environment": provider.name,
                 "environment_kwargs": {
                     **(standin.environment_kwargs if standin is not None else {}),
+                    **(self.config.environment_kwargs if system == "ours" else {}),
                     **(params.get("environment_kwargs") or {}),
                 },
             }

@@ -269,8 +269,8 @@ def serve(listener: socket.socket, *, keepalive: dict[bool, tuple[int, int]]) ->
 class _Proxy:
     def __init__(self, keepalive: dict[bool, tuple[int, int]]) -> None:
         self._keepalive = keepalive
-        #: (address, relayed) -> [channel, runners using it]
-        self._channels: dict[tuple[str, bool], list[list[Any]]] = {}
+        #: (address, relayed) -> the channels to it
+        self._channels: dict[tuple[str, bool], list[_SharedChannel]] = {}
 
     async def serve(self, listener: socket.socket) -> int:
         import asyncio
@@ -281,43 +281,45 @@ class _Proxy:
             await server.serve_forever()
         return 0
 
-    def _channel(self, address: str, relayed: bool) -> list[Any]:
+    def _channel(self, address: str, relayed: bool) -> _SharedChannel:
+        """A channel to ``address`` with room for one more runner (a new one when all are full)."""
         from grpc import aio
 
         from rlm.environments.runner.runner import MAX_MESSAGE_BYTES
 
-        slots = self._channels.setdefault((address, relayed), [])
-        for slot in slots:
-            if slot[1] < RUNNERS_PER_CHANNEL:
-                slot[1] += 1
-                return slot
+        shared = self._channels.setdefault((address, relayed), [])
+        for channel in shared:
+            if channel.runners < RUNNERS_PER_CHANNEL:
+                channel.runners += 1
+                return channel
         ping_every, ping_timeout = self._keepalive[relayed]
-        channel = aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.keepalive_time_ms", ping_every),
-                ("grpc.keepalive_timeout_ms", ping_timeout),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.use_local_subchannel_pool", 1),  # a connection of its own
-            ],
+        channel = _SharedChannel(
+            aio.insecure_channel(
+                address,
+                options=[
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.keepalive_time_ms", ping_every),
+                    ("grpc.keepalive_timeout_ms", ping_timeout),
+                    ("grpc.keepalive_permit_without_calls", 1),
+                    ("grpc.use_local_subchannel_pool", 1),  # a connection of its own
+                ],
+            )
         )
-        slot = [channel, 1]
-        slots.append(slot)
-        return slot
+        shared.append(channel)
+        return channel
 
     async def _runner(self, reader: Any, writer: Any) -> None:
         import asyncio
 
         calls: dict[int, _ProxiedCall] = {}
-        slot: list[Any] | None = None
+        channel: _SharedChannel | None = None
         try:
             kind, stream, payload = await _read_frame(reader)
             if kind != b"H":
                 return
             hello = json.loads(payload)
-            slot = self._channel(str(hello["address"]), bool(hello.get("relayed")))
+            channel = self._channel(str(hello["address"]), bool(hello.get("relayed")))
             metadata = (("authorization", f"Bearer {hello['token']}"),)
             del hello
             while True:
@@ -325,7 +327,7 @@ class _Proxy:
                 call = calls.get(stream)
                 if kind == b"O" and call is None:
                     method, _, timeout = payload.decode().partition("\n")
-                    call = _ProxiedCall(slot[0], method, metadata, timeout, stream, writer)
+                    call = _ProxiedCall(channel, method, metadata, timeout, stream, writer)
                     calls[stream] = call
                     call.task.add_done_callback(lambda _t, s=stream: calls.pop(s, None))
                 elif call is None:
@@ -341,8 +343,8 @@ class _Proxy:
         finally:
             for call in list(calls.values()):
                 call.task.cancel()
-            if slot is not None:
-                slot[1] -= 1
+            if channel is not None:
+                channel.runners -= 1
             writer.close()
 
 
@@ -351,6 +353,23 @@ async def _read_frame(reader: Any) -> tuple[bytes, int, bytes]:
     if length > MAX_REQUEST_FRAME_BYTES:
         raise ValueError("frame too long")
     return bytes([kind]), stream, await reader.readexactly(length)
+
+
+class _SharedChannel:
+    """One channel (one connection) to the broker, the runners on it, and its methods."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.runners = 1
+        self._methods: dict[str, Any] = {}
+
+    def method(self, name: str) -> Any:
+        """The channel's callable for ``name`` (made once): bytes in, bytes out."""
+        made = self._methods.get(name)
+        if made is None:
+            kind = self.channel.stream_stream if METHODS[name] else self.channel.unary_unary
+            made = self._methods[name] = kind(SERVICE + name)
+        return made
 
 
 class _ProxiedCall:
@@ -380,7 +399,7 @@ class _ProxiedCall:
             if method not in METHODS:
                 code, details = grpc.StatusCode.UNIMPLEMENTED, f"no method {method!r}"
             elif METHODS[method]:
-                call = channel.stream_stream(SERVICE + method)(metadata=metadata, timeout=seconds)
+                call = channel.method(method)(metadata=metadata, timeout=seconds)
                 writing = _forward_requests(self.requests, call)
                 try:
                     async for reply in call:
@@ -391,10 +410,13 @@ class _ProxiedCall:
                 request = await self.requests.get()
                 if request is None:
                     raise ValueError("a call without its request")
-                call = channel.unary_unary(SERVICE + method)(
-                    request, metadata=metadata, timeout=seconds
+                call = channel.method(method)(request, metadata=metadata, timeout=seconds)
+                reply = await call
+                self._writer.write(
+                    frame(self._stream, b"M", reply) + frame(self._stream, b"S", b"0 ")
                 )
-                await self._send(b"M", await call)
+                await self._writer.drain()
+                return
             await self._send(b"S", f"{code.value[0]} {details}".encode())
         except aio.AioRpcError as error:
             code, details = error.code(), error.details() or ""

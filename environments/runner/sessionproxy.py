@@ -25,6 +25,7 @@ UNAVAILABLE, as with a broker that is gone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import queue
 import socket
@@ -136,6 +137,19 @@ class _StreamCall(_Call):
             pass  # the proxy is gone: the reader ends every call
 
 
+@functools.cache
+def _reply_types() -> dict[str, Any]:
+    from rlm.protos import rlm_sandbox_pb2 as pb
+
+    return {
+        "Attach": pb.HostMessage,
+        "CompleteBatch": pb.BatchResult,
+        "CallTool": pb.ToolReply,
+        "Complete": pb.CompleteReply,
+        "Subcall": pb.CompleteReply,
+    }
+
+
 class ProxyConnection:
     """One runner's connection to the session proxy, shaped like the broker's gRPC stub: each
     method takes a request (or an iterator of them) and returns the reply (or an iterator)."""
@@ -165,13 +179,7 @@ class ProxyConnection:
             self._calls.pop(stream, None)
 
     def _open(self, method: str, call_type: type[_Call]) -> _Call:
-        from rlm.protos import rlm_sandbox_pb2 as pb
-
-        reply_type = {
-            "Attach": pb.HostMessage,
-            "CompleteBatch": pb.BatchResult,
-            "CallTool": pb.ToolReply,
-        }.get(method, pb.CompleteReply)
+        reply_type = _reply_types()[method]
         with self._lock:
             stream = self._next_stream
             self._next_stream += 1
@@ -338,8 +346,8 @@ class _Proxy:
                     await call.requests.put(None)
                 elif kind == b"C":
                     call.task.cancel()
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError, KeyError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, KeyError, TypeError):
+            pass  # the runner is gone, or is not speaking this protocol: drop its connection
         finally:
             for call in list(calls.values()):
                 call.task.cancel()

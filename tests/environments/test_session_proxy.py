@@ -8,6 +8,7 @@ the real one, in-process, with scripted session handlers; the runner side is the
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 
+import grpc
 import pytest
 
 from rlm.broker.loop import run_sync
@@ -189,3 +191,38 @@ def _until(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.01)
+
+
+def test_a_connection_that_does_not_speak_the_protocol_is_dropped_and_others_go_on(broker, proxy):
+    """A cell can connect to the proxy itself: garbage, a hello that is not an object, a frame
+    over the size limit, or an unknown method cost it its own connection, nothing more."""
+    header = sessionproxy.HEADER
+    attempts = [
+        b"\x00" * 3,  # cut short
+        sessionproxy.frame(0, b"H", b"[1, 2]"),  # a hello that is not an object
+        header.pack(sessionproxy.MAX_REQUEST_FRAME_BYTES + 1, 0, ord("H")),  # too long
+    ]
+    for data in attempts:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(proxy.path)
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(10)
+            assert sock.recv(1) == b"", "the proxy closes the connection"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(proxy.path)
+        hello = json.dumps({"address": broker.server.address, "token": broker.token})
+        sock.sendall(
+            sessionproxy.frame(0, b"H", hello.encode())
+            + sessionproxy.frame(1, b"O", b"Shutdown\n")
+            + sessionproxy.frame(1, b"M", b"")
+            + sessionproxy.frame(1, b"E")
+        )
+        sock.settimeout(10)
+        reply = sock.makefile("rb")
+        length, stream, kind = header.unpack(reply.read(header.size))
+        status = reply.read(length)
+    assert (stream, kind) == (1, ord("S"))
+    assert status.startswith(b"%d " % grpc.StatusCode.UNIMPLEMENTED.value[0])
+    assert proxied_runner(broker, proxy).llm_query("still") == "re:still"
+    assert proxy.process.poll() is None

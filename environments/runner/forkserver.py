@@ -267,9 +267,9 @@ def _freeze_for_forks() -> None:
 
 
 class _SessionProxyProcess:
-    """The session proxy (``sessionproxy.py``) this server forks: runners it forks afterwards
-    speak to the broker through it (``runner.SESSION_PROXY`` holds its socket). Killed with
-    everything else below the server.
+    """The session proxy (``sessionproxy.py``) this server forks: runners it forks beside
+    others speak to the broker through it (``runner.SESSION_PROXY`` holds its socket, see
+    :meth:`before_fork`). Killed with everything else below the server.
 
     A cell runs as the same user as the proxy, so it can stop or kill it, as it can a sibling
     runner: the runners on it then lose their broker (and are restarted by the host). Before
@@ -280,6 +280,7 @@ class _SessionProxyProcess:
     def __init__(self) -> None:
         self.pid: int | None = None
         self.directory: str | None = None
+        self.path: str | None = None
         self.starts = 0
 
     def start(self) -> None:
@@ -307,7 +308,15 @@ class _SessionProxyProcess:
         if self.pid == 0:
             _become_session_proxy(listener)
         listener.close()
-        runner_module.SESSION_PROXY = path
+        self.path = path
+
+    def before_fork(self, live_runners: int) -> None:
+        """Says to the runner about to be forked whether it uses the proxy: one forked while
+        others live does (it saves starting gRPC, ~10 ms of CPU); one forked alone (the root of
+        a tree, a sequential session) dials the broker itself, paying that once and then
+        sparing each of its calls the proxy's extra hop."""
+        self.ensure()
+        runner_module.SESSION_PROXY = self.path if live_runners else None
 
     def ensure(self) -> None:
         """Replaces a proxy that is gone or stopped (before a runner is forked to use it)."""
@@ -324,7 +333,7 @@ class _SessionProxyProcess:
             self.stop()
 
     def stop(self) -> None:
-        runner_module.SESSION_PROXY = None
+        self.path = None
         if self.directory:
             import shutil
 
@@ -440,7 +449,7 @@ def serve(host_pid: int) -> int:
                         os.close(fd)
                     _report("P -1")
                     continue
-                _session_proxy.ensure()
+                _session_proxy.before_fork(len(children))
                 pid = os.fork()
                 if pid == 0:
                     _become_runner(*fds)
@@ -577,7 +586,7 @@ def _control_line(
         if not seq.isdigit() or not bootstrap.strip():
             _report(f"P {int(seq) if seq.isdigit() else 0} -1")
             return None
-        _session_proxy.ensure()
+        _session_proxy.before_fork(len(runners))
         runner = _fork_stdio_runner(bootstrap, roots)
         runners[runner.pid] = runner
         _report(f"P {int(seq)} {runner.pid}")

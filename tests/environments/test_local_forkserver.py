@@ -298,20 +298,29 @@ THREADS = "import threading; print(sorted(t.name for t in threading.enumerate())
 
 
 def test_forked_runners_reach_the_broker_through_the_servers_session_proxy(tree):
-    """The runners share the fork server's gRPC connections (its ``rlm-proxy`` child); with
-    ``RLM_SESSION_PROXY=0`` in the server's environment each dials the broker itself."""
+    """A runner forked while others live shares the fork server's gRPC connections (its
+    ``rlm-proxy`` child); one forked alone dials the broker itself (it then spares each of its
+    calls the proxy's hop); with ``RLM_SESSION_PROXY=0`` in the server's environment every
+    runner dials the broker itself. (Each case gets a fork server of its own: environments
+    whose runner environment differs do not share one.)"""
     _broker, start = tree
-    proxied = start()
-    threads = ast.literal_eval(run_sync(proxied.execute(THREADS)).stdout)
-    assert "rlm-proxy-reader" in threads
-    server = probe(proxied)[2]
-    names = [_comm(pid) for pid in process_tree([server]) if pid != server]
-    assert "rlm-proxy" in names
-    direct = start(env={"RLM_SESSION_PROXY": "0"})
-    threads = ast.literal_eval(run_sync(direct.execute(THREADS)).stdout)
-    assert "rlm-proxy-reader" not in threads
-    assert probe(direct)[2] != server  # a server of its own (another environment)
-    assert run_sync(direct.execute("print(llm_query('hi'))")).ok
+
+    def uses_proxy(env: LocalEnvironment) -> bool:
+        result = run_sync(env.execute(THREADS))
+        assert result.ok, result.error
+        return "rlm-proxy-reader" in ast.literal_eval(result.stdout)
+
+    alone = start(env={"RLM_TEST_SERVER": "proxy"})
+    beside = start(env={"RLM_TEST_SERVER": "proxy"})
+    assert not uses_proxy(alone) and uses_proxy(beside)
+    server = probe(beside)[2]
+    assert probe(alone)[2] == server
+    assert "rlm-proxy" in [_comm(pid) for pid in process_tree([server]) if pid != server]
+    assert run_sync(beside.execute("print(llm_query('hi'))")).ok
+    off = [start(env={"RLM_SESSION_PROXY": "0"}) for _ in range(2)]
+    assert not any(uses_proxy(env) for env in off)
+    assert probe(off[1])[2] != server
+    assert run_sync(off[1].execute("print(llm_query('hi'))")).ok
 
 
 def _comm(pid: int) -> str:

@@ -262,13 +262,12 @@ def _freeze_for_forks() -> None:
     runner's collections then never walk (and so copy, page by page) the server's heap."""
     import gc
 
-    gc.collect()
-    gc.freeze()
+    gc.freeze()  # no collection first: it would cost the first fork more than it saves
 
 
 class _SessionProxyProcess:
-    """The session proxy (``sessionproxy.py``) this server forks: runners it forks beside
-    others speak to the broker through it (``runner.SESSION_PROXY`` holds its socket, see
+    """The session proxy (``sessionproxy.py``) this server forks after its first runner:
+    runners it forks beside others speak to the broker through it (``runner.SESSION_PROXY`` holds its socket, see
     :meth:`before_fork`). Killed with everything else below the server.
 
     A cell runs as the same user as the proxy, so it can stop or kill it, as it can a sibling
@@ -317,6 +316,13 @@ class _SessionProxyProcess:
         sparing each of its calls the proxy's extra hop."""
         self.ensure()
         runner_module.SESSION_PROXY = self.path if live_runners else None
+
+    def after_fork(self) -> None:
+        """Starts the proxy after the server's first fork: that runner, alone, does not use it,
+        and starts up beside it rather than after it."""
+        if not self.starts:
+            self.start()
+            _freeze_for_forks()  # what the proxy's start imported, too
 
     def ensure(self) -> None:
         """Replaces a proxy that is gone or stopped (before a runner is forked to use it)."""
@@ -416,7 +422,6 @@ def serve(host_pid: int) -> int:
     subreaper = runner_module.prctl(runner_module.PR_SET_CHILD_SUBREAPER, 1)
     # What the runners will import anyway (IPython for the ipython shell), imported once here.
     runner_module.preload(os.environ.get(runner_module.PRELOAD_ENV, ""))
-    _session_proxy.start()
     _freeze_for_forks()
     control = socket.socket(fileno=0)
     wake_read, wake_write = os.pipe()
@@ -457,6 +462,7 @@ def serve(host_pid: int) -> int:
                     os.close(fd)
                 children.add(pid)
                 _report(f"P {pid}")
+                _session_proxy.after_fork()
     finally:
         # Everything below this server: runners, what their cells started, what was adopted.
         if os.path.isdir("/proc/self"):
@@ -590,6 +596,7 @@ def _control_line(
         runner = _fork_stdio_runner(bootstrap, roots)
         runners[runner.pid] = runner
         _report(f"P {int(seq)} {runner.pid}")
+        _session_proxy.after_fork()
         return runner
     if kind == b"K" and rest.strip().isdigit() and int(rest) in runners:
         kill_tree([int(rest)])
@@ -624,7 +631,6 @@ def serve_stdio(work_root: str | None = None) -> int:
     _set_name(SERVER_NAME)
     subreaper = runner_module.prctl(runner_module.PR_SET_CHILD_SUBREAPER, 1)
     runner_module.preload(os.environ.get(runner_module.PRELOAD_ENV, ""))
-    _session_proxy.start()
     _freeze_for_forks()
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)

@@ -129,13 +129,16 @@ def test_an_interrupted_call_is_cancelled_at_the_broker(broker, proxy):
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
 
+    def interrupt_once_it_waits() -> None:
+        _until(lambda: broker.handler.started == ["wait:long"])
+        os.kill(os.getpid(), signal.SIGALRM)  # handled in the main thread, which waits
+
     previous = signal.signal(signal.SIGALRM, interrupt)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        threading.Thread(target=interrupt_once_it_waits, daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
             runner.llm_query("wait:long")
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     _until(lambda: broker.handler.cancelled == ["wait:long"])
     assert runner.llm_query("after") == "re:after"  # the connection goes on

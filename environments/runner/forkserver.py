@@ -375,9 +375,8 @@ def _become_session_proxy(listener: socket.socket) -> None:
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)  # never the server's report stream
-        keep = sorted(
-            {2, listener.fileno(), *([_sealed_bundle_fd()] if _sealed_bundle_fd() else [])}
-        )
+        bundle = _sealed_bundle_fd()  # lazy imports read the zipapp from it: keep it open
+        keep = sorted({2, listener.fileno(), *([bundle] if bundle is not None else [])})
         start = 3
         for fd in keep:
             if fd >= start:

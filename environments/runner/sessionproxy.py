@@ -337,7 +337,7 @@ class _Proxy:
                     method, _, timeout = payload.decode().partition("\n")
                     call = _ProxiedCall(channel, method, metadata, timeout, stream, writer)
                     calls[stream] = call
-                    call.task.add_done_callback(lambda _t, s=stream: calls.pop(s, None))
+                    call.task.add_done_callback(functools.partial(_forget, calls, stream))
                 elif call is None:
                     continue  # a call that has ended already
                 elif kind == b"M":
@@ -354,6 +354,10 @@ class _Proxy:
             if channel is not None:
                 channel.runners -= 1
             writer.close()
+
+
+def _forget(calls: dict[int, _ProxiedCall], stream: int, _task: object) -> None:
+    calls.pop(stream, None)
 
 
 async def _read_frame(reader: Any) -> tuple[bytes, int, bytes]:

@@ -224,6 +224,11 @@ class _Servicer(pb_grpc.BrokerServicer):
     def __init__(self, server: BrokerServer) -> None:
         self._server = server
 
+    # _admitted: a stream the broker accepts gets its (empty) initial metadata as soon as its
+    # token is checked. The session proxy waits for it before it forwards the requests: a
+    # request written while a refusal is on its way makes gRPC's client report the call as
+    # INTERNAL ("Internal error from Core") instead of with the refusal's own status.
+
     async def _session(self, context: grpc.aio.ServicerContext) -> Session:
         for key, value in context.invocation_metadata() or ():
             if key == "authorization" and value.startswith("Bearer "):
@@ -239,6 +244,7 @@ class _Servicer(pb_grpc.BrokerServicer):
         session = await self._session(context)
         if session._attached.done():  # checked before reading anything from this stream
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, "a runner is already attached")
+        await context.send_initial_metadata(())  # admitted: see _admitted
         first = await context.read()
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
@@ -304,6 +310,7 @@ class _Servicer(pb_grpc.BrokerServicer):
 
     async def CompleteBatch(self, request_iterator, context):
         session = await self._session(context)
+        await context.send_initial_metadata(())  # admitted: see _admitted
         batch = _Batch(self._server, session.handler, self._refusal)
         await batch.serve(context)
 

@@ -303,9 +303,11 @@ class _SessionProxyProcess:
             print(f"rlm-forkserver: no session proxy ({error})", file=sys.stderr, flush=True)
             self.stop()
             return
+        _set_name(PROXY_NAME)  # so that the proxy has its name from its first moment
         self.pid = os.fork()
         if self.pid == 0:
             _become_session_proxy(listener)
+        _set_name(SERVER_NAME)
         listener.close()
         self.path = path
 

@@ -451,6 +451,12 @@ def _forward_requests(requests: Any, call: Any) -> Any:
 
     async def forward() -> None:
         try:
+            # Only once the broker has admitted the stream (its initial metadata, sent when
+            # the token is checked; see broker/server.py): a request written while a refusal
+            # is on its way would turn the call's status into gRPC's own INTERNAL error.
+            await call.initial_metadata()
+            if call.done():
+                return
             while (request := await requests.get()) is not None:
                 await call.write(request)
             await call.done_writing()

@@ -387,11 +387,7 @@ def _become_session_proxy(listener: socket.socket) -> None:
         os.closerange(start, MAX_FD)
         from rlm.environments.runner import sessionproxy
 
-        keepalive = {
-            False: runner_module.DIRECT_KEEPALIVE_MS,
-            True: runner_module.RELAYED_KEEPALIVE_MS,
-        }
-        code = sessionproxy.serve(listener, keepalive=keepalive)
+        code = sessionproxy.serve(listener)
     except BaseException:
         import traceback
 

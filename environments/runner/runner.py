@@ -374,19 +374,21 @@ RELAYED_KEEPALIVE_MS = (60_000, 180_000)
 SESSION_PROXY: str | None = None
 
 
+def channel_options(relayed: bool) -> list[tuple[str, int]]:
+    """The options of a channel to the broker (a runner's own, or the session proxy's)."""
+    ping_every, ping_timeout = RELAYED_KEEPALIVE_MS if relayed else DIRECT_KEEPALIVE_MS
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", ping_every),
+        ("grpc.keepalive_timeout_ms", ping_timeout),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
 def _broker_stub(address: str, token: str, relayed: bool) -> Any:
     """A stub on a gRPC channel of the runner's own, every call carrying the session's token."""
-    ping_every, ping_timeout = RELAYED_KEEPALIVE_MS if relayed else DIRECT_KEEPALIVE_MS
-    channel = grpc.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.keepalive_time_ms", ping_every),
-            ("grpc.keepalive_timeout_ms", ping_timeout),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ],
-    )
+    channel = grpc.insecure_channel(address, options=channel_options(relayed))
     return pb_grpc.BrokerStub(grpc.intercept_channel(channel, _SessionAuth(token)))
 
 

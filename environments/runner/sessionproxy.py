@@ -266,17 +266,16 @@ class ProxyConnection:
 # ---- the proxy -----------------------------------------------------------------------------
 
 
-def serve(listener: socket.socket, *, keepalive: dict[bool, tuple[int, int]]) -> int:
+def serve(listener: socket.socket) -> int:
     """Serves the runners that connect to ``listener`` until the process is killed (its fork
-    server's end kills it). ``keepalive`` maps "relayed" to (ping every, ping timeout) in ms."""
+    server's end kills it)."""
     import asyncio
 
-    return asyncio.run(_Proxy(keepalive).serve(listener))
+    return asyncio.run(_Proxy().serve(listener))
 
 
 class _Proxy:
-    def __init__(self, keepalive: dict[bool, tuple[int, int]]) -> None:
-        self._keepalive = keepalive
+    def __init__(self) -> None:
         #: (address, relayed) -> the channels to it
         self._channels: dict[tuple[str, bool], list[_SharedChannel]] = {}
 
@@ -293,27 +292,18 @@ class _Proxy:
         """A channel to ``address`` with room for one more runner (a new one when all are full)."""
         from grpc import aio
 
-        from rlm.environments.runner.runner import MAX_MESSAGE_BYTES
+        from rlm.environments.runner.runner import channel_options
 
         shared = self._channels.setdefault((address, relayed), [])
         for channel in shared:
             if channel.runners < RUNNERS_PER_CHANNEL:
                 channel.runners += 1
                 return channel
-        ping_every, ping_timeout = self._keepalive[relayed]
-        channel = _SharedChannel(
-            aio.insecure_channel(
-                address,
-                options=[
-                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                    ("grpc.keepalive_time_ms", ping_every),
-                    ("grpc.keepalive_timeout_ms", ping_timeout),
-                    ("grpc.keepalive_permit_without_calls", 1),
-                    ("grpc.use_local_subchannel_pool", 1),  # a connection of its own
-                ],
-            )
-        )
+        options = [
+            *channel_options(relayed),
+            ("grpc.use_local_subchannel_pool", 1),  # a connection of its own
+        ]
+        channel = _SharedChannel(aio.insecure_channel(address, options=options))
         shared.append(channel)
         return channel
 

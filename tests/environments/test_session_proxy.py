@@ -29,10 +29,8 @@ from tests.test_batch_rpc import Broker, ScriptedHandler
 
 PROXY = """
 import socket, sys
-from rlm.environments.runner import runner, sessionproxy
-listener = socket.socket(fileno=int(sys.argv[1]))
-keepalive = {False: runner.DIRECT_KEEPALIVE_MS, True: runner.RELAYED_KEEPALIVE_MS}
-sessionproxy.serve(listener, keepalive=keepalive)
+from rlm.environments.runner import sessionproxy
+sessionproxy.serve(socket.socket(fileno=int(sys.argv[1])))
 """
 
 

@@ -278,6 +278,7 @@ class _Proxy:
     def __init__(self) -> None:
         #: (address, relayed) -> the channels to it
         self._channels: dict[tuple[str, bool], list[_SharedChannel]] = {}
+        self._closing: set[Any] = set()  # channels being closed (their tasks, kept alive)
 
     async def serve(self, listener: socket.socket) -> int:
         import asyncio
@@ -342,8 +343,23 @@ class _Proxy:
             for call in list(calls.values()):
                 call.task.cancel()
             if channel is not None:
-                channel.runners -= 1
+                self._release(channel)
             writer.close()
+
+    def _release(self, channel: _SharedChannel) -> None:
+        """One runner fewer on ``channel``; a channel no runner uses is closed (so the proxy
+        holds no more channels than runners, whatever addresses its connections name)."""
+        import asyncio
+
+        channel.runners -= 1
+        if channel.runners == 0:
+            for shared in self._channels.values():
+                if channel in shared:
+                    shared.remove(channel)
+            self._channels = {key: shared for key, shared in self._channels.items() if shared}
+            closing = asyncio.ensure_future(channel.channel.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
 
 def _forget(calls: dict[int, _ProxiedCall], stream: int, _task: object) -> None:

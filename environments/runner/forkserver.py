@@ -267,8 +267,8 @@ def _freeze_for_forks() -> None:
 
 class _SessionProxyProcess:
     """The session proxy (``sessionproxy.py``) this server forks after its first runner:
-    runners it forks beside others speak to the broker through it (``runner.SESSION_PROXY`` holds its socket, see
-    :meth:`before_fork`). Killed with everything else below the server.
+    runners it forks beside others speak to the broker through it (``runner.SESSION_PROXY``
+    holds its socket, see :meth:`before_fork`). Killed with everything else below the server.
 
     A cell runs as the same user as the proxy, so it can stop or kill it, as it can a sibling
     runner: the runners on it then lose their broker (and are restarted by the host). Before

@@ -199,6 +199,14 @@ def result(request: pytest.FixtureRequest, value: Any) -> subprocess.CompletedPr
     return _RUNS.take(key).wait()
 
 
+def summary_of_green(completed: subprocess.CompletedProcess[str], stdout_tail: int = 4000) -> str:
+    """The last line pytest printed (its summary) in a run that must have passed; fails the
+    test with the end of the run's output when it exited non-zero."""
+    summary = (completed.stdout.strip().splitlines() or ["(no output)"])[-1]
+    assert completed.returncode == 0, completed.stdout[-stdout_tail:] + completed.stderr[-2000:]
+    return summary
+
+
 def running_pids() -> list[int]:
     """The pids of the runs in flight."""
     return _RUNS.running_pids()

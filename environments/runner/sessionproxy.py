@@ -295,7 +295,8 @@ class _Proxy:
 
         from rlm.environments.runner.runner import channel_options
 
-        shared = self._channels.setdefault((address, relayed), [])
+        key = (address, relayed)
+        shared = self._channels.setdefault(key, [])
         for channel in shared:
             if channel.runners < RUNNERS_PER_CHANNEL:
                 channel.runners += 1
@@ -304,7 +305,7 @@ class _Proxy:
             *channel_options(relayed),
             ("grpc.use_local_subchannel_pool", 1),  # a connection of its own
         ]
-        channel = _SharedChannel(aio.insecure_channel(address, options=options))
+        channel = _SharedChannel(key, aio.insecure_channel(address, options=options))
         shared.append(channel)
         return channel
 
@@ -353,10 +354,10 @@ class _Proxy:
 
         channel.runners -= 1
         if channel.runners == 0:
-            for shared in self._channels.values():
-                if channel in shared:
-                    shared.remove(channel)
-            self._channels = {key: shared for key, shared in self._channels.items() if shared}
+            shared = self._channels[channel.key]
+            shared.remove(channel)
+            if not shared:
+                del self._channels[channel.key]
             closing = asyncio.ensure_future(channel.channel.close())
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
@@ -376,7 +377,8 @@ async def _read_frame(reader: Any) -> tuple[bytes, int, bytes]:
 class _SharedChannel:
     """One channel (one connection) to the broker, the runners on it, and its methods."""
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, key: tuple[str, bool], channel: Any) -> None:
+        self.key = key  # (address, relayed)
         self.channel = channel
         self.runners = 1
         self._methods: dict[str, Any] = {}
@@ -403,25 +405,25 @@ class _ProxiedCall:
         self._writer = writer
         self.task = asyncio.ensure_future(self._run(channel, method, metadata, timeout))
 
-    async def _send(self, kind: bytes, payload: bytes = b"") -> None:
-        self._writer.write(frame(self._stream, kind, payload))
-        await self._writer.drain()
-
     async def _run(self, channel: Any, method: str, metadata: Any, timeout: str) -> None:
+        """Makes the call, forwards its replies, and ends with one status frame (after a
+        unary call's reply, in the same write)."""
         from grpc import aio
 
-        code, details = grpc.StatusCode.OK, ""
+        last = b""  # a unary call's reply frame, written with the status
+        status = b"0 "
         call: Any = None
         try:
             seconds = float(timeout) if timeout else None
             if method not in METHODS:
-                code, details = grpc.StatusCode.UNIMPLEMENTED, f"no method {method!r}"
+                status = b"%d no method %r" % (grpc.StatusCode.UNIMPLEMENTED.value[0], method)
             elif METHODS[method]:
                 call = channel.method(method)(metadata=metadata, timeout=seconds)
                 writing = _forward_requests(self.requests, call)
                 try:
                     async for reply in call:
-                        await self._send(b"M", reply)
+                        self._writer.write(frame(self._stream, b"M", reply))
+                        await self._writer.drain()
                 finally:
                     writing.cancel()
             else:
@@ -429,27 +431,19 @@ class _ProxiedCall:
                 if request is None:
                     raise ValueError("a call without its request")
                 call = channel.method(method)(request, metadata=metadata, timeout=seconds)
-                reply = await call
-                self._writer.write(
-                    frame(self._stream, b"M", reply) + frame(self._stream, b"S", b"0 ")
-                )
-                await self._writer.drain()
-                return
-            await self._send(b"S", f"{code.value[0]} {details}".encode())
+                last = frame(self._stream, b"M", await call)
         except aio.AioRpcError as error:
-            code, details = error.code(), error.details() or ""
-            await self._end(f"{code.value[0]} {details}")
+            status = f"{error.code().value[0]} {error.details() or ''}".encode()
         except ValueError as error:
-            await self._end(f"{grpc.StatusCode.INVALID_ARGUMENT.value[0]} {error}")
+            status = f"{grpc.StatusCode.INVALID_ARGUMENT.value[0]} {error}".encode()
         except ConnectionError:
-            pass  # the runner is gone
+            return  # the runner is gone
         finally:
             if call is not None:
                 call.cancel()  # a no-op once the call is done
-
-    async def _end(self, status: str) -> None:
         with contextlib.suppress(ConnectionError):
-            await self._send(b"S", status.encode())
+            self._writer.write(last + frame(self._stream, b"S", status))
+            await self._writer.drain()
 
 
 def _forward_requests(requests: Any, call: Any) -> Any:

@@ -224,10 +224,13 @@ class _Servicer(pb_grpc.BrokerServicer):
     def __init__(self, server: BrokerServer) -> None:
         self._server = server
 
-    # _admitted: a stream the broker accepts gets its (empty) initial metadata as soon as its
-    # token is checked. The session proxy waits for it before it forwards the requests: a
-    # request written while a refusal is on its way makes gRPC's client report the call as
-    # INTERNAL ("Internal error from Core") instead of with the refusal's own status.
+    @staticmethod
+    async def _admitted(context: grpc.aio.ServicerContext) -> None:
+        """Sends an accepted stream its (empty) initial metadata once its token is checked. The
+        session proxy waits for it before it forwards the requests: a request written while a
+        refusal is on its way makes gRPC's client report the call as INTERNAL ("Internal error
+        from Core") instead of with the refusal's own status."""
+        await context.send_initial_metadata(())
 
     async def _session(self, context: grpc.aio.ServicerContext) -> Session:
         for key, value in context.invocation_metadata() or ():
@@ -244,7 +247,7 @@ class _Servicer(pb_grpc.BrokerServicer):
         session = await self._session(context)
         if session._attached.done():  # checked before reading anything from this stream
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, "a runner is already attached")
-        await context.send_initial_metadata(())  # admitted: see _admitted
+        await self._admitted(context)
         first = await context.read()
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
@@ -310,7 +313,7 @@ class _Servicer(pb_grpc.BrokerServicer):
 
     async def CompleteBatch(self, request_iterator, context):
         session = await self._session(context)
-        await context.send_initial_metadata(())  # admitted: see _admitted
+        await self._admitted(context)
         batch = _Batch(self._server, session.handler, self._refusal)
         await batch.serve(context)
 

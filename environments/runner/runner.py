@@ -894,7 +894,6 @@ def _exit_when_orphaned(broker_gone: threading.Event) -> None:
 
 def _apply_limits(limits: dict[str, int]) -> None:
     """Self-imposed rlimits (soft = hard, so the cell's code cannot raise them again)."""
-
     if limits.get("memory_bytes"):
         # Under an address-space cap, glibc's per-thread malloc arenas (64 MiB of reservation
         # each) would leave no room for gRPC's threads: two arenas are plenty for the runner.

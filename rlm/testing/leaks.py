@@ -35,8 +35,8 @@ def _is_bundle(cmdline: bytes) -> bool:
 
 
 def _is_session_proxy(pid: int | str, cmdline: bytes) -> bool:
-    """The session proxy a fork server forks at its start (``rlm-proxy``), while its server
-    lives."""
+    """The session proxy a fork server forks beside its runners (``rlm-proxy``), while its
+    server lives."""
     if b"--fork-server" not in cmdline or _comm(pid) != b"rlm-proxy":
         return False
     parent = _parent_of(str(pid))

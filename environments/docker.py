@@ -86,8 +86,9 @@ RUNSC_MIN_PIDS_LIMIT = 128
 #: thread".)
 TASKS_PER_RUNNER = 10
 #: pids_limit kept out of the sessions' share: the init, the fork server and its session proxy
-#: (8 threads), plus what cells start; under gVisor also its own threads (see
-#: RUNSC_MIN_PIDS_LIMIT).
+#: (8 threads), the gRPC threads of the one runner forked alone (it dials the broker itself:
+#: ~6 more than TASKS_PER_RUNNER), plus what cells start; under gVisor also its own threads
+#: (see RUNSC_MIN_PIDS_LIMIT).
 RESERVED_TASKS = {"runsc": 80}
 RESERVED_TASKS_DEFAULT = 24
 

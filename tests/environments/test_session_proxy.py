@@ -25,6 +25,7 @@ from rlm.broker.loop import run_sync
 from rlm.environments.runner import sessionproxy
 from rlm.environments.runner.runner import BrokerUnavailableError, BudgetExhausted, Runner
 from rlm.protos import rlm_sandbox_pb2 as pb
+from rlm.testing.contract.cloud import wait_until
 from tests.test_batch_rpc import Broker, ScriptedHandler
 
 PROXY = """
@@ -128,7 +129,7 @@ def test_an_interrupted_call_is_cancelled_at_the_broker(broker, proxy):
         raise KeyboardInterrupt
 
     def interrupt_once_it_waits() -> None:
-        _until(lambda: broker.handler.started == ["wait:long"])
+        wait_until(lambda: broker.handler.started == ["wait:long"], "the call", timeout=10)
         os.kill(os.getpid(), signal.SIGALRM)  # handled in the main thread, which waits
 
     previous = signal.signal(signal.SIGALRM, interrupt)
@@ -138,7 +139,7 @@ def test_an_interrupted_call_is_cancelled_at_the_broker(broker, proxy):
             runner.llm_query("wait:long")
     finally:
         signal.signal(signal.SIGALRM, previous)
-    _until(lambda: broker.handler.cancelled == ["wait:long"])
+    wait_until(lambda: broker.handler.cancelled == ["wait:long"], "its cancel", timeout=10)
     assert runner.llm_query("after") == "re:after"  # the connection goes on
 
 
@@ -167,7 +168,8 @@ def test_runners_beyond_one_connections_stream_limit_still_get_through(broker, p
         outbox: list[pb.RunnerMessage] = [hello]
         outboxes.append(outbox)
         connection.Attach(_held_open(outbox))
-    _until(lambda: all(s._attached.done() for s in _sessions(broker, tokens)))
+    attached = _sessions(broker, tokens)
+    wait_until(lambda: all(s._attached.done() for s in attached), "the attaches", timeout=10)
     replies = [
         c.Complete(pb.CompleteRequest(prompt=f"p{i}"), timeout=20)
         for i, c in enumerate(connections)
@@ -183,15 +185,6 @@ def _held_open(first: list[pb.RunnerMessage]) -> Iterator[pb.RunnerMessage]:
 
 def _sessions(broker: Broker, tokens: list[str]) -> list:
     return [broker.server.sessions[token] for token in tokens]
-
-
-def _until(condition, timeout: float = 10.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
 
 
 def test_a_connection_that_does_not_speak_the_protocol_is_dropped_and_others_go_on(broker, proxy):

@@ -162,8 +162,10 @@ class Session:
         if self._attached.done():
             self._attached = asyncio.get_running_loop().create_future()
 
-    async def wait_runner(self, timeout: float) -> RunnerConnection:
-        return await asyncio.wait_for(asyncio.shield(self._attached), timeout)
+    async def wait_runner(self) -> RunnerConnection:
+        """The (re)started runner's connection once it attaches; cancelling the wait leaves the
+        session armed."""
+        return await asyncio.shield(self._attached)
 
 
 async def _read_parts(

@@ -33,6 +33,8 @@ CHUNK_CHARS = 1 << 18
 #: How long a closing session waits for its runner to end by itself after the shutdown message
 #: before it kills it (a forked runner takes a few ms; an ended one needs no tree kill).
 SHUTDOWN_GRACE_SECONDS = 0.5
+#: how often a runner whose end is not reported as an event is checked for having exited
+EXIT_POLL_SECONDS = 0.05
 #: How the runner executes cells: ``exec`` of the parsed cell, or a real IPython shell (which
 #: must be installed in the sandbox's Python).
 SHELLS = ("python", "ipython")
@@ -184,6 +186,12 @@ class RunnerProcess(ABC):
         """Waits up to ``timeout`` seconds for the process to end by itself (after a shutdown);
         True when it has. Where its end is only seen by killing it, False at once."""
         return self.exit_code() is not None
+
+    async def until_exit(self) -> None:
+        """Returns once the process has ended. Polls ``exit_code()`` every
+        ``EXIT_POLL_SECONDS``; a process whose end is reported as an event waits on that."""
+        while self.exit_code() is None:
+            await asyncio.sleep(EXIT_POLL_SECONDS)
 
     async def send_bootstrap(self, bootstrap: bytes) -> None:
         """Hands the waiting runner its session (one JSON line on its stdin)."""
@@ -574,18 +582,27 @@ class SandboxEnvironment(Environment):
             ) from error
 
     async def _wait_attached(self) -> RunnerConnection:
+        """The runner's connection once it attaches; SandboxDiedError if it exits first,
+        TimeoutError after ``startup_timeout``. Waits on both at once: a hundred runners
+        starting together do not each wake the loop to poll."""
         assert self._session is not None and self._process is not None
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            try:
-                return await self._session.wait_runner(timeout=0.05)
-            except TimeoutError:
-                if self._process.exit_code() is not None:
-                    raise SandboxDiedError(
-                        f"the runner exited with code {self._process.exit_code()}"
-                    ) from None
-                if time.monotonic() > deadline:
-                    raise
+        process = self._process
+        attached = asyncio.ensure_future(self._session.wait_runner())
+        exited = asyncio.ensure_future(process.until_exit())
+        try:
+            await asyncio.wait(
+                (attached, exited),
+                timeout=self.startup_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            attached.cancel()
+            exited.cancel()
+        if attached.done() and not attached.cancelled():
+            return attached.result()
+        if process.exit_code() is not None:
+            raise SandboxDiedError(f"the runner exited with code {process.exit_code()}")
+        raise TimeoutError
 
     async def _kill_process(self, process: RunnerProcess) -> None:
         try:

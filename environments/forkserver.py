@@ -143,6 +143,9 @@ class ForkedRunnerProcess(RunnerProcess):
             await asyncio.wait_for(self._ended.wait(), timeout)
         return self._code is not None
 
+    async def until_exit(self) -> None:
+        await self._ended.wait()
+
     async def kill(self) -> None:
         """Kills the runner and everything its cells started (see ``kill_tree``)."""
         if self._code is None:
@@ -624,6 +627,9 @@ class StreamRunnerProcess(RunnerProcess):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ended.wait(), timeout)
         return self._code is not None
+
+    async def until_exit(self) -> None:
+        await self._ended.wait()
 
     async def kill(self) -> None:
         """Kills the runner and everything its cells started (the server kills its tree)."""

@@ -5,6 +5,7 @@ requests travel in parts, admitted on their declared size before a part is read)
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Iterator
@@ -198,7 +199,7 @@ def test_a_runner_flooding_its_attach_stream_gets_no_more_than_a_few_messages_qu
         session = broker.server.sessions[broker.token]
         with channel:
             stream = stub.Attach(iter([hello, *results]), metadata=auth(broker))
-            connection = run_sync(session.wait_runner(30))
+            connection = run_sync(asyncio.wait_for(session.wait_runner(), 30))
             limit = broker_server.MAX_RUNNER_MESSAGES_QUEUED
             while connection._inbox.qsize() < limit:
                 threading.Event().wait(0.01)
@@ -233,7 +234,7 @@ def test_big_runner_messages_are_reassembled_and_queued_up_to_a_byte_cap(monkeyp
         session = broker.server.sessions[broker.token]
         with channel:
             stream = stub.Attach(iter(messages), metadata=auth(broker))
-            connection = run_sync(session.wait_runner(30))
+            connection = run_sync(asyncio.wait_for(session.wait_runner(), 30))
             while connection._inbox.qsize() < 1:
                 threading.Event().wait(0.01)
             for _ in range(50):  # a second 5 MB result would pass the 8 MiB cap

@@ -78,13 +78,13 @@ INSTALL_RUNSC = (
 #: (about 40-70 on a 2-CPU host with the runner started, against 12 under runc): at 64 the runner
 #: never starts (gVisor panics creating its first stub thread, exit code 2).
 RUNSC_MIN_PIDS_LIMIT = 128
-#: Tasks (threads) one runner holds in the container's pids cgroup: 7 measured while a cell
-#: runs (the interpreter, its session-proxy reader and Attach writer, the orphan watcher, the
-#: reader of the host's messages, the two fd-capture pumps), one more per batch call in flight,
-#: and room for a thread a cell starts. (Before the session proxy each runner also held gRPC's
-#: own threads: 13 and more, and at 12 a 100-child fan-out lost children to "can't start new
-#: thread".)
-TASKS_PER_RUNNER = 10
+#: Tasks (threads) one runner holds in the container's pids cgroup: 3 while a cell runs (the
+#: interpreter, its session-proxy reader, the fd-capture pump; the session's stream needs no
+#: thread of its own through the proxy), one more per batch call in flight, and room for threads
+#: a cell starts. (Before the session proxy each runner also held gRPC's own threads: 13 and
+#: more, and at 12 a 100-child fan-out lost children to "can't start new thread"; with the
+#: proxy but a thread per stream and per captured fd it held 7, and this was 10.)
+TASKS_PER_RUNNER = 6
 #: pids_limit kept out of the sessions' share: the init, the fork server and its session proxy
 #: (8 threads), the gRPC threads of the one runner forked alone (it dials the broker itself:
 #: ~6 more than TASKS_PER_RUNNER), plus what cells start; under gVisor also its own threads
@@ -95,7 +95,7 @@ RESERVED_TASKS_DEFAULT = 24
 
 def default_max_live_runners(pids_limit: int, runtime: str | None) -> int:
     """How many sessions the tree's container holds at once when ``max_live_runners`` is not
-    given: as many as its ``pids_limit`` leaves threads for (23 at the default 256, runc)."""
+    given: as many as its ``pids_limit`` leaves threads for (38 at the default 256, runc)."""
     reserved = RESERVED_TASKS.get(runtime or "", RESERVED_TASKS_DEFAULT)
     return max(1, (pids_limit - reserved) // TASKS_PER_RUNNER)
 

@@ -23,6 +23,7 @@ import pickle
 import queue
 import re
 import resource
+import select
 import signal
 import sys
 import threading
@@ -188,32 +189,15 @@ class _FdCapture:
         diagnostics = os.dup(2)
         # sys.__stderr__ is the runner's own: its messages keep going to the original fd 2.
         setattr(sys, "__stderr__", open(diagnostics, "w", buffering=1, closefd=False))  # noqa: B010, SIM115
+        pumps: dict[int, _Pump] = {}
         for fd, output in outputs.items():
             read_end, write_end = os.pipe()
             os.dup2(write_end, fd)
             synced = threading.Event()
             self._streams.append((write_end, synced))
             sink = _RunnerLogFilter(output) if fd == 2 else output
-            threading.Thread(
-                target=self._pump, args=(read_end, sink, synced), daemon=True, name=f"fd{fd}"
-            ).start()
-
-    def _pump(self, read_end: int, output: Any, synced: threading.Event) -> None:
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        pending = b""
-        while data := os.read(read_end, 1 << 16):
-            pending += data
-            while (at := pending.find(self._marker)) != -1:
-                if at:
-                    output.write(decoder.decode(pending[:at]))
-                output.flush()
-                pending = pending[at + len(self._marker) :]
-                synced.set()
-            # Keep a tail that may be the start of a marker split across reads.
-            keep = len(self._marker) - 1
-            if len(pending) > keep:
-                output.write(decoder.decode(pending[:-keep]))
-                pending = pending[-keep:]
+            pumps[read_end] = _Pump(self._marker, sink, synced)
+        threading.Thread(target=_pump, args=(pumps,), daemon=True, name="fd-capture").start()
 
     def sync(self) -> None:
         """Returns once everything written to fds 1 and 2 before the call has reached the
@@ -225,6 +209,49 @@ class _FdCapture:
             except OSError:
                 continue
             synced.wait(self.SYNC_SECONDS)
+
+
+class _Pump:
+    """One captured fd's bytes on their way to the cell's output: decoded as UTF-8, with the
+    sync markers taken out (each one seen sets ``synced``)."""
+
+    def __init__(self, marker: bytes, output: Any, synced: threading.Event) -> None:
+        self._marker = marker
+        self._output = output
+        self._synced = synced
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._pending = b""
+
+    def feed(self, data: bytes) -> None:
+        pending = self._pending + data
+        while (at := pending.find(self._marker)) != -1:
+            if at:
+                self._output.write(self._decoder.decode(pending[:at]))
+            self._output.flush()
+            pending = pending[at + len(self._marker) :]
+            self._synced.set()
+        # Keep a tail that may be the start of a marker split across reads.
+        keep = len(self._marker) - 1
+        if len(pending) > keep:
+            self._output.write(self._decoder.decode(pending[:-keep]))
+            pending = pending[-keep:]
+        self._pending = pending
+
+
+def _pump(pumps: dict[int, _Pump]) -> None:
+    """Reads every captured fd's pipe on one thread (a runner's threads are few: each one is
+    a task of the sandbox's pids limit and costs its start and exit)."""
+    poller = select.poll()
+    for fd in pumps:
+        poller.register(fd, select.POLLIN)
+    while pumps:
+        for fd, _event in poller.poll():
+            data = os.read(fd, 1 << 16)
+            if data:
+                pumps[fd].feed(data)
+            else:
+                poller.unregister(fd)
+                del pumps[fd]
 
 
 def _import_ipython() -> Any:
@@ -426,7 +453,7 @@ class Runner:
         self._stub = _proxied_stub(proxy, address, token, relayed) or _broker_stub(
             address, token, relayed
         )
-        self._outbox: queue.SimpleQueue[pb.RunnerMessage | None] = queue.SimpleQueue()
+        self._outbox: Any = None  # where messages to the host go (``put``); set by ``serve``
         self._work: queue.SimpleQueue[pb.HostMessage | None] = queue.SimpleQueue()
         self._stdout = _CellOutput()
         self._stderr = _CellOutput()
@@ -785,25 +812,59 @@ class Runner:
                 part.total_bytes = len(data)
             self._outbox.put(pb.RunnerMessage(part=part))
 
+    def _on_host_message(self, message: pb.HostMessage) -> None:
+        """Each message from the host, on the thread that reads them (which must not block)."""
+        if message.WhichOneof("kind") == "interrupt":
+            main = threading.main_thread().ident
+            in_cell = self._in_cell.is_set() and message.interrupt.cell_id == self._cell_id
+            if in_cell and main is not None:
+                signal.pthread_kill(main, signal.SIGINT)
+            return
+        self._work.put(message)
+
+    def _on_host_end(self, error: grpc.RpcError | None) -> None:
+        if error is not None:
+            print(f"rlm-runner: broker stream ended: {error.details()}", file=sys.__stderr__)
+        self.orphan()
+
+    def orphan(self) -> None:
+        """Nothing can use this runner any more (the host's stream ended, or serving did): the
+        serving loop returns, and a cell still running gets ``ORPHAN_GRACE_SECONDS``, then the
+        process exits (and with it the sandbox, for container-based ones). A process that
+        lingers after serving (a thread that is not a daemon) ends the same way."""
+        if self.broker_gone.is_set():
+            return
+        self.broker_gone.set()
+        self._work.put(None)
+        orphaned = threading.Timer(ORPHAN_GRACE_SECONDS, os._exit, args=(3,))
+        orphaned.daemon = True
+        orphaned.start()
+
+    def _attach(self) -> Any:
+        """Opens the session's stream to the host; returns where outgoing messages are ``put``
+        (None ends the stream). Through the session proxy its frames are read by the proxy
+        connection's reader; over gRPC a thread reads the responses."""
+        attach = getattr(self._stub, "attach", None)
+        if attach is not None:
+            return attach(self._on_host_message, self._on_host_end)
+        outbox: queue.SimpleQueue[pb.RunnerMessage | None] = queue.SimpleQueue()
+        responses = self._stub.Attach(iter(outbox.get, None))
+        threading.Thread(target=self._read_host, args=(responses,), daemon=True).start()
+        return outbox
+
     def _read_host(self, responses: Any) -> None:
+        error: grpc.RpcError | None = None
         try:
             for message in responses:
-                if message.WhichOneof("kind") == "interrupt":
-                    main = threading.main_thread().ident
-                    in_cell = self._in_cell.is_set() and message.interrupt.cell_id == self._cell_id
-                    if in_cell and main is not None:
-                        signal.pthread_kill(main, signal.SIGINT)
-                    continue
-                self._work.put(message)
-        except grpc.RpcError as error:
-            print(f"rlm-runner: broker stream ended: {error.details()}", file=sys.__stderr__)
+                self._on_host_message(message)
+        except grpc.RpcError as raised:
+            error = raised
         finally:
-            self.broker_gone.set()
-            self._work.put(None)
+            self._on_host_end(error)
 
     def serve(self) -> int:
         """Attaches to the broker and serves until Shutdown or until the broker is gone."""
-        responses = self._stub.Attach(iter(self._outbox.get, None))
+        self._outbox = self._attach()
         self._send(
             pb.RunnerMessage(
                 hello=pb.Hello(
@@ -813,7 +874,6 @@ class Runner:
                 )
             )
         )
-        threading.Thread(target=self._read_host, args=(responses,), daemon=True).start()
         sys.stdout, sys.stderr = self._stdout, self._stderr
         self._fd_capture = _FdCapture({1: self._stdout, 2: self._stderr})
         sys.stdin = io.StringIO("")
@@ -882,14 +942,6 @@ def _format_user_traceback(exc: BaseException) -> str:
     if isinstance(exc, SyntaxError) or tb is None:
         return "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
     return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
-
-
-def _exit_when_orphaned(broker_gone: threading.Event) -> None:
-    """Once the broker is gone nothing can use this runner: a cell still running gets a short
-    grace, then the process exits (and with it the sandbox, for container-based ones)."""
-    broker_gone.wait()
-    time.sleep(ORPHAN_GRACE_SECONDS)
-    os._exit(3)
 
 
 def _apply_limits(limits: dict[str, int]) -> None:
@@ -1043,7 +1095,6 @@ def main() -> int:
         return 2
     finally:
         del boot  # the token stays in the channel's interceptor only
-    threading.Thread(target=_exit_when_orphaned, args=(runner.broker_gone,), daemon=True).start()
     try:
         return runner.serve()
     except BaseException:
@@ -1053,4 +1104,4 @@ def main() -> int:
             sys.__stderr__.flush()
         os._exit(4)
     finally:
-        runner.broker_gone.set()
+        runner.orphan()

@@ -31,7 +31,7 @@ import queue
 import socket
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -55,6 +55,8 @@ METHODS = {
 }
 SERVICE = "/rlm.v1.Broker/"
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+#: The end every open call of a runner gets when its connection to the proxy is gone.
+GONE = b"14 the session proxy is gone"
 
 
 def frame(stream: int, kind: bytes, payload: bytes = b"") -> bytes:
@@ -94,6 +96,10 @@ class _Call:
         self._reply_type = reply_type
         self.inbox: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()
         self.ended = False
+
+    def deliver(self, kind: bytes, payload: bytes) -> None:
+        """Called by the reader thread with each frame the proxy sent for this call."""
+        self.inbox.put((kind, payload))
 
     def next_reply(self) -> Any:
         """The next response; ``StopIteration`` at an OK end; ``ProxyCallError`` otherwise."""
@@ -137,6 +143,46 @@ class _StreamCall(_Call):
             pass  # the proxy is gone: the reader ends every call
 
 
+class _PushedStream(_Call):
+    """A streaming call whose responses go to ``on_message`` as they arrive, on the reader
+    thread (which must not block), and whose end goes to ``on_end`` (None for OK); requests are
+    sent by whoever ``put``s them. The runner's session stream takes no thread of its own."""
+
+    def __init__(
+        self,
+        connection: ProxyConnection,
+        stream: int,
+        reply_type: Any,
+        on_message: Callable[[Any], None],
+        on_end: Callable[[grpc.RpcError | None], None],
+    ) -> None:
+        super().__init__(connection, stream, reply_type)
+        self._on_message = on_message
+        self._on_end = on_end
+
+    def deliver(self, kind: bytes, payload: bytes) -> None:
+        if self.ended:
+            return
+        if kind == b"M":
+            self._on_message(self._reply_type.FromString(payload))
+            return
+        self.ended = True
+        self._connection.forget(self.stream)
+        self._on_end(_status(payload))
+
+    def put(self, request: Any | None) -> None:
+        """Sends one request; None ends the requests."""
+        if self.ended:
+            return
+        data = (
+            frame(self.stream, b"E")
+            if request is None
+            else frame(self.stream, b"M", request.SerializeToString())
+        )
+        with contextlib.suppress(OSError):  # the proxy is gone: the reader ends the call
+            self._connection.send(data)
+
+
 @functools.cache
 def _reply_types() -> dict[str, Any]:
     from rlm.protos import rlm_sandbox_pb2 as pb
@@ -178,16 +224,16 @@ class ProxyConnection:
         with self._lock:
             self._calls.pop(stream, None)
 
-    def _open(self, method: str, call_type: type[_Call]) -> _Call:
+    def _open(self, method: str, call_type: Callable[..., _Call]) -> _Call:
         reply_type = _reply_types()[method]
         with self._lock:
             stream = self._next_stream
             self._next_stream += 1
             call = call_type(self, stream, reply_type)
-            if self._closed:
-                call.inbox.put((b"S", b"14 the session proxy is gone"))
-            else:
+            if not self._closed:
                 self._calls[stream] = call
+        if self._closed:
+            call.deliver(b"S", GONE)
         return call
 
     def _opening(self, call: _Call, method: str, timeout: float | None) -> bytes:
@@ -221,8 +267,20 @@ class ProxyConnection:
         threading.Thread(target=call.pump, args=(requests,), daemon=True).start()
         return call
 
-    def Attach(self, requests: Iterable[Any]) -> Any:
-        return self._stream("Attach", requests, None)
+    def attach(
+        self,
+        on_message: Callable[[Any], None],
+        on_end: Callable[[grpc.RpcError | None], None],
+    ) -> _PushedStream:
+        """Opens the session's Attach stream: the host's messages go to ``on_message`` and its
+        end to ``on_end`` (both on the reader thread); ``put`` on the result sends."""
+        call = self._open(
+            "Attach", functools.partial(_PushedStream, on_message=on_message, on_end=on_end)
+        )
+        with contextlib.suppress(OSError):
+            self.send(self._opening(call, "Attach", None))
+        assert isinstance(call, _PushedStream)
+        return call
 
     def CompleteBatch(self, requests: Iterable[Any], timeout: float | None = None) -> Any:
         return self._stream("CompleteBatch", requests, timeout)
@@ -252,7 +310,7 @@ class ProxyConnection:
                 with self._lock:
                     call = self._calls.get(stream)
                 if call is not None:
-                    call.inbox.put((bytes([kind]), payload))
+                    call.deliver(bytes([kind]), payload)
         except OSError:
             return
         finally:
@@ -260,7 +318,7 @@ class ProxyConnection:
                 self._closed = True
                 calls, self._calls = list(self._calls.values()), {}
             for call in calls:
-                call.inbox.put((b"S", b"14 the session proxy is gone"))
+                call.deliver(b"S", GONE)
 
 
 # ---- the proxy -----------------------------------------------------------------------------

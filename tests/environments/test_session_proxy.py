@@ -163,11 +163,8 @@ def test_runners_beyond_one_connections_stream_limit_still_get_through(broker, p
         sessionproxy.ProxyConnection(proxy.path, broker.server.address, token) for token in tokens
     ]
     hello = pb.RunnerMessage(hello=pb.Hello(runner_version="1", pid=1, python_version="3"))
-    outboxes = []
-    for connection in connections:
-        outbox: list[pb.RunnerMessage] = [hello]
-        outboxes.append(outbox)
-        connection.Attach(_held_open(outbox))
+    for connection in connections:  # each Attach stream stays open, as for a session's life
+        connection.attach(lambda message: None, lambda error: None).put(hello)
     attached = _sessions(broker, tokens)
     wait_until(lambda: all(s._attached.done() for s in attached), "the attaches", timeout=10)
     replies = [
@@ -176,11 +173,6 @@ def test_runners_beyond_one_connections_stream_limit_still_get_through(broker, p
     ]
     assert [r.text for r in replies] == [f"re:p{i}" for i in range(count)]
     assert all(h.started == [f"p{i}"] for i, h in enumerate(handlers))
-
-
-def _held_open(first: list[pb.RunnerMessage]) -> Iterator[pb.RunnerMessage]:
-    yield from first
-    threading.Event().wait()  # an Attach stream stays open for the session's life
 
 
 def _sessions(broker: Broker, tokens: list[str]) -> list:

@@ -205,7 +205,7 @@ def _become_runner(stdin_fd: int, stderr_fd: int) -> None:
         if bundle is not None:
             os.closerange(bundle + 1, MAX_FD)
         runner_module.watch_parent(os.getppid())
-        code = runner_module.main()
+        code = runner_module.main(forked=True)
     except BaseException:
         import traceback
 

@@ -1040,22 +1040,25 @@ def watch_parent(parent_pid: int) -> None:
         os._exit(3)
 
 
-def _read_bootstrap_line() -> str:
-    """One line from fd 0, byte by byte: nothing after it may be buffered away, because with the
-    stdio relay the rest of stdin carries relay frames."""
+def _read_bootstrap_line(forked: bool) -> str:
+    """One line from fd 0. A forked runner's stdin is a pipe that holds the line alone, read a
+    pipe's worth at a time; otherwise byte by byte: nothing after the line may be buffered
+    away, because with the stdio relay the rest of stdin carries relay frames."""
+    size = 1 << 16 if forked else 1
     data = bytearray()
     while not data.endswith(b"\n"):
-        byte = os.read(0, 1)
-        if not byte:
+        chunk = os.read(0, size)
+        if not chunk:
             break
-        data += byte
+        data += chunk
     return data.decode("utf-8", "replace")
 
 
-def main() -> int:
-    """Reads the bootstrap line from stdin and serves the session."""
+def main(*, forked: bool = False) -> int:
+    """Reads the bootstrap line from stdin and serves the session. ``forked``: started by a
+    fork server, which gives it a stdin of its own and ends it with ``os._exit`` on return."""
     contain_process(before_bootstrap=True)
-    line = _read_bootstrap_line()
+    line = _read_bootstrap_line(forked)
     if not line.strip():
         print("rlm-runner: expected a bootstrap JSON line on stdin", file=sys.stderr)
         return 2
@@ -1104,4 +1107,5 @@ def main() -> int:
             sys.__stderr__.flush()
         os._exit(4)
     finally:
-        runner.orphan()
+        if not forked:  # a forked runner ends at once when this returns
+            runner.orphan()

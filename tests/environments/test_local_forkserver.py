@@ -4,6 +4,7 @@ one server serves the whole process, and it never outlives the host."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import contextlib
 import os
 import platform
@@ -321,6 +322,56 @@ def test_forked_runners_reach_the_broker_through_the_servers_session_proxy(tree)
     assert not any(uses_proxy(env) for env in off)
     assert probe(off[1])[2] != server
     assert run_sync(off[1].execute("print(llm_query('hi'))")).ok
+
+
+TASKS_DURING_A_BATCH = """
+import os, threading
+def tasks():
+    return len(os.listdir('/proc/self/task'))
+before = tasks()
+peak = []
+stop = threading.Event()
+def sample():
+    while not stop.wait(0.01):
+        peak.append(tasks())
+sampler = threading.Thread(target=sample)
+sampler.start()
+llm_query_batched(['a', 'b'])
+stop.set()
+sampler.join()
+print((before, max(peak), tasks()))
+"""
+
+
+class _SlowHandler(RecordingHandler):
+    async def complete(self, request):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.3)
+        return await super().complete(request)
+
+
+def test_a_runner_beside_others_holds_three_threads(tree):
+    """docker's default cap on a tree's live sessions (``TASKS_PER_RUNNER``) counts on this: a
+    runner on the session proxy holds its interpreter, the proxy reader and the fd-capture pump
+    (no thread per stream or per captured fd, no watcher); a batch call adds at most its
+    request writer while it sends, and what is left of ``TASKS_PER_RUNNER`` is for threads a
+    cell starts."""
+    from rlm.environments.docker import TASKS_PER_RUNNER
+
+    broker, start = tree
+    start(env={"RLM_TEST_SERVER": "threads"})  # alive: the next runner is forked beside it
+    beside = LocalEnvironment(
+        broker=broker, handler=_SlowHandler(), env={"RLM_TEST_SERVER": "threads"}
+    )
+    run_sync(beside.start())
+    try:
+        result = run_sync(beside.execute(TASKS_DURING_A_BATCH))
+    finally:
+        run_sync(beside.aclose())
+    assert result.ok, result.error
+    before, during, after = ast.literal_eval(result.stdout)
+    assert before == 3 and after == 3
+    assert before + 1 <= during <= before + 2  # the cell's sampler, and the batch's writer
+    assert before + 1 < TASKS_PER_RUNNER
 
 
 def _comm(pid: int) -> str:

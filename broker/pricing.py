@@ -7,6 +7,7 @@ A call's cost is, in order: the cost the provider reported (OpenRouter does), el
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import TYPE_CHECKING
 
@@ -60,10 +61,12 @@ def _normalise(model: str) -> str:
     return name.replace(".", "-")
 
 
+@functools.lru_cache(maxsize=1024)
 def price_for(model: str) -> tuple[float, float] | None:
     """``(input_usd, output_usd)`` per million tokens for ``model``, or None if unknown.
 
     Matched by the longest known prefix after dropping a provider prefix such as "anthropic/".
+    Remembered per model name (the table is fixed; each call charged looks it up).
     """
     name = _normalise(model)
     best: str | None = None

@@ -230,9 +230,10 @@ class ProxyConnection:
             stream = self._next_stream
             self._next_stream += 1
             call = call_type(self, stream, reply_type)
-            if not self._closed:
+            closed = self._closed
+            if not closed:
                 self._calls[stream] = call
-        if self._closed:
+        if closed:  # outside the lock: delivering may call back into the runner
             call.deliver(b"S", GONE)
         return call
 

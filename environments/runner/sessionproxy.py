@@ -115,6 +115,16 @@ class _Call:
             raise error
         raise StopIteration
 
+    def send_request(self, request: Any | None) -> None:
+        """Sends one request (None: the end of the requests) unless the call has ended; raises
+        OSError when the proxy is gone."""
+        if not self.ended:
+            self._connection.send(
+                frame(self.stream, b"E")
+                if request is None
+                else frame(self.stream, b"M", request.SerializeToString())
+            )
+
     def cancel(self) -> None:
         if not self.ended:
             self.ended = True
@@ -136,9 +146,8 @@ class _StreamCall(_Call):
             for request in requests:
                 if self.ended:
                     return
-                self._connection.send(frame(self.stream, b"M", request.SerializeToString()))
-            if not self.ended:
-                self._connection.send(frame(self.stream, b"E"))
+                self.send_request(request)
+            self.send_request(None)
         except OSError:
             pass  # the proxy is gone: the reader ends every call
 
@@ -172,15 +181,8 @@ class _PushedStream(_Call):
 
     def put(self, request: Any | None) -> None:
         """Sends one request; None ends the requests."""
-        if self.ended:
-            return
-        data = (
-            frame(self.stream, b"E")
-            if request is None
-            else frame(self.stream, b"M", request.SerializeToString())
-        )
         with contextlib.suppress(OSError):  # the proxy is gone: the reader ends the call
-            self._connection.send(data)
+            self.send_request(request)
 
 
 @functools.cache

@@ -1022,13 +1022,8 @@ def contain_process(*, before_bootstrap: bool) -> None:
     prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
-_parent_watched = False
-
-
 def watch_parent(parent_pid: int) -> None:
     """Linux: the kernel kills this process when its parent (``parent_pid``) dies."""
-    global _parent_watched
-    _parent_watched = True
     try:
         import ctypes
 
@@ -1077,7 +1072,7 @@ def main(*, forked: bool = False) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # too-big files fail with EFBIG, not a kill
     _apply_limits(boot.limits)
-    if boot.parent_pid and not _parent_watched:  # a forked runner watches its server
+    if boot.parent_pid and not forked:  # a forked runner's server set this up before main
         watch_parent(boot.parent_pid)
     os.environ.update(boot.env)
     if boot.workdir:
